@@ -1,0 +1,284 @@
+"""The ``cleanroom`` command line.
+
+Every command prints one readable line and a hint on failure, and exits with
+status 1 for bad input or a failed check, 2 for wrong usage, 3 for an
+operational failure (disk, network).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cleanroom import __version__
+from cleanroom.cli.ui import RichProgress, console, err_console
+from cleanroom.datasets import Schema, decrypt_dataset, load_manifest, open_dataset, seal_dataset
+from cleanroom.errors import (
+    CleanroomError,
+    DeserializationError,
+    IntegrityError,
+    KeystoreError,
+    OperationalError,
+    SchemaError,
+    ValidationError,
+)
+from cleanroom.fs import write_file
+from cleanroom.identities import Party, PublicIdentity, format_fingerprint
+from cleanroom.identities.keystore import IDENTITY_FILE
+from cleanroom.wire import pretty_json
+
+PASSPHRASE_ENV = "CLEANROOM_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+app = typer.Typer(
+    name="cleanroom",
+    help="A confidential clean room: parties, encrypted datasets and (soon) rooms.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+party_app = typer.Typer(help="Create and show party identities (keystores).", no_args_is_help=True)
+dataset_app = typer.Typer(help="Encrypt, inspect and decrypt datasets.", no_args_is_help=True)
+app.add_typer(party_app, name="party")
+app.add_typer(dataset_app, name="dataset")
+
+_HINTS: list[tuple[type[CleanroomError], str]] = [
+    (ValidationError, "fix the input or its schema; nothing was written"),
+    (SchemaError, "see docs/datasets.md for the schema format"),
+    (KeystoreError, "check the --dir path, the file permissions and CLEANROOM_PASSPHRASE"),
+    (IntegrityError, "the files were modified, or belong to another party or dataset"),
+    (DeserializationError, "the file is not in the expected format"),
+    (OperationalError, "check the path, free disk space and permissions"),
+]
+
+
+def _fail(exc: CleanroomError) -> int:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    hint = next((h for kind, h in _HINTS if isinstance(exc, kind)), None)
+    if hint:
+        err_console.print(f"[dim]hint: {hint}[/]", highlight=False)
+    return 3 if isinstance(exc, OperationalError) else 1
+
+
+def _passphrase(*, confirm: bool) -> str:
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise KeystoreError(f"a passphrase is needed: set {PASSPHRASE_ENV} or run in a terminal")
+    value: str = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
+    return value
+
+
+def _load_party(directory: Path) -> Party:
+    passphrase = _passphrase(confirm=False) if Party.is_protected(directory) else None
+    return Party.load(directory, passphrase=passphrase)
+
+
+def _show_identity(identity: PublicIdentity, title: str) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_row("name", identity.name)
+    table.add_row("fingerprint", format_fingerprint(identity.fingerprint))
+    payload = identity.payload()
+    table.add_row("signing key (Ed25519)", payload["signing_key"])
+    table.add_row("encryption key (X25519)", payload["encryption_key"])
+    console.print(table)
+
+
+# -- party ------------------------------------------------------------------
+
+
+@party_app.command("create")
+def party_create(
+    name: str = typer.Argument(..., help="The party's display name, e.g. 'bank'."),
+    directory: Path = typer.Option(..., "--dir", "-d", help="Keystore directory to create."),
+    passphrase: bool = typer.Option(
+        False,
+        "--passphrase",
+        help=f"Encrypt the private keys under a passphrase (from ${PASSPHRASE_ENV} or a prompt).",
+    ),
+) -> None:
+    """Create a party: an Ed25519 signing key and an X25519 encryption key.
+
+    Writes DIR/keystore.json (private, mode 0600) and DIR/identity.json (public,
+    self-signed, to share with the other parties).
+
+    Example: cleanroom party create bank --dir keys/bank --passphrase
+    """
+    secret = _passphrase(confirm=True) if passphrase else None
+    party = Party.create(name)
+    party.save(directory, passphrase=secret)
+    console.print(f"Created party [bold]{party.name}[/] in {directory}")
+    console.print(f"fingerprint: {format_fingerprint(party.fingerprint)}")
+    if secret is None:
+        err_console.print(
+            "[yellow]note:[/] private keys are stored unencrypted (mode 0600); "
+            "use --passphrase to protect them"
+        )
+
+
+@party_app.command("show")
+def party_show(
+    directory: Path | None = typer.Option(None, "--dir", "-d", help="A keystore directory."),
+    identity_file: Path | None = typer.Option(
+        None, "--identity", "-i", help="A public identity file instead of a keystore."
+    ),
+) -> None:
+    """Print a party's name and key fingerprints.
+
+    Compare the fingerprint with the party out of band (a call, a signed e-mail)
+    before trusting its identity file.
+
+    Example: cleanroom party show --identity merchant.identity.json
+    """
+    if (directory is None) == (identity_file is None):
+        raise typer.BadParameter("give exactly one of --dir or --identity")
+    if identity_file is not None:
+        identity = PublicIdentity.load(identity_file)
+    else:
+        assert directory is not None  # noqa: S101 - narrowed by the check above
+        identity = PublicIdentity.load(directory / IDENTITY_FILE)
+    _show_identity(identity, "Party")
+
+
+@party_app.command("export")
+def party_export(
+    directory: Path = typer.Option(..., "--dir", "-d", help="A keystore directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the identity file."),
+) -> None:
+    """Write the party's public identity file (name, both public keys, fingerprint).
+
+    The file is self-signed and contains no secret; send it to the other parties.
+
+    Example: cleanroom party export --dir keys/bank -o bank.identity.json
+    """
+    party = _load_party(directory)
+    write_file(output, pretty_json(party.identity_document()))
+    console.print(f"Wrote the public identity of [bold]{party.name}[/] to {output}")
+    console.print(f"fingerprint: {format_fingerprint(party.fingerprint)}")
+
+
+# -- dataset ----------------------------------------------------------------
+
+
+@dataset_app.command("encrypt")
+def dataset_encrypt(
+    source: Path = typer.Argument(..., help="A .csv (with header) or .parquet file."),
+    schema: Path = typer.Option(..., "--schema", "-s", help="The declared schema (JSON)."),
+    owner: Path = typer.Option(..., "--owner", help="The owner's keystore directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to create."),
+    name: str | None = typer.Option(
+        None, "--name", "-n", help="Dataset name (default: file stem)."
+    ),
+) -> None:
+    """Validate every row against a schema and write an encrypted dataset.
+
+    OUTDIR gets data.parquet (encrypted Parquet under a fresh 256-bit key),
+    manifest.json (signed by the owner; never contains the key) and the key
+    sealed to the owner. On any error nothing is written.
+
+    Example: cleanroom dataset encrypt cards.csv --schema cards.schema.json
+    --owner keys/bank -o cards.sealed
+    """
+    declared = Schema.load(schema)
+    party = _load_party(owner)
+    with RichProgress() as progress:
+        sealed = seal_dataset(
+            source,
+            schema=declared,
+            owner=party,
+            output=output,
+            name=name or source.stem,
+            progress=progress,
+        )
+    m = sealed.manifest
+    console.print(f"Encrypted [bold]{m.name}[/]: {m.rows:,} rows -> {output}")
+    console.print(f"ciphertext sha256: {m.sha256}")
+
+
+@dataset_app.command("decrypt")
+def dataset_decrypt(
+    dataset: Path = typer.Argument(..., help="An encrypted dataset directory."),
+    owner: Path = typer.Option(..., "--owner", help="The owner's keystore directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="A .csv or .parquet file to write."),
+) -> None:
+    """Verify and decrypt a dataset as its owner.
+
+    Checks the manifest signature and the ciphertext digest before decrypting.
+
+    Example: cleanroom dataset decrypt cards.sealed --owner keys/bank -o cards.parquet
+    """
+    party = _load_party(owner)
+    manifest = decrypt_dataset(dataset, party, output)
+    console.print(f"Decrypted [bold]{manifest.name}[/]: {manifest.rows:,} rows -> {output}")
+
+
+@dataset_app.command("inspect")
+def dataset_inspect(
+    dataset: Path = typer.Argument(..., help="An encrypted dataset directory."),
+    owner: Path | None = typer.Option(
+        None, "--owner", help="The owner's keystore: verify and allow --rows."
+    ),
+    identity_file: Path | None = typer.Option(
+        None, "--identity", "-i", help="The owner's public identity file: verify only."
+    ),
+    rows: int = typer.Option(0, "--rows", "-r", min=0, max=1000, help="Decrypt and show N rows."),
+) -> None:
+    """Verify a dataset's manifest and show its schema; optionally show rows.
+
+    Example: cleanroom dataset inspect cards.sealed --identity bank.identity.json
+    """
+    if (owner is None) == (identity_file is None):
+        raise typer.BadParameter("give exactly one of --owner or --identity")
+    party = _load_party(owner) if owner is not None else None
+    identity = party.identity if party is not None else PublicIdentity.load(identity_file)  # type: ignore[arg-type]
+    manifest = load_manifest(dataset, identity)
+    console.print(
+        f"[bold]{manifest.name}[/] by {manifest.owner_name} "
+        f"({format_fingerprint(manifest.owner_fingerprint)[:19]}...), "
+        f"{manifest.rows:,} rows, created {manifest.created_at}  [green]signature ok[/]"
+    )
+    console.print(f"ciphertext: {manifest.size:,} bytes, sha256 {manifest.sha256}")
+    columns = Table(
+        "column", "type", "nullable", "constraints", title="schema", title_justify="left"
+    )
+    for column in manifest.schema.columns:
+        constraints = []
+        if column.name == manifest.schema.identity_column:
+            constraints.append("identity")
+        if column.allowed is not None:
+            constraints.append(f"in {list(column.allowed)}")
+        if column.minimum is not None:
+            constraints.append(f">= {column.minimum}")
+        if column.maximum is not None:
+            constraints.append(f"<= {column.maximum}")
+        columns.add_row(
+            column.name, column.type, "yes" if column.nullable else "no", ", ".join(constraints)
+        )
+    console.print(columns)
+    if rows:
+        if party is None:
+            raise typer.BadParameter("--rows needs --owner (only the owner can decrypt)")
+        table = open_dataset(dataset, party).slice(0, rows)
+        preview = Table(
+            *table.schema.names, title=f"first {table.num_rows} rows", title_justify="left"
+        )
+        for record in table.to_pylist():
+            preview.add_row(*("" if v is None else str(v) for v in record.values()))
+        console.print(preview)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the cleanroom version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except CleanroomError as exc:
+        sys.exit(_fail(exc))

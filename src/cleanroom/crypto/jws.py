@@ -1,0 +1,106 @@
+"""JSON Web Signatures (RFC 7515) with Ed25519 (RFC 8037, ``alg: EdDSA``).
+
+A strict profile, because a signature format that accepts more than it needs
+is an attack surface:
+
+* compact serialization only; the protected header holds exactly ``alg``,
+  ``kid`` and ``typ`` (no ``crit``, ``jwk``, ``jku``, ``b64``: nothing that lets
+  the token choose how it is verified);
+* ``alg`` must be ``EdDSA``; ``typ`` names the kind of statement, so a
+  signature over one kind of document never verifies as another;
+* ``kid`` must match the key the caller expects;
+* detached payloads (RFC 7515 appendix F) are supported so that a readable
+  JSON document can carry its own signature beside it.
+
+Verification raises :class:`IntegrityError`; it never returns a bool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cleanroom.crypto.canonical import canonical_json
+from cleanroom.crypto.encoding import b64url_decode, b64url_encode, parse_json
+from cleanroom.errors import DeserializationError, IntegrityError
+
+ALGORITHM = "EdDSA"
+_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
+_MAX_TOKEN = 1 << 24  # 16 MiB: far above any statement, far below memory trouble
+
+
+def _protected(kid: str, typ: str) -> str:
+    if not kid or not typ:
+        raise ValueError("kid and typ must be non-empty")
+    return b64url_encode(canonical_json({"alg": ALGORITHM, "kid": kid, "typ": typ}))
+
+
+def sign(payload: bytes, key: Ed25519PrivateKey, *, kid: str, typ: str) -> str:
+    """Compact JWS ``header.payload.signature`` over ``payload``."""
+    header = _protected(kid, typ)
+    body = b64url_encode(payload)
+    signing_input = f"{header}.{body}".encode("ascii")
+    return f"{header}.{body}.{b64url_encode(key.sign(signing_input))}"
+
+
+def sign_detached(payload: bytes, key: Ed25519PrivateKey, *, kid: str, typ: str) -> str:
+    """Compact JWS with a detached payload: ``header..signature``."""
+    header, _, signature = sign(payload, key, kid=kid, typ=typ).split(".")
+    return f"{header}..{signature}"
+
+
+def _check_header(encoded: str, *, typ: str, kid: str) -> dict[str, Any]:
+    try:
+        header = parse_json(b64url_decode(encoded, what="JWS header"), what="JWS header")
+    except DeserializationError as exc:
+        raise IntegrityError(f"malformed signature: {exc}") from exc
+    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+        raise IntegrityError("malformed signature: header must hold exactly alg, kid and typ")
+    if header["alg"] != ALGORITHM:
+        raise IntegrityError(f"signature algorithm {header['alg']!r} is not allowed")
+    if header["typ"] != typ:
+        raise IntegrityError(f"signature is for a {header['typ']!r}, expected a {typ!r}")
+    if header["kid"] != kid:
+        raise IntegrityError("signature was made by a different key than expected")
+    return header
+
+
+def verify(
+    token: str,
+    key: Ed25519PublicKey,
+    *,
+    kid: str,
+    typ: str,
+    detached_payload: bytes | None = None,
+) -> bytes:
+    """Verify a compact JWS and return its payload bytes.
+
+    (1) the token has three parts and a sane size; (2) the header is exactly
+    ``{alg: EdDSA, kid, typ}`` with the expected ``kid`` and ``typ``; (3) the
+    Ed25519 signature verifies over the signing input.
+    """
+    # (1) structure
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN or token.count(".") != 2:
+        raise IntegrityError("malformed signature: not a compact JWS")
+    header_b64, body_b64, signature_b64 = token.split(".")
+    if detached_payload is not None:
+        if body_b64:
+            raise IntegrityError("malformed signature: expected a detached payload")
+        body_b64 = b64url_encode(detached_payload)
+    # (2) header
+    _check_header(header_b64, typ=typ, kid=kid)
+    try:
+        payload = b64url_decode(body_b64, what="JWS payload")
+        signature = b64url_decode(signature_b64, what="JWS signature")
+    except DeserializationError as exc:
+        raise IntegrityError(f"malformed signature: {exc}") from exc
+    if len(signature) != 64:
+        raise IntegrityError("malformed signature: an Ed25519 signature is 64 bytes")
+    # (3) signature
+    try:
+        key.verify(signature, f"{header_b64}.{body_b64}".encode("ascii"))
+    except InvalidSignature:
+        raise IntegrityError("signature verification failed") from None
+    return payload

@@ -1,0 +1,252 @@
+"""Inputs a dataset can be sealed from: CSV and Parquet files, Arrow tables and
+pandas data frames, each opened as a stream of record batches.
+
+Files are checked to be what their extension says before any parsing: a
+Parquet file must carry the Parquet magic at both ends; a CSV file must be
+UTF-8 text. CSV is read with every column as text, so conversion to the
+declared type (and its error, naming row and column) happens in one place:
+:mod:`cleanroom.datasets.validate`. In CSV an empty unquoted field is null and
+``""`` is the empty string.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from cleanroom.errors import StorageError, ValidationError
+
+CSV_SUFFIXES = frozenset({".csv"})
+PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+BATCH_ROWS = 1 << 17
+_SNIFF = 1 << 16
+
+
+@dataclass
+class Source:
+    """An opened input: column names, known types, and its batches."""
+
+    description: str
+    names: list[str]
+    types: list[pa.DataType] | None
+    batches: Iterator[pa.RecordBatch]
+    total: int | None
+    unit: str
+    position: Callable[[], int]
+
+
+def open_source(source: Any) -> Source:
+    """Open a path, Arrow table/batch reader or pandas DataFrame as a :class:`Source`."""
+    if isinstance(source, str | Path):
+        return _open_path(Path(source))
+    if isinstance(source, pa.Table):
+        return _from_table(source, "Arrow table")
+    if isinstance(source, pa.RecordBatchReader):
+        return _from_reader(source)
+    if type(source).__module__.split(".")[0] == "pandas":
+        try:
+            table = pa.Table.from_pandas(source, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValidationError(f"the data frame cannot be converted: {exc}") from exc
+        return _from_table(table, "data frame")
+    raise TypeError(f"cannot read a dataset from {type(source).__name__}")
+
+
+def _from_table(table: pa.Table, description: str) -> Source:
+    done = 0
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        nonlocal done
+        for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+            yield batch
+            done += batch.num_rows
+
+    return Source(
+        description,
+        table.schema.names,
+        table.schema.types,
+        batches(),
+        table.num_rows,
+        "rows",
+        lambda: done,
+    )
+
+
+def _from_reader(reader: pa.RecordBatchReader) -> Source:
+    done = 0
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        nonlocal done
+        for batch in reader:
+            yield batch
+            done += batch.num_rows
+
+    return Source(
+        "record batches",
+        reader.schema.names,
+        reader.schema.types,
+        batches(),
+        None,
+        "rows",
+        lambda: done,
+    )
+
+
+def _open_path(path: Path) -> Source:
+    if not path.exists():
+        raise StorageError(f"input {path} does not exist")
+    if not path.is_file():
+        raise StorageError(f"input {path} is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValidationError(f"input {path} is empty")
+    with path.open("rb") as fh:
+        head = fh.read(_SNIFF)
+        fh.seek(max(0, size - 4))
+        tail = fh.read(4)
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return _open_parquet(path, head, tail)
+    if suffix in CSV_SUFFIXES:
+        return _open_csv(path, head, size)
+    raise ValidationError(
+        f"input {path} has extension {suffix or '(none)'!r}; supported: .csv, .parquet, .pq"
+    )
+
+
+def _open_parquet(path: Path, head: bytes, tail: bytes) -> Source:
+    if head[:4] == b"PARE" or tail == b"PARE":
+        raise ValidationError(f"input {path} is an encrypted Parquet file; decrypt it first")
+    if head[:4] != b"PAR1" or tail != b"PAR1":
+        raise ValidationError(f"input {path} has a .parquet extension but is not a Parquet file")
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValidationError(f"input {path} is not a readable Parquet file: {exc}") from exc
+    done = 0
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        nonlocal done
+        try:
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                yield batch
+                done += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValidationError(f"input {path} is a corrupt Parquet file: {exc}") from exc
+
+    return Source(
+        str(path),
+        schema.names,
+        schema.types,
+        batches(),
+        parquet.metadata.num_rows,
+        "rows",
+        lambda: done,
+    )
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    if head[:4] in (b"PAR1", b"PARE"):
+        raise ValidationError(f"input {path} has a .csv extension but is a Parquet file")
+    if b"\x00" in head:
+        raise ValidationError(f"input {path} has a .csv extension but contains binary data")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a multi-byte character may straddle the sniffed prefix
+        if exc.start < len(head) - 3:
+            raise ValidationError(
+                f"input {path} is not UTF-8 text (invalid byte at offset {exc.start})"
+            ) from None
+
+
+def _csv_header(path: Path, head: bytes) -> list[str]:
+    first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").lstrip("\ufeff")
+    header = next(csv.reader([first_line]), [])
+    if not header or header == [""]:
+        raise ValidationError(f"input {path} has no header row")
+    return [name.strip() for name in header]
+
+
+def _first_bad_csv_row(path: Path, width: int) -> tuple[int, int]:
+    """Slow path after a parse error: the 1-based data row with the wrong width."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for number, row in enumerate(reader, start=1):
+            if len(row) != width:
+                return number, len(row)
+    return 0, width
+
+
+def _open_csv(path: Path, head: bytes, size: int) -> Source:
+    _check_text(path, head)
+    names = _csv_header(path, head)
+    try:
+        stream = pa.OSFile(str(path), "rb")
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=8 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise _csv_error(path, names, exc) from exc
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        rows = 0
+        try:
+            for batch in reader:
+                rows += batch.num_rows
+                yield batch
+        except pa.ArrowInvalid as exc:
+            raise _csv_error(path, names, exc) from exc
+        finally:
+            stream.close()
+        if rows == 0:
+            raise ValidationError(f"input {path} has a header but no data rows")
+
+    def position() -> int:
+        return size if stream.closed else int(stream.tell())
+
+    return Source(str(path), reader.schema.names, None, batches(), size, "bytes", position)
+
+
+def _csv_error(path: Path, names: list[str], exc: Exception) -> ValidationError:
+    if "Expected" in str(exc) and "columns" in str(exc):
+        row, got = _first_bad_csv_row(path, len(names))
+        if row:
+            return ValidationError(f"has {got} fields but the header has {len(names)}", row=row)
+    return ValidationError(f"input {path} is not valid CSV: {exc}")
+
+
+def plain_format(path: Path) -> str:
+    """``"csv"`` or ``"parquet"``, by ``path``'s extension."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    raise ValidationError(f"output {path} must end in .csv, .parquet or .pq")
+
+
+def write_plain(table: pa.Table, path: Path, file_format: str) -> None:
+    """Write a plaintext table as ``"csv"`` or ``"parquet"``."""
+    if file_format == "parquet":
+        pq.write_table(table, path)
+    elif file_format == "csv":
+        pacsv.write_csv(table, str(path))
+    else:
+        raise ValueError(f"unknown plain format {file_format!r}")

@@ -1,0 +1,76 @@
+"""The one exception hierarchy of cleanroom.
+
+Two branches under one root:
+
+* :class:`InvalidInputError`: the input is bad or hostile (a corrupt file, a
+  forged signature, data that breaks its schema). Retrying will not help; the
+  input must change.
+* :class:`OperationalError`: the environment failed (disk, network, a
+  database). Retrying may help.
+
+Programmer misuse (wrong argument types, calling things in the wrong order)
+raises the built-in ``TypeError`` / ``ValueError`` / ``RuntimeError`` instead.
+
+At trust boundaries errors are opaque on purpose: every failure to decrypt or
+to verify a signature is an :class:`IntegrityError` whose message does not say
+which byte, key or tag was wrong.
+"""
+
+from __future__ import annotations
+
+
+class CleanroomError(Exception):
+    """Root of every error cleanroom raises on purpose."""
+
+
+class InvalidInputError(CleanroomError):
+    """The input is malformed, hostile or does not meet a rule."""
+
+
+class IntegrityError(InvalidInputError):
+    """Decryption or signature verification failed.
+
+    This is the one error for every integrity failure: a wrong key, a flipped
+    bit, a truncated or reordered stream, a forged or misplaced signature.
+    Nothing decrypted is ever returned alongside it.
+    """
+
+
+class DeserializationError(InvalidInputError):
+    """A file or message could not be parsed into the expected structure."""
+
+
+class KeystoreError(InvalidInputError):
+    """A keystore is missing, unsafe (file permissions) or unreadable."""
+
+
+class SchemaError(InvalidInputError):
+    """A schema declaration is itself invalid."""
+
+
+class ValidationError(InvalidInputError):
+    """Data does not conform to its declared schema.
+
+    ``row`` is 1-based, counting data rows (a CSV header is not a row);
+    ``column`` names the offending column. Either may be ``None`` when the
+    problem is not tied to one row or column (an empty file, a missing column).
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, column: str | None = None):
+        where = []
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.row = row
+        self.column = column
+
+
+class OperationalError(CleanroomError):
+    """The environment failed: storage, network or an external service."""
+
+
+class StorageError(OperationalError):
+    """Reading or writing local storage failed."""
