@@ -29,7 +29,8 @@ class WireModel(pydantic.BaseModel):
 def _describe(exc: pydantic.ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "document"
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    others = exc.error_count() - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     return f"{where}: {first['msg']}{more}"
 
 

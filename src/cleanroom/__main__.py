@@ -1,0 +1,3 @@
+from cleanroom.cli.main import main
+
+main()

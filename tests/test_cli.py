@@ -1,0 +1,142 @@
+"""The real ``cleanroom`` command, run as a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCHEMA = {
+    "identity_column": "card_id",
+    "columns": [
+        {"name": "card_id", "type": "string", "nullable": False},
+        {"name": "amount", "type": "decimal(10,2)", "min": 0},
+        {"name": "category", "type": "string", "allowed": ["grocery", "travel"]},
+    ],
+}
+CSV = "card_id,amount,category\nc1,10.00,grocery\nc2,,travel\nc3,3.50,\n"
+
+
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    full_env.pop("CLEANROOM_PASSPHRASE", None)
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "cleanroom", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120, check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "cards.csv").write_text(CSV)
+    (tmp_path / "cards.schema.json").write_text(json.dumps(SCHEMA))
+    return tmp_path
+
+
+COMMANDS = [
+    [], ["party"], ["party", "create"], ["party", "show"], ["party", "export"],
+    ["dataset"], ["dataset", "encrypt"], ["dataset", "decrypt"], ["dataset", "inspect"],
+    ["version"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_every_command_has_help(tmp_path: Path, command: list[str]) -> None:
+    result = run(*command, "--help", cwd=tmp_path)
+    assert "Usage:" in result.stdout
+    if len(command) == 2:
+        assert "Example:" in result.stdout
+
+
+def test_full_flow_as_a_data_owner(workdir: Path) -> None:
+    created = run("party", "create", "bank", "--dir", "keys/bank", cwd=workdir)
+    assert "fingerprint:" in created.stdout
+    assert "unencrypted" in created.stderr
+    run("party", "export", "--dir", "keys/bank", "-o", "bank.identity.json", cwd=workdir)
+    shown = run("party", "show", "--identity", "bank.identity.json", cwd=workdir)
+    assert "bank" in shown.stdout
+    run("dataset", "encrypt", "cards.csv", "--schema", "cards.schema.json",
+        "--owner", "keys/bank", "-o", "cards.sealed", cwd=workdir)
+    assert sorted(p.name for p in (workdir / "cards.sealed").iterdir())[0] == "data.parquet"
+    inspected = run("dataset", "inspect", "cards.sealed", "--identity", "bank.identity.json",
+                    cwd=workdir)
+    assert "signature ok" in inspected.stdout
+    assert "3 rows" in inspected.stdout
+    assert "c1" not in inspected.stdout  # no rows without the key
+    preview = run("dataset", "inspect", "cards.sealed", "--owner", "keys/bank", "--rows", "2",
+                  cwd=workdir)
+    assert "c1" in preview.stdout
+    assert "c3" not in preview.stdout
+    run("dataset", "decrypt", "cards.sealed", "--owner", "keys/bank", "-o", "out.csv",
+        cwd=workdir)
+    assert (workdir / "out.csv").read_text().splitlines()[1] == '"c1",10.00,"grocery"'
+
+
+def test_passphrase_protected_keystore(workdir: Path) -> None:
+    env = {"CLEANROOM_PASSPHRASE": "s3cret passphrase"}
+    run("party", "create", "bank", "--dir", "k", "--passphrase", cwd=workdir, env=env)
+    run("party", "export", "--dir", "k", "-o", "id.json", cwd=workdir, env=env)
+    wrong = run("party", "export", "--dir", "k", "-o", "id2.json", cwd=workdir,
+                env={"CLEANROOM_PASSPHRASE": "guess"}, ok=False)
+    assert wrong.returncode == 1
+    assert "wrong passphrase" in wrong.stderr
+    missing = run("party", "export", "--dir", "k", "-o", "id3.json", cwd=workdir,
+                  env={"CLEANROOM_PASSPHRASE": ""}, ok=False)
+    assert "CLEANROOM_PASSPHRASE" in missing.stderr
+    assert not (workdir / "id2.json").exists()
+
+
+def test_errors_are_one_line_with_a_hint(workdir: Path) -> None:
+    run("party", "create", "bank", "--dir", "k", cwd=workdir)
+    (workdir / "bad.csv").write_text(CSV.replace("travel", "casino"))
+    result = run("dataset", "encrypt", "bad.csv", "--schema", "cards.schema.json", "--owner", "k",
+                 "-o", "out", cwd=workdir, ok=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error: row 2, column 'category': 'casino' is not one of the allowed values"
+    assert lines[1].startswith("hint:")
+    assert not (workdir / "out").exists()
+
+
+def test_unsafe_keystore_permissions(workdir: Path) -> None:
+    run("party", "create", "bank", "--dir", "k", cwd=workdir)
+    (workdir / "k" / "keystore.json").chmod(0o644)
+    result = run("party", "export", "--dir", "k", "-o", "x.json", cwd=workdir, ok=False)
+    assert "chmod 600" in result.stderr
+
+
+def test_tampered_dataset_is_reported(workdir: Path) -> None:
+    run("party", "create", "bank", "--dir", "k", cwd=workdir)
+    run("dataset", "encrypt", "cards.csv", "-s", "cards.schema.json", "--owner", "k", "-o", "d",
+        cwd=workdir)
+    data = workdir / "d" / "data.parquet"
+    data.write_bytes(data.read_bytes()[:-1] + b"X")
+    result = run("dataset", "decrypt", "d", "--owner", "k", "-o", "o.csv", cwd=workdir, ok=False)
+    assert "does not match the signed manifest" in result.stderr
+    assert not (workdir / "o.csv").exists()
+
+
+def test_missing_files_are_operational_errors(workdir: Path) -> None:
+    run("party", "create", "bank", "--dir", "k", cwd=workdir)
+    result = run("dataset", "encrypt", "cards.csv", "-s", "nope.json", "--owner", "k", "-o", "d",
+                 cwd=workdir, ok=False)
+    assert result.returncode == 3
+    assert "nope.json does not exist" in result.stderr
+
+
+def test_usage_errors_exit_2(workdir: Path) -> None:
+    result = run("party", "show", cwd=workdir, ok=False)
+    assert result.returncode == 2
+    assert "exactly one of --dir or --identity" in result.stderr
