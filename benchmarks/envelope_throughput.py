@@ -22,9 +22,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, median, timed  # noqa: E402
-
-from cleanroom.crypto import decrypt_stream, encrypt_stream  # noqa: E402
+from _common import machine, median, timed
+from cleanroom.crypto import decrypt_stream, encrypt_stream
 
 CHUNK = 1 << 20
 
@@ -117,8 +116,12 @@ def main() -> None:
     runs = [
         (raw, lambda: raw_gcm(block, total, key)),
         (raw_chunked, lambda: raw_gcm_per_chunk(block, total, key)),
-        (enc, lambda: encrypt_stream(
-            Repeat(block, total), Discard(), key, key_id=b"bench", chunk_size=CHUNK)),
+        (
+            enc,
+            lambda: encrypt_stream(
+                Repeat(block, total), Discard(), key, key_id=b"bench", chunk_size=CHUNK
+            ),
+        ),
         (dec, lambda: decrypt_stream(io.BytesIO(ciphertext), Discard(), key)),
     ]
     for i in range(args.repeat):

@@ -40,7 +40,10 @@ def cleanroom(*args: str, expect_failure: bool = False) -> str:
     console.print(f"[dim]$[/] [bold]cleanroom {shlex.join(args)}[/]")
     result = subprocess.run(
         [sys.executable, "-m", "cleanroom", *args],
-        cwd=OUT, capture_output=True, text=True, check=False,
+        cwd=OUT,
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "COLUMNS": str(console.width)},
     )
     output = (result.stdout + result.stderr).rstrip()
@@ -60,48 +63,71 @@ def make_data() -> None:
         writer = csv.writer(fh)
         writer.writerow(["card_id", "merchant_id", "amount", "category", "ts"])
         for _ in range(5000):
-            writer.writerow([
-                f"card-{rng.randrange(800):04d}",
-                f"m-{rng.randrange(40):03d}",
-                f"{rng.lognormvariate(3.2, 0.9):.2f}",
-                rng.choice(categories),
-                (start + timedelta(minutes=rng.randrange(60 * 24 * 90))).isoformat(sep=" "),
-            ])
-    (OUT / "transactions.schema.json").write_text(json.dumps({
-        "identity_column": "card_id",
-        "columns": [
-            {"name": "card_id", "type": "string", "nullable": False},
-            {"name": "merchant_id", "type": "string", "nullable": False},
-            {"name": "amount", "type": "decimal(12,2)", "nullable": False, "min": 0},
-            {"name": "category", "type": "string", "allowed": categories},
-            {"name": "ts", "type": "timestamp", "nullable": False},
-        ],
-    }, indent=2))
+            writer.writerow(
+                [
+                    f"card-{rng.randrange(800):04d}",
+                    f"m-{rng.randrange(40):03d}",
+                    f"{rng.lognormvariate(3.2, 0.9):.2f}",
+                    rng.choice(categories),
+                    (start + timedelta(minutes=rng.randrange(60 * 24 * 90))).isoformat(sep=" "),
+                ]
+            )
+    (OUT / "transactions.schema.json").write_text(
+        json.dumps(
+            {
+                "identity_column": "card_id",
+                "columns": [
+                    {"name": "card_id", "type": "string", "nullable": False},
+                    {"name": "merchant_id", "type": "string", "nullable": False},
+                    {"name": "amount", "type": "decimal(12,2)", "nullable": False, "min": 0},
+                    {"name": "category", "type": "string", "allowed": categories},
+                    {"name": "ts", "type": "timestamp", "nullable": False},
+                ],
+            },
+            indent=2,
+        )
+    )
     with (OUT / "customers.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["card_id", "loyalty_tier", "age_band"])
         for card in rng.sample(range(800), 500):
-            writer.writerow([f"card-{card:04d}", rng.choice(["bronze", "silver", "gold"]),
-                             rng.choice(["18-29", "30-44", "45-64", "65+"])])
-    (OUT / "customers.schema.json").write_text(json.dumps({
-        "identity_column": "card_id",
-        "columns": [
-            {"name": "card_id", "type": "string", "nullable": False},
-            {"name": "loyalty_tier", "type": "string", "allowed": ["bronze", "silver", "gold"]},
-            {"name": "age_band", "type": "string"},
-        ],
-    }, indent=2))
+            writer.writerow(
+                [
+                    f"card-{card:04d}",
+                    rng.choice(["bronze", "silver", "gold"]),
+                    rng.choice(["18-29", "30-44", "45-64", "65+"]),
+                ]
+            )
+    (OUT / "customers.schema.json").write_text(
+        json.dumps(
+            {
+                "identity_column": "card_id",
+                "columns": [
+                    {"name": "card_id", "type": "string", "nullable": False},
+                    {
+                        "name": "loyalty_tier",
+                        "type": "string",
+                        "allowed": ["bronze", "silver", "gold"],
+                    },
+                    {"name": "age_band", "type": "string"},
+                ],
+            },
+            indent=2,
+        )
+    )
 
 
 def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
     make_data()
-    console.print(Panel.fit(
-        "A bank and a merchant prepare data for a clean room.\n"
-        "Each keeps its own keys; data leaves their machines only encrypted.",
-        title="cleanroom demo",
-    ))
+    console.print(
+        Panel.fit(
+            "A bank and a merchant prepare data for a clean room.\n"
+            "Each keeps its own keys; data leaves their machines only encrypted.",
+            title="cleanroom demo",
+        )
+    )
 
     step("1. Each party creates its identity (signing + encryption keys)")
     cleanroom("party", "create", "bank", "--dir", "keys/bank")
@@ -110,17 +136,45 @@ def main() -> None:
     cleanroom("party", "show", "--identity", "bank.identity.json")
 
     step("2. Each owner validates and encrypts its data against a declared schema")
-    cleanroom("dataset", "encrypt", "transactions.csv", "--schema", "transactions.schema.json",
-              "--owner", "keys/bank", "-o", "transactions.sealed")
-    cleanroom("dataset", "encrypt", "customers.csv", "--schema", "customers.schema.json",
-              "--owner", "keys/merchant", "-o", "customers.sealed")
+    cleanroom(
+        "dataset",
+        "encrypt",
+        "transactions.csv",
+        "--schema",
+        "transactions.schema.json",
+        "--owner",
+        "keys/bank",
+        "-o",
+        "transactions.sealed",
+    )
+    cleanroom(
+        "dataset",
+        "encrypt",
+        "customers.csv",
+        "--schema",
+        "customers.schema.json",
+        "--owner",
+        "keys/merchant",
+        "-o",
+        "customers.sealed",
+    )
 
     step("3. Bad rows are refused, naming row and column; nothing is written")
     lines = (OUT / "transactions.csv").read_text().splitlines()
     lines[42] = lines[42].rsplit(",", 2)[0] + ",casino," + lines[42].rsplit(",", 1)[1]
     (OUT / "bad.csv").write_text("\n".join(lines) + "\n")
-    cleanroom("dataset", "encrypt", "bad.csv", "--schema", "transactions.schema.json",
-              "--owner", "keys/bank", "-o", "bad.sealed", expect_failure=True)
+    cleanroom(
+        "dataset",
+        "encrypt",
+        "bad.csv",
+        "--schema",
+        "transactions.schema.json",
+        "--owner",
+        "keys/bank",
+        "-o",
+        "bad.sealed",
+        expect_failure=True,
+    )
 
     step("4. Anyone can verify the signed manifest; nobody without the key reads a row")
     cleanroom("dataset", "inspect", "transactions.sealed", "--identity", "bank.identity.json")
@@ -134,8 +188,16 @@ def main() -> None:
     except duckdb.Error as exc:
         console.print(f"refused: {str(exc).splitlines()[0]}", highlight=False)
     console.print("[dim]# the merchant tries the bank's dataset with its own keys:[/]")
-    cleanroom("dataset", "decrypt", "transactions.sealed", "--owner", "keys/merchant",
-              "-o", "stolen.csv", expect_failure=True)
+    cleanroom(
+        "dataset",
+        "decrypt",
+        "transactions.sealed",
+        "--owner",
+        "keys/merchant",
+        "-o",
+        "stolen.csv",
+        expect_failure=True,
+    )
 
     step("5. Tampering with the ciphertext is caught before decryption")
     shutil.copytree(OUT / "transactions.sealed", OUT / "tampered.sealed")
@@ -143,17 +205,34 @@ def main() -> None:
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     data.write_bytes(bytes(raw))
-    cleanroom("dataset", "decrypt", "tampered.sealed", "--owner", "keys/bank", "-o", "t.csv",
-              expect_failure=True)
+    cleanroom(
+        "dataset",
+        "decrypt",
+        "tampered.sealed",
+        "--owner",
+        "keys/bank",
+        "-o",
+        "t.csv",
+        expect_failure=True,
+    )
 
     step("6. The owner decrypts its own data, exactly")
     cleanroom("dataset", "inspect", "transactions.sealed", "--owner", "keys/bank", "--rows", "3")
-    cleanroom("dataset", "decrypt", "transactions.sealed", "--owner", "keys/bank",
-              "-o", "transactions.roundtrip.csv")
-    console.print(Panel.fit(
-        "Done. Files are in ./demo-output. Next: rooms, a ledger and consensus governance.",
-        title="cleanroom demo",
-    ))
+    cleanroom(
+        "dataset",
+        "decrypt",
+        "transactions.sealed",
+        "--owner",
+        "keys/bank",
+        "-o",
+        "transactions.roundtrip.csv",
+    )
+    console.print(
+        Panel.fit(
+            "Done. Files are in ./demo-output. Next: rooms, a ledger and consensus governance.",
+            title="cleanroom demo",
+        )
+    )
 
 
 if __name__ == "__main__":

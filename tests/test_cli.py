@@ -18,7 +18,7 @@ SCHEMA = {
         {"name": "category", "type": "string", "allowed": ["grocery", "travel"]},
     ],
 }
-CSV = "card_id,amount,category\nc1,10.00,grocery\nc2,,travel\nc3,3.50,\n"
+CSV = "card_id,amount,category\ncard-one,10.00,grocery\ncard-two,,travel\ncard-three,3.50,\n"
 
 
 def run(
@@ -29,7 +29,12 @@ def run(
     full_env.update(env or {})
     result = subprocess.run(
         [sys.executable, "-m", "cleanroom", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         stdin=subprocess.DEVNULL,
     )
     if ok:
@@ -46,8 +51,15 @@ def workdir(tmp_path: Path) -> Path:
 
 
 COMMANDS = [
-    [], ["party"], ["party", "create"], ["party", "show"], ["party", "export"],
-    ["dataset"], ["dataset", "encrypt"], ["dataset", "decrypt"], ["dataset", "inspect"],
+    [],
+    ["party"],
+    ["party", "create"],
+    ["party", "show"],
+    ["party", "export"],
+    ["dataset"],
+    ["dataset", "encrypt"],
+    ["dataset", "decrypt"],
+    ["dataset", "inspect"],
     ["version"],
 ]
 
@@ -67,33 +79,62 @@ def test_full_flow_as_a_data_owner(workdir: Path) -> None:
     run("party", "export", "--dir", "keys/bank", "-o", "bank.identity.json", cwd=workdir)
     shown = run("party", "show", "--identity", "bank.identity.json", cwd=workdir)
     assert "bank" in shown.stdout
-    run("dataset", "encrypt", "cards.csv", "--schema", "cards.schema.json",
-        "--owner", "keys/bank", "-o", "cards.sealed", cwd=workdir)
+    run(
+        "dataset",
+        "encrypt",
+        "cards.csv",
+        "--schema",
+        "cards.schema.json",
+        "--owner",
+        "keys/bank",
+        "-o",
+        "cards.sealed",
+        cwd=workdir,
+    )
     assert sorted(p.name for p in (workdir / "cards.sealed").iterdir())[0] == "data.parquet"
-    inspected = run("dataset", "inspect", "cards.sealed", "--identity", "bank.identity.json",
-                    cwd=workdir)
+    inspected = run(
+        "dataset", "inspect", "cards.sealed", "--identity", "bank.identity.json", cwd=workdir
+    )
     assert "signature ok" in inspected.stdout
     assert "3 rows" in inspected.stdout
-    assert "c1" not in inspected.stdout  # no rows without the key
-    preview = run("dataset", "inspect", "cards.sealed", "--owner", "keys/bank", "--rows", "2",
-                  cwd=workdir)
-    assert "c1" in preview.stdout
-    assert "c3" not in preview.stdout
-    run("dataset", "decrypt", "cards.sealed", "--owner", "keys/bank", "-o", "out.csv",
-        cwd=workdir)
-    assert (workdir / "out.csv").read_text().splitlines()[1] == '"c1",10.00,"grocery"'
+    assert "card-one" not in inspected.stdout  # no rows without the key
+    preview = run(
+        "dataset", "inspect", "cards.sealed", "--owner", "keys/bank", "--rows", "2", cwd=workdir
+    )
+    assert "card-one" in preview.stdout
+    assert "card-three" not in preview.stdout
+    run("dataset", "decrypt", "cards.sealed", "--owner", "keys/bank", "-o", "out.csv", cwd=workdir)
+    assert (workdir / "out.csv").read_text().splitlines()[1] == '"card-one",10.00,"grocery"'
 
 
 def test_passphrase_protected_keystore(workdir: Path) -> None:
     env = {"CLEANROOM_PASSPHRASE": "s3cret passphrase"}
     run("party", "create", "bank", "--dir", "k", "--passphrase", cwd=workdir, env=env)
     run("party", "export", "--dir", "k", "-o", "id.json", cwd=workdir, env=env)
-    wrong = run("party", "export", "--dir", "k", "-o", "id2.json", cwd=workdir,
-                env={"CLEANROOM_PASSPHRASE": "guess"}, ok=False)
+    wrong = run(
+        "party",
+        "export",
+        "--dir",
+        "k",
+        "-o",
+        "id2.json",
+        cwd=workdir,
+        env={"CLEANROOM_PASSPHRASE": "guess"},
+        ok=False,
+    )
     assert wrong.returncode == 1
     assert "wrong passphrase" in wrong.stderr
-    missing = run("party", "export", "--dir", "k", "-o", "id3.json", cwd=workdir,
-                  env={"CLEANROOM_PASSPHRASE": ""}, ok=False)
+    missing = run(
+        "party",
+        "export",
+        "--dir",
+        "k",
+        "-o",
+        "id3.json",
+        cwd=workdir,
+        env={"CLEANROOM_PASSPHRASE": ""},
+        ok=False,
+    )
     assert "CLEANROOM_PASSPHRASE" in missing.stderr
     assert not (workdir / "id2.json").exists()
 
@@ -101,8 +142,19 @@ def test_passphrase_protected_keystore(workdir: Path) -> None:
 def test_errors_are_one_line_with_a_hint(workdir: Path) -> None:
     run("party", "create", "bank", "--dir", "k", cwd=workdir)
     (workdir / "bad.csv").write_text(CSV.replace("travel", "casino"))
-    result = run("dataset", "encrypt", "bad.csv", "--schema", "cards.schema.json", "--owner", "k",
-                 "-o", "out", cwd=workdir, ok=False)
+    result = run(
+        "dataset",
+        "encrypt",
+        "bad.csv",
+        "--schema",
+        "cards.schema.json",
+        "--owner",
+        "k",
+        "-o",
+        "out",
+        cwd=workdir,
+        ok=False,
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "error: row 2, column 'category': 'casino' is not one of the allowed values"
@@ -119,8 +171,18 @@ def test_unsafe_keystore_permissions(workdir: Path) -> None:
 
 def test_tampered_dataset_is_reported(workdir: Path) -> None:
     run("party", "create", "bank", "--dir", "k", cwd=workdir)
-    run("dataset", "encrypt", "cards.csv", "-s", "cards.schema.json", "--owner", "k", "-o", "d",
-        cwd=workdir)
+    run(
+        "dataset",
+        "encrypt",
+        "cards.csv",
+        "-s",
+        "cards.schema.json",
+        "--owner",
+        "k",
+        "-o",
+        "d",
+        cwd=workdir,
+    )
     data = workdir / "d" / "data.parquet"
     data.write_bytes(data.read_bytes()[:-1] + b"X")
     result = run("dataset", "decrypt", "d", "--owner", "k", "-o", "o.csv", cwd=workdir, ok=False)
@@ -130,8 +192,19 @@ def test_tampered_dataset_is_reported(workdir: Path) -> None:
 
 def test_missing_files_are_operational_errors(workdir: Path) -> None:
     run("party", "create", "bank", "--dir", "k", cwd=workdir)
-    result = run("dataset", "encrypt", "cards.csv", "-s", "nope.json", "--owner", "k", "-o", "d",
-                 cwd=workdir, ok=False)
+    result = run(
+        "dataset",
+        "encrypt",
+        "cards.csv",
+        "-s",
+        "nope.json",
+        "--owner",
+        "k",
+        "-o",
+        "d",
+        cwd=workdir,
+        ok=False,
+    )
     assert result.returncode == 3
     assert "nope.json does not exist" in result.stderr
 

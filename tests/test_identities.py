@@ -79,7 +79,9 @@ def test_keystore_readable_by_others_is_refused(tmp_path: Path, bank: Party, mod
         Party.load(tmp_path / "k")
 
 
-def test_existing_keystore_is_never_overwritten(tmp_path: Path, bank: Party, merchant: Party) -> None:
+def test_existing_keystore_is_never_overwritten(
+    tmp_path: Path, bank: Party, merchant: Party
+) -> None:
     bank.save(tmp_path / "k")
     with pytest.raises(KeystoreError, match="refusing to overwrite"):
         merchant.save(tmp_path / "k")

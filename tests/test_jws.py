@@ -58,7 +58,10 @@ def _forge_header(token: str, **changes: object) -> str:
         (lambda t: t + ".x", "malformed"),
         (lambda t: t.replace(".", "..", 1), "malformed"),
         (lambda t: t[:-2] + ("A" if t[-2] != "A" else "B") + t[-1], "failed"),
-        (lambda t: t.split(".")[0] + "." + b64url_encode(b"HELLO") + "." + t.split(".")[2], "failed"),
+        (
+            lambda t: t.split(".")[0] + "." + b64url_encode(b"HELLO") + "." + t.split(".")[2],
+            "failed",
+        ),
         (lambda t: "", "malformed"),
     ],
 )
@@ -79,13 +82,18 @@ def test_detached_and_attached_forms_do_not_mix(bank: Party) -> None:
     attached = jws.sign(b"x", bank.signing_private, kid=bank.fingerprint, typ=TYP)
     with pytest.raises(IntegrityError, match="detached"):
         jws.verify(
-            attached, bank.identity.signing_key, kid=bank.fingerprint, typ=TYP, detached_payload=b"x"
+            attached,
+            bank.identity.signing_key,
+            kid=bank.fingerprint,
+            typ=TYP,
+            detached_payload=b"x",
         )
 
 
 def test_signed_documents_detect_any_payload_change(bank: Party) -> None:
-    document = sign_document({"rows": 10, "name": "cards"}, bank.signing_private,
-                             kid=bank.fingerprint, typ=TYP)
+    document = sign_document(
+        {"rows": 10, "name": "cards"}, bank.signing_private, kid=bank.fingerprint, typ=TYP
+    )
     assert verify_document(document, bank.identity.signing_key, kid=bank.fingerprint, typ=TYP)
     tampered = {"payload": {**document["payload"], "rows": 11}, "signature": document["signature"]}
     with pytest.raises(IntegrityError, match="failed"):
@@ -102,8 +110,14 @@ def test_signature_swapped_between_documents_is_refused(bank: Party) -> None:
 
 @pytest.mark.parametrize(
     "document",
-    [None, [], {"payload": {}}, {"payload": [], "signature": ""}, {"payload": {}, "signature": 1},
-     {"payload": {}, "signature": "a..b", "extra": 1}],
+    [
+        None,
+        [],
+        {"payload": {}},
+        {"payload": [], "signature": ""},
+        {"payload": {}, "signature": 1},
+        {"payload": {}, "signature": "a..b", "extra": 1},
+    ],
 )
 def test_malformed_documents_are_integrity_errors(bank: Party, document: object) -> None:
     with pytest.raises(IntegrityError):

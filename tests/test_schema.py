@@ -11,8 +11,10 @@ from cleanroom.errors import DeserializationError, SchemaError, StorageError
 
 
 def _schema(*columns: dict[str, Any], identity: str = "id") -> dict[str, Any]:
-    return {"identity_column": identity, "columns": [{"name": "id", "type": "string",
-                                                      "nullable": False}, *columns]}
+    return {
+        "identity_column": identity,
+        "columns": [{"name": "id", "type": "string", "nullable": False}, *columns],
+    }
 
 
 def test_parses_every_type() -> None:
@@ -54,8 +56,10 @@ def test_parses_every_type() -> None:
         (_schema({"name": "x", "type": "string", "allowed": []}), "is empty"),
         (_schema({"name": "x", "type": "int64", "allowed": ["a"]}), "not a valid int64"),
         (_schema(identity="nope"), "has no column 'nope'"),
-        ({"identity_column": "id", "columns": [{"name": "id", "type": "string"}]},
-         "must be declared"),
+        (
+            {"identity_column": "id", "columns": [{"name": "id", "type": "string"}]},
+            "must be declared",
+        ),
     ],
 )
 def test_invalid_schemas_are_named(document: dict[str, Any], message: str) -> None:
@@ -69,10 +73,17 @@ def test_invalid_schemas_are_named(document: dict[str, Any], message: str) -> No
         ({"columns": []}, "identity_column"),
         ({"identity_column": "id", "columns": []}, "columns"),
         ({"identity_column": "id", "columns": [{"name": "id"}]}, "columns.0.type"),
-        ({"identity_column": "id", "columns": [{"name": "id", "type": "string",
-                                                  "nullable": "no"}]}, "nullable"),
-        ({"identity_column": "id", "columns": [{"name": "id", "type": "string"}], "extra": 1},
-         "extra"),
+        (
+            {
+                "identity_column": "id",
+                "columns": [{"name": "id", "type": "string", "nullable": "no"}],
+            },
+            "nullable",
+        ),
+        (
+            {"identity_column": "id", "columns": [{"name": "id", "type": "string"}], "extra": 1},
+            "extra",
+        ),
         ([], "schema is invalid"),
     ],
 )
