@@ -134,13 +134,12 @@ def party_show(
 
     Example: cleanroom party show --identity merchant.identity.json
     """
-    if (directory is None) == (identity_file is None):
-        raise typer.BadParameter("give exactly one of --dir or --identity")
-    if identity_file is not None:
+    if directory is not None and identity_file is None:
+        identity = PublicIdentity.load(directory / IDENTITY_FILE)
+    elif identity_file is not None and directory is None:
         identity = PublicIdentity.load(identity_file)
     else:
-        assert directory is not None  # noqa: S101 - narrowed by the check above
-        identity = PublicIdentity.load(directory / IDENTITY_FILE)
+        raise typer.BadParameter("give exactly one of --dir or --identity")
     _show_identity(identity, "Party")
 
 
@@ -231,10 +230,16 @@ def dataset_inspect(
 
     Example: cleanroom dataset inspect cards.sealed --identity bank.identity.json
     """
-    if (owner is None) == (identity_file is None):
+    party: Party | None = None
+    if owner is not None and identity_file is None:
+        party = _load_party(owner)
+        identity = party.identity
+    elif identity_file is not None and owner is None:
+        identity = PublicIdentity.load(identity_file)
+    else:
         raise typer.BadParameter("give exactly one of --owner or --identity")
-    party = _load_party(owner) if owner is not None else None
-    identity = party.identity if party is not None else PublicIdentity.load(identity_file)  # type: ignore[arg-type]
+    if rows and party is None:
+        raise typer.BadParameter("--rows needs --owner (only the owner can decrypt)")
     manifest = load_manifest(dataset, identity)
     console.print(
         f"[bold]{manifest.name}[/] by {manifest.owner_name} "
@@ -259,9 +264,7 @@ def dataset_inspect(
             column.name, column.type, "yes" if column.nullable else "no", ", ".join(constraints)
         )
     console.print(columns)
-    if rows:
-        if party is None:
-            raise typer.BadParameter("--rows needs --owner (only the owner can decrypt)")
+    if rows and party is not None:
         table = open_dataset(dataset, party).slice(0, rows)
         preview = Table(
             *table.schema.names, title=f"first {table.num_rows} rows", title_justify="left"
