@@ -36,6 +36,20 @@ class IntegrityError(InvalidInputError):
     """
 
 
+class ForkError(IntegrityError):
+    """A ledger showed two different histories: same size with different roots,
+    or a newer tree head that does not extend an older one."""
+
+
+class RollbackError(IntegrityError):
+    """A ledger showed fewer entries (or an older time) than it showed before."""
+
+
+class GovernanceError(InvalidInputError):
+    """A statement is not allowed in the room's current state: an unknown or
+    removed member, a closed proposal, a duplicate ballot, a replayed statement."""
+
+
 class DeserializationError(InvalidInputError):
     """A file or message could not be parsed into the expected structure."""
 

@@ -17,6 +17,7 @@ Verification raises :class:`IntegrityError`; it never returns a bool.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -51,9 +52,33 @@ def sign_detached(payload: bytes, key: Ed25519PrivateKey, *, kid: str, typ: str)
     return f"{header}..{signature}"
 
 
-def _check_header(encoded: str, *, typ: str, kid: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ParsedToken:
+    """A structurally valid compact JWS whose signature is not yet checked."""
+
+    header: dict[str, Any]
+    payload: bytes
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def kid(self) -> str:
+        return str(self.header["kid"])
+
+
+def parse(token: str, *, typ: str) -> ParsedToken:
+    """Split a compact JWS and check its header shape and ``typ``; no signature check.
+
+    Used to find who claims to have signed before looking up their key; follow
+    with :func:`verify_parsed`.
+    """
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN or token.count(".") != 2:
+        raise IntegrityError("malformed signature: not a compact JWS")
+    header_b64, body_b64, signature_b64 = token.split(".")
     try:
-        header = parse_json(b64url_decode(encoded, what="JWS header"), what="JWS header")
+        header = parse_json(b64url_decode(header_b64, what="JWS header"), what="JWS header")
+        payload = b64url_decode(body_b64, what="JWS payload")
+        signature = b64url_decode(signature_b64, what="JWS signature")
     except DeserializationError as exc:
         raise IntegrityError(f"malformed signature: {exc}") from exc
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
@@ -62,9 +87,17 @@ def _check_header(encoded: str, *, typ: str, kid: str) -> dict[str, Any]:
         raise IntegrityError(f"signature algorithm {header['alg']!r} is not allowed")
     if header["typ"] != typ:
         raise IntegrityError(f"signature is for a {header['typ']!r}, expected a {typ!r}")
-    if header["kid"] != kid:
-        raise IntegrityError("signature was made by a different key than expected")
-    return header
+    if not isinstance(header["kid"], str) or len(signature) != 64:
+        raise IntegrityError("malformed signature: bad key id or signature length")
+    return ParsedToken(header, payload, f"{header_b64}.{body_b64}".encode("ascii"), signature)
+
+
+def verify_parsed(parsed: ParsedToken, key: Ed25519PublicKey) -> None:
+    """Check the Ed25519 signature of a :func:`parse`-d token."""
+    try:
+        key.verify(parsed.signature, parsed.signing_input)
+    except InvalidSignature:
+        raise IntegrityError("signature verification failed") from None
 
 
 def verify(
@@ -78,29 +111,16 @@ def verify(
     """Verify a compact JWS and return its payload bytes.
 
     (1) the token has three parts and a sane size; (2) the header is exactly
-    ``{alg: EdDSA, kid, typ}`` with the expected ``kid`` and ``typ``; (3) the
-    Ed25519 signature verifies over the signing input.
+    ``{alg: EdDSA, kid, typ}`` with the expected ``typ``; (3) the ``kid`` is
+    the expected signer's; (4) the Ed25519 signature verifies.
     """
-    # (1) structure
-    if not isinstance(token, str) or len(token) > _MAX_TOKEN or token.count(".") != 2:
-        raise IntegrityError("malformed signature: not a compact JWS")
-    header_b64, body_b64, signature_b64 = token.split(".")
     if detached_payload is not None:
-        if body_b64:
+        parts = token.split(".") if isinstance(token, str) else []
+        if len(parts) != 3 or parts[1]:
             raise IntegrityError("malformed signature: expected a detached payload")
-        body_b64 = b64url_encode(detached_payload)
-    # (2) header
-    _check_header(header_b64, typ=typ, kid=kid)
-    try:
-        payload = b64url_decode(body_b64, what="JWS payload")
-        signature = b64url_decode(signature_b64, what="JWS signature")
-    except DeserializationError as exc:
-        raise IntegrityError(f"malformed signature: {exc}") from exc
-    if len(signature) != 64:
-        raise IntegrityError("malformed signature: an Ed25519 signature is 64 bytes")
-    # (3) signature
-    try:
-        key.verify(signature, f"{header_b64}.{body_b64}".encode("ascii"))
-    except InvalidSignature:
-        raise IntegrityError("signature verification failed") from None
-    return payload
+        token = f"{parts[0]}.{b64url_encode(detached_payload)}.{parts[2]}"
+    parsed = parse(token, typ=typ)  # (1), (2)
+    if parsed.kid != kid:  # (3)
+        raise IntegrityError("signature was made by a different key than expected")
+    verify_parsed(parsed, key)  # (4)
+    return parsed.payload

@@ -110,10 +110,14 @@ class MerkleTree:
             return [] if complete else [self._range(start, end)]
         k = _split(n)
         if m <= k:
-            return [*self._subproof(m, start, start + k, complete=complete),
-                    self._range(start + k, end)]
-        return [*self._subproof(m - k, start + k, end, complete=False),
-                self._range(start, start + k)]
+            return [
+                *self._subproof(m, start, start + k, complete=complete),
+                self._range(start + k, end),
+            ]
+        return [
+            *self._subproof(m - k, start + k, end, complete=False),
+            self._range(start, start + k),
+        ]
 
     def _check_size(self, size: int) -> None:
         if not 0 <= size <= self.size:
@@ -150,7 +154,7 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: list[bytes], roo
         raise IntegrityError("inclusion proof does not lead to the signed root")
 
 
-def verify_consistency(
+def verify_consistency(  # noqa: PLR0912 - follows RFC 9162 2.1.4.2 step by step
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: list[bytes]
 ) -> None:
     """RFC 9162 2.1.4.2: the tree of ``new_size`` extends the tree of ``old_size``."""

@@ -1,0 +1,544 @@
+"""The room's state, derived by folding over its statements (pure).
+
+:class:`RoomState` is a guarded state machine. :meth:`RoomState.apply` takes
+one parsed statement and the time the ledger assigned to it, checks every rule
+that concerns it, and only then changes the state; on any failure it raises
+:class:`GovernanceError` (or :class:`IntegrityError` for a bad signature) and
+the state is unchanged, except that proposals whose deadline passed before
+that time are marked expired, which depends on time alone.
+
+Checks, numbered as in the code:
+(1) the statement belongs to this room; (2) it was never recorded before
+(replay); (3) its author is a member in a state allowed to make it, and its
+signature verifies under that member's key; (4) the kind-specific rules.
+
+Proposals: open -> accepted | rejected | withdrawn | expired. Approvers are
+fixed when a proposal opens. An accepted proposal is applied at the ledger
+position of the ballot that decided it; if it no longer applies then (its
+preconditions are re-checked), it is rejected with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cleanroom.crypto import jws
+from cleanroom.crypto.canonical import canonical_digest
+from cleanroom.datasets.manifest import Manifest
+from cleanroom.errors import CleanroomError, GovernanceError
+from cleanroom.governance.constitution import DATASET_ACTIONS, Constitution
+from cleanroom.governance.statements import (
+    AddAnalysis,
+    AddMember,
+    Ballot,
+    ChangeConstitution,
+    ConsentRevoke,
+    MemberAccept,
+    MemberBody,
+    ProposalCreate,
+    ProposalWithdraw,
+    RegisterDataset,
+    RemoveMember,
+    RestoreConsent,
+    RetireAnalysis,
+    RoomCreate,
+    SetMeasurements,
+    SetPrivacyBudget,
+    Statement,
+)
+from cleanroom.identities.identity import PublicIdentity
+
+SignatureCheck = Callable[[jws.ParsedToken, Ed25519PublicKey], None]
+
+
+@dataclass
+class Member:
+    identity: PublicIdentity
+    roles: frozenset[str]
+    status: str  # "invited" | "active" | "removed"
+    invitation: str  # digest of the statement the member must accept
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
+
+    @property
+    def votes(self) -> bool:
+        return self.status == "active" and bool(self.roles - {"observer"})
+
+
+@dataclass
+class DatasetVersion:
+    version: int
+    manifest: Manifest
+    digest: str
+
+
+@dataclass
+class Dataset:
+    name: str
+    owner: str
+    versions: list[DatasetVersion]
+    consent: bool = True
+    budget: tuple[float, float] | None = None
+
+
+@dataclass
+class Analysis:
+    name: str
+    language: str
+    text: str
+    digest: str
+    inputs: tuple[str, ...]
+    recipients: tuple[str, ...]
+    status: str = "active"
+
+
+@dataclass
+class Proposal:
+    id: str
+    proposer: str
+    action: Any
+    approvers: frozenset[str]
+    expires_at: int
+    opened_at: int
+    status: str = "open"
+    approvals: set[str] = field(default_factory=set)
+    rejections: set[str] = field(default_factory=set)
+    note: str = ""
+
+
+def _member_from_body(body: MemberBody | AddMember, invitation: str) -> Member:
+    try:
+        identity = PublicIdentity.from_document(body.identity)
+    except CleanroomError as exc:
+        raise GovernanceError(f"invalid member identity: {exc}") from exc
+    if len(set(body.roles)) != len(body.roles):
+        raise GovernanceError(f"member {identity.name} has a role listed twice")
+    return Member(identity, frozenset(body.roles), "invited", invitation)
+
+
+@dataclass
+class RoomState:
+    room: str
+    name: str
+    constitution: Constitution
+    creator: str
+    members: dict[str, Member]
+    status: str = "pending"
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    analyses: dict[str, Analysis] = field(default_factory=dict)
+    measurements: tuple[tuple[str, str], ...] = ()
+    proposals: dict[str, Proposal] = field(default_factory=dict)
+    contract_version: int = 0
+    size: int = 0
+    last_time: int = 0
+    seen: set[str] = field(default_factory=set)
+    _open: set[str] = field(default_factory=set)
+
+    # -- genesis ------------------------------------------------------------------
+
+    @classmethod
+    def genesis(cls, statement: Statement, time_ms: int, check: SignatureCheck) -> RoomState:
+        """The state after a ``room.create`` statement (the first ledger entry)."""
+        if statement.kind != "room.create":
+            raise GovernanceError("a room's first statement must be room.create")
+        body: RoomCreate = statement.body
+        members: dict[str, Member] = {}
+        for member_body in body.members:
+            member = _member_from_body(member_body, statement.digest)
+            if member.fingerprint in members:
+                raise GovernanceError(f"member {member.identity.name} is listed twice")
+            members[member.fingerprint] = member
+        creator = members.get(statement.author)
+        if creator is None:
+            raise GovernanceError("the room's creator must be one of its members")
+        check(statement.parsed, creator.identity.signing_key)
+        constitution = Constitution.from_body(body.constitution)
+        constitution.check_satisfiable(sum(1 for m in members.values() if m.roles - {"observer"}))
+        creator.status = "active"  # creating the room is the creator's acceptance
+        state = cls(statement.room, body.name, constitution, creator.fingerprint, members)
+        state._record(statement, time_ms)
+        state._maybe_activate()
+        return state
+
+    # -- the transition -------------------------------------------------------------
+
+    def apply(self, statement: Statement, time_ms: int, check: SignatureCheck) -> None:
+        """Apply one statement recorded at ``time_ms``; raises if it is not allowed."""
+        if statement.room != self.room:  # (1)
+            raise GovernanceError("statement belongs to another room")
+        if statement.digest in self.seen:  # (2)
+            raise GovernanceError("statement was already recorded (replay)")
+        if time_ms < self.last_time:
+            raise GovernanceError("ledger time went backwards")
+        self._expire(time_ms)
+        author = self.members.get(statement.author)  # (3)
+        if author is None:
+            raise GovernanceError("statement author is not a member of this room")
+        if statement.kind == "member.accept":
+            if author.status != "invited":
+                raise GovernanceError(f"{author.identity.name} has no pending invitation")
+        elif author.status != "active":
+            raise GovernanceError(
+                f"{author.identity.name} is not an active member ({author.status})"
+            )
+        elif self.status != "active":
+            raise GovernanceError("the room is not active yet: members must accept first")
+        check(statement.parsed, author.identity.signing_key)
+        handler = {  # (4)
+            "member.accept": self._accept,
+            "proposal.create": self._propose,
+            "ballot": self._ballot,
+            "proposal.withdraw": self._withdraw,
+            "consent.revoke": self._revoke,
+        }.get(statement.kind)
+        if handler is None:
+            raise GovernanceError(f"{statement.kind} is not allowed after the room is created")
+        handler(statement, author, time_ms)
+        self._record(statement, time_ms)
+
+    def _record(self, statement: Statement, time_ms: int) -> None:
+        self.seen.add(statement.digest)
+        self.size += 1
+        self.last_time = time_ms
+
+    def _expire(self, time_ms: int) -> None:
+        for pid in sorted(self._open):
+            proposal = self.proposals[pid]
+            if proposal.expires_at <= time_ms:
+                proposal.status = "expired"
+                self._open.discard(pid)
+
+    def _maybe_activate(self) -> None:
+        if self.status == "pending" and all(m.status == "active" for m in self.members.values()):
+            self.status = "active"
+            self.contract_version = 1
+
+    # -- statement kinds -------------------------------------------------------------
+
+    def _accept(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: MemberAccept = statement.body
+        if body.invitation != author.invitation:
+            raise GovernanceError("acceptance names a different invitation than the member's")
+        author.status = "active"
+        self._maybe_activate()
+
+    def _propose(self, statement: Statement, author: Member, time_ms: int) -> None:
+        action = statement.body.action if isinstance(statement.body, ProposalCreate) else None
+        if not author.votes:
+            raise GovernanceError(f"{author.identity.name} is an observer and cannot propose")
+        self._check_action(action, author.fingerprint)
+        approvers = self.approvers(action)
+        if self.constitution.rule == "threshold" and len(approvers) < (self.constitution.k or 0):
+            raise GovernanceError(
+                f"threshold k={self.constitution.k} cannot be met by {len(approvers)} approver(s)"
+            )
+        self.proposals[statement.digest] = Proposal(
+            id=statement.digest,
+            proposer=author.fingerprint,
+            action=action,
+            approvers=approvers,
+            expires_at=time_ms + self.constitution.proposal_ttl_ms,
+            opened_at=time_ms,
+        )
+        self._open.add(statement.digest)
+
+    def _open_proposal(self, proposal_id: str) -> Proposal:
+        proposal = self.proposals.get(proposal_id)
+        if proposal is None:
+            raise GovernanceError(f"no proposal {proposal_id[:12]}... in this room")
+        if proposal.status != "open":
+            raise GovernanceError(f"proposal {proposal_id[:12]}... is {proposal.status}, not open")
+        return proposal
+
+    def _ballot(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: Ballot = statement.body
+        proposal = self._open_proposal(body.proposal)
+        voter = author.fingerprint
+        if voter not in proposal.approvers:
+            raise GovernanceError(f"{author.identity.name} is not an approver of this proposal")
+        if voter in proposal.approvals or voter in proposal.rejections:
+            raise GovernanceError(f"{author.identity.name} already voted on this proposal")
+        (proposal.approvals if body.vote == "approve" else proposal.rejections).add(voter)
+        outcome = self.constitution.decide(
+            proposal.approvers, proposal.approvals, proposal.rejections
+        )
+        if outcome == "open":
+            return
+        self._open.discard(proposal.id)
+        if outcome == "rejected":
+            proposal.status = "rejected"
+            return
+        try:
+            self._check_action(proposal.action, proposal.proposer)
+        except GovernanceError as exc:
+            proposal.status, proposal.note = "rejected", f"no longer applicable: {exc}"
+            return
+        proposal.status = "accepted"
+        self._apply_action(proposal.action, proposal.id)
+        self.contract_version += 1
+
+    def _withdraw(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: ProposalWithdraw = statement.body
+        proposal = self._open_proposal(body.proposal)
+        if proposal.proposer != author.fingerprint:
+            raise GovernanceError("only the proposer can withdraw a proposal")
+        proposal.status = "withdrawn"
+        self._open.discard(proposal.id)
+
+    def _revoke(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: ConsentRevoke = statement.body
+        dataset = self._dataset(body.dataset)
+        if dataset.owner != author.fingerprint:
+            raise GovernanceError("only the dataset's owner can revoke consent")
+        if not dataset.consent:
+            raise GovernanceError(f"consent for {dataset.name} is already revoked")
+        dataset.consent = False
+        self.contract_version += 1
+
+    # -- actions ------------------------------------------------------------------------
+
+    def voters(self, *, excluding: str | None = None) -> frozenset[str]:
+        return frozenset(fp for fp, m in self.members.items() if m.votes and fp != excluding)
+
+    def result_recipients(self) -> frozenset[str]:
+        return frozenset(
+            fp
+            for fp, m in self.members.items()
+            if m.status == "active" and "result_recipient" in m.roles
+        )
+
+    def approvers(self, action: Any) -> frozenset[str]:
+        """Who must decide ``action`` under the constitution in force."""
+        subject = action.member if isinstance(action, RemoveMember) else None
+        if self.constitution.rule != "default" or action.type not in DATASET_ACTIONS:
+            required = self.voters(excluding=subject)
+        else:
+            required = self._dataset_approvers(action)
+        if not required:
+            raise GovernanceError("no member can approve this proposal")
+        return required
+
+    def _dataset_approvers(self, action: Any) -> frozenset[str]:
+        if isinstance(action, RegisterDataset):
+            owners = {str(action.manifest.get("payload", {}).get("owner", {}).get("fingerprint"))}
+            return frozenset(owners | self.result_recipients())
+        if isinstance(action, AddAnalysis):
+            owners = {self._dataset(name).owner for name in action.inputs}
+            return frozenset(owners | set(action.recipients))
+        if isinstance(action, RetireAnalysis):
+            analysis = self._analysis(action.name)
+            owners = {self._dataset(name).owner for name in analysis.inputs}
+            return frozenset(owners | set(analysis.recipients)) & self.voters()
+        dataset = self._dataset(action.dataset)
+        return frozenset({dataset.owner} | self.result_recipients())
+
+    def _dataset(self, name: str) -> Dataset:
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            raise GovernanceError(f"no dataset {name!r} in this room")
+        return dataset
+
+    def _analysis(self, name: str) -> Analysis:
+        analysis = self.analyses.get(name)
+        if analysis is None:
+            raise GovernanceError(f"no analysis {name!r} in this room")
+        return analysis
+
+    def _active(self, fingerprint: str, role: str | None = None) -> Member:
+        member = self.members.get(fingerprint)
+        if member is None or member.status != "active":
+            raise GovernanceError(f"{fingerprint[:12]}... is not an active member")
+        if role is not None and role not in member.roles:
+            raise GovernanceError(f"{member.identity.name} does not have the {role} role")
+        return member
+
+    def _manifest(self, action: RegisterDataset) -> Manifest:
+        payload = action.manifest.get("payload")
+        owner_fp = (
+            payload.get("owner", {}).get("fingerprint") if isinstance(payload, dict) else None
+        )
+        owner = self._active(str(owner_fp), "data_provider")
+        try:
+            return Manifest.verify(action.manifest, owner.identity)
+        except CleanroomError as exc:
+            raise GovernanceError(f"dataset manifest does not verify: {exc}") from exc
+
+    def _check_action(self, action: Any, proposer: str) -> None:
+        """Preconditions of an action; checked when proposed and again when accepted."""
+        getattr(self, f"_check_{action.type}")(action, proposer)
+
+    def _apply_action(self, action: Any, proposal_id: str) -> None:
+        getattr(self, f"_apply_{action.type}")(action, proposal_id)
+
+    def _check_add_member(self, action: AddMember, proposer: str) -> None:
+        member = _member_from_body(action, "")
+        existing = self.members.get(member.fingerprint)
+        if existing is not None and existing.status != "removed":
+            raise GovernanceError(f"{member.identity.name} is already a member")
+
+    def _apply_add_member(self, action: AddMember, proposal_id: str) -> None:
+        member = _member_from_body(action, proposal_id)  # invited until they accept
+        self.members[member.fingerprint] = member
+
+    def _check_remove_member(self, action: RemoveMember, proposer: str) -> None:
+        self._active(action.member)
+        self.constitution.check_satisfiable(len(self.voters(excluding=action.member)))
+
+    def _apply_remove_member(self, action: RemoveMember, proposal_id: str) -> None:
+        self.members[action.member].status = "removed"
+
+    def _check_register_dataset(self, action: RegisterDataset, proposer: str) -> None:
+        manifest = self._manifest(action)
+        if manifest.owner_fingerprint != proposer:
+            raise GovernanceError("only a dataset's owner can register it")
+        existing = self.datasets.get(manifest.name)
+        if existing is not None:
+            if existing.owner != proposer:
+                raise GovernanceError(f"dataset {manifest.name!r} belongs to another member")
+            digest = canonical_digest(action.manifest)
+            if any(v.digest == digest for v in existing.versions):
+                raise GovernanceError(f"this version of {manifest.name!r} is already registered")
+
+    def _apply_register_dataset(self, action: RegisterDataset, proposal_id: str) -> None:
+        manifest = self._manifest(action)
+        dataset = self.datasets.setdefault(
+            manifest.name, Dataset(manifest.name, manifest.owner_fingerprint, [])
+        )
+        dataset.versions.append(
+            DatasetVersion(len(dataset.versions) + 1, manifest, canonical_digest(action.manifest))
+        )
+
+    def _check_add_analysis(self, action: AddAnalysis, proposer: str) -> None:
+        self._active(proposer, "analyst")
+        if action.name in self.analyses:
+            raise GovernanceError(f"an analysis named {action.name!r} already exists")
+        for name in action.inputs:
+            if not self._dataset(name).consent:
+                raise GovernanceError(f"the owner of {name!r} has revoked consent")
+        for fingerprint in action.recipients:
+            self._active(fingerprint, "result_recipient")
+
+    def _apply_add_analysis(self, action: AddAnalysis, proposal_id: str) -> None:
+        self.analyses[action.name] = Analysis(
+            action.name,
+            action.language,
+            action.text,
+            hashlib.sha256(action.text.encode("utf-8")).hexdigest(),
+            tuple(action.inputs),
+            tuple(action.recipients),
+        )
+
+    def _check_retire_analysis(self, action: RetireAnalysis, proposer: str) -> None:
+        if self._analysis(action.name).status != "active":
+            raise GovernanceError(f"analysis {action.name!r} is already retired")
+
+    def _apply_retire_analysis(self, action: RetireAnalysis, proposal_id: str) -> None:
+        self.analyses[action.name].status = "retired"
+
+    def _check_set_measurements(self, action: SetMeasurements, proposer: str) -> None:
+        return None  # any list is valid, the empty one included (then nothing may run)
+
+    def _apply_set_measurements(self, action: SetMeasurements, proposal_id: str) -> None:
+        self.measurements = tuple(sorted({(m.platform, m.value) for m in action.measurements}))
+
+    def _owned(self, name: str, proposer: str) -> Dataset:
+        dataset = self._dataset(name)
+        if dataset.owner != proposer:
+            raise GovernanceError("only the dataset's owner can propose this")
+        return dataset
+
+    def _check_set_privacy_budget(self, action: SetPrivacyBudget, proposer: str) -> None:
+        self._owned(action.dataset, proposer)
+
+    def _apply_set_privacy_budget(self, action: SetPrivacyBudget, proposal_id: str) -> None:
+        self.datasets[action.dataset].budget = (float(action.epsilon), float(action.delta))
+
+    def _check_restore_consent(self, action: RestoreConsent, proposer: str) -> None:
+        if self._owned(action.dataset, proposer).consent:
+            raise GovernanceError(f"consent for {action.dataset!r} is not revoked")
+
+    def _apply_restore_consent(self, action: RestoreConsent, proposal_id: str) -> None:
+        self.datasets[action.dataset].consent = True
+
+    def _check_change_constitution(self, action: ChangeConstitution, proposer: str) -> None:
+        Constitution.from_body(action.constitution).check_satisfiable(len(self.voters()))
+
+    def _apply_change_constitution(self, action: ChangeConstitution, proposal_id: str) -> None:
+        self.constitution = Constitution.from_body(action.constitution)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON view of everything derived; equal ledgers give equal summaries."""
+        return {
+            "room": self.room,
+            "name": self.name,
+            "status": self.status,
+            "contract_version": self.contract_version,
+            "entries": self.size,
+            "constitution": self.constitution.to_json(),
+            "members": [
+                {
+                    "name": m.identity.name,
+                    "fingerprint": fp,
+                    "roles": sorted(m.roles),
+                    "status": m.status,
+                }
+                for fp, m in sorted(self.members.items())
+            ],
+            "datasets": [
+                {
+                    "name": d.name,
+                    "owner": d.owner,
+                    "consent": d.consent,
+                    "versions": [
+                        {"version": v.version, "sha256": v.manifest.sha256, "rows": v.manifest.rows}
+                        for v in d.versions
+                    ],
+                    "budget": list(d.budget) if d.budget else None,
+                }
+                for d in sorted(self.datasets.values(), key=lambda d: d.name)
+            ],
+            "analyses": [
+                {
+                    "name": a.name,
+                    "digest": a.digest,
+                    "inputs": list(a.inputs),
+                    "recipients": list(a.recipients),
+                    "status": a.status,
+                }
+                for a in sorted(self.analyses.values(), key=lambda a: a.name)
+            ],
+            "measurements": [{"platform": p, "value": v} for p, v in self.measurements],
+            "proposals": {
+                status: sum(1 for p in self.proposals.values() if p.status == status)
+                for status in ("open", "accepted", "rejected", "withdrawn", "expired")
+            },
+        }
+
+    def digest(self) -> str:
+        return canonical_digest(self.summary())
+
+
+def fold(records: Iterable[tuple[int, Statement]], check: SignatureCheck) -> RoomState:
+    """Derive a room's state from ``(ledger time, statement)`` pairs in ledger order."""
+    state: RoomState | None = None
+    for time_ms, statement in records:
+        if state is None:
+            state = RoomState.genesis(statement, time_ms, check)
+        else:
+            state.apply(statement, time_ms, check)
+    if state is None:
+        raise GovernanceError("an empty ledger has no room")
+    return state
+
+
+def verify_signature(parsed: jws.ParsedToken, key: Ed25519PublicKey) -> None:
+    jws.verify_parsed(parsed, key)

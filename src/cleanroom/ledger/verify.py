@@ -1,0 +1,224 @@
+"""Offline verification of a ledger export, and client-side fork detection (pure).
+
+``verify_export`` takes an export document and the service's public identity
+and either returns the verified ledger with the room state derived from it,
+or raises. Steps:
+
+(1) the export is well formed and names the expected service;
+(2) entries are numbered 0..n-1 in order, with non-decreasing times;
+(3) every tree head is signed by the service for this room, their sizes and
+    times never decrease, and each root equals the root recomputed from the
+    entries at that size (any edit, insertion, deletion or reordering of
+    entries changes a root);
+(4) the last tree head covers every entry;
+(5) every statement parses, every transition is allowed by the governance
+    rules, and every signature verifies under the key the room state gives
+    its author at that point (checked in parallel for large ledgers).
+
+A client that saw a tree head before keeps it (:class:`TreeHeadTracker`); a
+later head must be consistent with it: a smaller size is a rollback, a
+different root at the same size or a failed consistency proof is a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import StrictStr
+
+from cleanroom.crypto import jws
+from cleanroom.crypto.keys import public_bytes
+from cleanroom.errors import (
+    CleanroomError,
+    ForkError,
+    IntegrityError,
+    RollbackError,
+)
+from cleanroom.fs import write_file
+from cleanroom.governance.state import RoomState, fold
+from cleanroom.governance.statements import Statement, parse_statement
+from cleanroom.identities.identity import PublicIdentity
+from cleanroom.ledger.entries import Entry, TreeHead
+from cleanroom.ledger.merkle import MerkleTree, verify_consistency
+from cleanroom.wire import WireModel, parse_model, read_json_file
+
+PARALLEL_THRESHOLD = 4_000
+_CHUNK = 2_000
+
+
+class _ExportWire(WireModel):
+    format: Literal["cleanroom-ledger-export"]
+    version: Literal[1]
+    room: StrictStr
+    service: dict[str, Any]
+    entries: list[dict[str, Any]]
+    tree_heads: list[StrictStr]
+
+
+@dataclass(frozen=True)
+class VerifiedLedger:
+    room: str
+    entries: list[Entry]
+    statements: list[Statement]
+    tree_heads: list[TreeHead]
+    state: RoomState
+
+    @property
+    def head(self) -> TreeHead:
+        return self.tree_heads[-1]
+
+
+def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> int:
+    """Check (message, signature, raw public key) triples; index of the first failure or -1."""
+    for index, (message, signature, key) in enumerate(items):
+        try:
+            Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+        except InvalidSignature:
+            return index
+    return -1
+
+
+class _DeferredSignatures:
+    """Collects signature checks during a fold and runs them all at the end."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes, bytes]] = []
+
+    def __call__(self, parsed: jws.ParsedToken, key: Ed25519PublicKey) -> None:
+        self.items.append((parsed.signing_input, parsed.signature, public_bytes(key)))
+
+    def run(self, workers: int) -> int:
+        if workers <= 1 or len(self.items) < PARALLEL_THRESHOLD:
+            return _verify_chunk(self.items)
+        chunks = [self.items[i : i + _CHUNK] for i in range(0, len(self.items), _CHUNK)]
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for number, failed in enumerate(pool.map(_verify_chunk, chunks)):
+                if failed >= 0:
+                    return number * _CHUNK + failed
+        return -1
+
+
+def verify_entries(
+    room: str,
+    entries: Sequence[Entry],
+    tree_head_tokens: Sequence[str],
+    service: PublicIdentity,
+    *,
+    workers: int | None = None,
+) -> VerifiedLedger:
+    """Steps (2) to (5) of the module notes, on already-parsed parts."""
+    if not entries:
+        raise IntegrityError("the ledger has no entries")
+    tree = MerkleTree()
+    last_time = 0
+    for index, entry in enumerate(entries):  # (2)
+        if entry.seq != index:
+            raise IntegrityError(
+                f"entry at position {index} claims seq {entry.seq}: "
+                "entries were deleted, inserted or reordered"
+            )
+        if entry.time < last_time:
+            raise IntegrityError(f"entry {index} is older than the entry before it")
+        last_time = entry.time
+        tree.append(entry.leaf_hash)
+    heads: list[TreeHead] = []
+    for token in tree_head_tokens:  # (3)
+        head = TreeHead.verify(token, service, room=room)
+        if head.size > tree.size:
+            raise IntegrityError(
+                f"a tree head covers {head.size} entries; the export has {tree.size}"
+            )
+        if heads and (head.size < heads[-1].size or head.time < heads[-1].time):
+            raise RollbackError("tree heads go backwards in size or time")
+        if head.root != tree.root(head.size):
+            raise IntegrityError(
+                f"entries do not match the signed tree head of size {head.size}: "
+                "the ledger was modified"
+            )
+        heads.append(head)
+    if not heads or heads[-1].size != tree.size:  # (4)
+        raise IntegrityError("the last entries are not covered by a signed tree head")
+    statements = [parse_statement(e.statement) for e in entries]  # (5)
+    deferred = _DeferredSignatures()
+    state = fold(((e.time, s) for e, s in zip(entries, statements, strict=True)), deferred)
+    failed = deferred.run(workers if workers is not None else (os.cpu_count() or 1))
+    if failed >= 0:
+        raise IntegrityError(f"the signature of entry {failed} does not verify")
+    return VerifiedLedger(room, list(entries), statements, heads, state)
+
+
+def verify_export(
+    document: Any, service: PublicIdentity, *, workers: int | None = None
+) -> VerifiedLedger:
+    """Verify a whole ledger export offline (see the module notes)."""
+    wire = parse_model(_ExportWire, document, what="ledger export")  # (1)
+    try:
+        named = PublicIdentity.from_document(wire.service)
+    except CleanroomError as exc:
+        raise IntegrityError(f"the export's service identity is invalid: {exc}") from exc
+    if named.fingerprint != service.fingerprint:
+        raise IntegrityError("the export was made by a different ledger service than the key given")
+    entries = [Entry.from_json(e) for e in wire.entries]
+    return verify_entries(wire.room, entries, wire.tree_heads, service, workers=workers)
+
+
+def load_export(path: Path) -> Any:
+    return read_json_file(path, what="ledger export")
+
+
+class TreeHeadTracker:
+    """The last tree head a client accepted per room, optionally kept in a file.
+
+    :meth:`observe` accepts a newer head only with a valid consistency proof
+    from the last one; it raises :class:`RollbackError` or :class:`ForkError`
+    otherwise, and then keeps the old head.
+    """
+
+    def __init__(self, service: PublicIdentity, path: Path | None = None) -> None:
+        self.service = service
+        self.path = path
+        self._heads: dict[str, TreeHead] = {}
+        if path is not None and path.exists():
+            for room, token in read_json_file(path, what="known tree heads").items():
+                self._heads[room] = TreeHead.verify(token, service, room=room)
+
+    def last(self, room: str) -> TreeHead | None:
+        return self._heads.get(room)
+
+    def observe(self, head: TreeHead, proof: Callable[[int, int], list[bytes]]) -> TreeHead:
+        """Accept ``head`` if it extends the last one seen; ``proof(old, new)`` fetches
+        a consistency proof."""
+        old = self._heads.get(head.room)
+        if old is not None:
+            check_extends(old, head, proof(old.size, head.size) if head.size > old.size else [])
+        self._heads[head.room] = head
+        self._save()
+        return head
+
+    def _save(self) -> None:
+        if self.path is not None:
+            document = {room: head.token for room, head in sorted(self._heads.items())}
+            write_file(self.path, json.dumps(document, indent=2).encode() + b"\n")
+
+
+def check_extends(old: TreeHead, new: TreeHead, proof: list[bytes]) -> None:
+    """Raise unless ``new`` is ``old`` or a consistent extension of it."""
+    if new.size < old.size:
+        raise RollbackError(
+            f"the ledger shows {new.size} entries but showed {old.size} before: rolled back"
+        )
+    if new.time < old.time:
+        raise RollbackError("the ledger's tree head is older than one seen before: rolled back")
+    try:
+        verify_consistency(old.size, new.size, old.root, new.root, proof)
+    except IntegrityError as exc:
+        raise ForkError(f"the ledger rewrote its history (fork): {exc}") from exc
