@@ -55,11 +55,21 @@ def test_published_consistency_proofs(case: dict) -> None:  # type: ignore[type-
 
 def test_production_log_audit_path() -> None:
     case = V["production_log_inclusion"]
-    verify_inclusion(bytes.fromhex(case["leaf_hash"]), case["index"], case["size"],
-                     h(case["path"]), bytes.fromhex(case["root"]))
+    verify_inclusion(
+        bytes.fromhex(case["leaf_hash"]),
+        case["index"],
+        case["size"],
+        h(case["path"]),
+        bytes.fromhex(case["root"]),
+    )
     with pytest.raises(IntegrityError):
-        verify_inclusion(bytes.fromhex(case["leaf_hash"]), case["index"] + 1, case["size"],
-                         h(case["path"]), bytes.fromhex(case["root"]))
+        verify_inclusion(
+            bytes.fromhex(case["leaf_hash"]),
+            case["index"] + 1,
+            case["size"],
+            h(case["path"]),
+            bytes.fromhex(case["root"]),
+        )
 
 
 def test_rejections_from_the_reference_suite() -> None:
@@ -107,7 +117,9 @@ def test_a_rewritten_history_fails_consistency(size: int, data: st.DataObject) -
     forked_leaves[changed] = leaf_hash(b"forged")
     forked = MerkleTree(forked_leaves)
     with pytest.raises(IntegrityError):
-        verify_consistency(old, size, honest.root(old), forked.root(), forked.consistency_proof(old))
+        verify_consistency(
+            old, size, honest.root(old), forked.root(), forked.consistency_proof(old)
+        )
 
 
 def test_duplicated_last_leaf_changes_the_root() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -20,22 +21,30 @@ from cleanroom.datasets import Schema, decrypt_dataset, load_manifest, open_data
 from cleanroom.errors import (
     CleanroomError,
     DeserializationError,
+    ForkError,
+    GovernanceError,
     IntegrityError,
     KeystoreError,
     OperationalError,
+    RollbackError,
     SchemaError,
     ValidationError,
 )
 from cleanroom.fs import write_file
+from cleanroom.governance.statements import Statement
 from cleanroom.identities import Party, PublicIdentity, format_fingerprint
 from cleanroom.identities.keystore import IDENTITY_FILE
+from cleanroom.ledger import TreeHeadTracker, VerifiedLedger, open_ledger, verify_export
+from cleanroom.ledger.local import service_identity_file
+from cleanroom.ledger.merkle import MerkleTree
+from cleanroom.ledger.verify import load_export
 from cleanroom.wire import pretty_json
 
 PASSPHRASE_ENV = "CLEANROOM_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
 app = typer.Typer(
     name="cleanroom",
-    help="A confidential clean room: parties, encrypted datasets and (soon) rooms.",
+    help="A confidential clean room: parties, encrypted datasets and audited rooms.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -44,12 +53,19 @@ party_app = typer.Typer(help="Create and show party identities (keystores).", no
 dataset_app = typer.Typer(help="Encrypt, inspect and decrypt datasets.", no_args_is_help=True)
 app.add_typer(party_app, name="party")
 app.add_typer(dataset_app, name="dataset")
+audit_app = typer.Typer(
+    help="Export, verify and read a room's ledger, offline.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 
 _HINTS: list[tuple[type[CleanroomError], str]] = [
     (ValidationError, "fix the input or its schema; nothing was written"),
     (SchemaError, "see docs/datasets.md for the schema format"),
     (KeystoreError, "check the --dir path, the file permissions and CLEANROOM_PASSPHRASE"),
+    (ForkError, "the ledger showed two different histories; keep both exports as evidence"),
+    (RollbackError, "the ledger lost entries it had shown before; keep both exports as evidence"),
     (IntegrityError, "the files were modified, or belong to another party or dataset"),
+    (GovernanceError, "the room's rules do not allow this; see `cleanroom audit log`"),
     (DeserializationError, "the file is not in the expected format"),
     (OperationalError, "check the path, free disk space and permissions"),
 ]
@@ -272,6 +288,136 @@ def dataset_inspect(
         for record in table.to_pylist():
             preview.add_row(*("" if v is None else str(v) for v in record.values()))
         console.print(preview)
+
+
+# -- audit ------------------------------------------------------------------
+
+
+def _verified(export: Path, service_key: Path, known_heads: Path | None) -> VerifiedLedger:
+    service = PublicIdentity.load(service_key)
+    verified = verify_export(load_export(export), service)
+    if known_heads is not None:
+        tracker = TreeHeadTracker(service, known_heads)
+        tree = MerkleTree([e.leaf_hash for e in verified.entries])
+        tracker.observe(verified.head, tree.consistency_proof)
+    return verified
+
+
+@audit_app.command("export")
+def audit_export(
+    room: str = typer.Option(..., "--room", help="The room id."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="The ledger's data directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="The export file to write."),
+    database_url: str | None = typer.Option(
+        None, "--database", envvar="CLEANROOM_DATABASE_URL", help="postgresql://... store."
+    ),
+) -> None:
+    """Write a portable export of a room's ledger: every entry and signed tree head.
+
+    The file verifies on any machine with only cleanroom installed.
+
+    Example: cleanroom audit export --data-dir data --room 3f2a... -o room.ledger.json
+    """
+    ledger = open_ledger(data_dir, database_url=database_url)
+    document = ledger.export(room)
+    write_file(output, pretty_json(document))
+    console.print(f"Exported {len(document['entries'])} entries of room {room} to {output}")
+    console.print(f"service key: {service_identity_file(data_dir)}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    export: Path = typer.Argument(..., help="A ledger export file."),
+    service_key: Path = typer.Option(
+        ..., "--service-key", "-k", help="The ledger service's public identity file."
+    ),
+    known_heads: Path | None = typer.Option(
+        None, "--known-heads", help="File of tree heads seen before: detects rollback and forks."
+    ),
+) -> None:
+    """Re-check every signature, proof and tree head, and re-derive the room state.
+
+    Example: cleanroom audit verify room.ledger.json --service-key ledger.identity.json
+    """
+    verified = _verified(export, service_key, known_heads)
+    state = verified.state
+    console.print(
+        f"[green]verified[/]: {len(verified.entries)} entries, {len(verified.tree_heads)} "
+        f"signed tree heads, root {verified.head.root.hex()[:16]}..."
+    )
+    console.print(
+        f"room [bold]{state.name}[/] ({state.room}): {state.status}, "
+        f"contract version {state.contract_version}, state digest {state.digest()[:16]}..."
+    )
+    members = Table(
+        "member", "fingerprint", "roles", "status", title="members", title_justify="left"
+    )
+    for m in state.members.values():
+        members.add_row(m.identity.name, m.fingerprint[:16], ", ".join(sorted(m.roles)), m.status)
+    console.print(members)
+    if state.datasets:
+        datasets = Table(
+            "dataset", "owner", "versions", "consent", title="datasets", title_justify="left"
+        )
+        for d in state.datasets.values():
+            datasets.add_row(
+                d.name,
+                state.members[d.owner].identity.name,
+                str(len(d.versions)),
+                "yes" if d.consent else "[red]revoked[/]",
+            )
+        console.print(datasets)
+    if state.analyses:
+        analyses = Table("analysis", "inputs", "status", title="analyses", title_justify="left")
+        for a in state.analyses.values():
+            analyses.add_row(a.name, ", ".join(a.inputs), a.status)
+        console.print(analyses)
+
+
+def _describe(statement: Statement) -> str:
+    body = statement.body
+    if statement.kind == "proposal.create":
+        action = body.action
+        target = getattr(action, "name", None) or getattr(action, "dataset", None) or ""
+        return f"{action.type} {target}".strip()
+    if statement.kind == "ballot":
+        return f"{body.vote} {body.proposal[:12]}"
+    if statement.kind == "proposal.withdraw":
+        return f"withdraw {body.proposal[:12]}"
+    if statement.kind == "consent.revoke":
+        return f"revoke consent for {body.dataset}"
+    if statement.kind == "room.create":
+        return f"create room {body.name!r} with {len(body.members)} members"
+    return ""
+
+
+@audit_app.command("log")
+def audit_log(
+    export: Path = typer.Argument(..., help="A ledger export file."),
+    service_key: Path = typer.Option(
+        ..., "--service-key", "-k", help="The ledger service's public identity file."
+    ),
+) -> None:
+    """Print the room's verified history, one line per entry.
+
+    Example: cleanroom audit log room.ledger.json --service-key ledger.identity.json
+    """
+    verified = _verified(export, service_key, None)
+    members = verified.state.members
+    table = Table(
+        "seq",
+        "time (UTC)",
+        "author",
+        "act",
+        "detail",
+        title_justify="left",
+        title=f"room {verified.state.name}",
+    )
+    for entry, statement in zip(verified.entries, verified.statements, strict=True):
+        author = members[statement.author].identity.name if statement.author in members else "?"
+        when = datetime.fromtimestamp(entry.time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(str(entry.seq), when, author, statement.kind, _describe(statement))
+    console.print(table)
 
 
 @app.command("version")

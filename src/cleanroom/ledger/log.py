@@ -100,9 +100,13 @@ class Ledger:
             self.store.tree_heads(room),
             self.service.identity,
             workers=self._workers,
+            require_covered=False,
         )
         tree = MerkleTree([s.leaf for s in stored])
-        return _Room(tree, verified.state, verified.head, entries[-1].time)
+        loaded = _Room(tree, verified.state, verified.head, entries[-1].time)
+        if verified.head.size < tree.size:
+            self._issue(room, loaded)
+        return loaded
 
     def rooms(self) -> list[str]:
         return self.store.rooms()

@@ -114,8 +114,14 @@ def verify_entries(
     service: PublicIdentity,
     *,
     workers: int | None = None,
+    require_covered: bool = True,
 ) -> VerifiedLedger:
-    """Steps (2) to (5) of the module notes, on already-parsed parts."""
+    """Steps (2) to (5) of the module notes, on already-parsed parts.
+
+    ``require_covered=False`` is for a ledger reopening its own store: entries
+    appended after the last tree head (a crash before signing one) are still
+    checked in full, and the caller signs a head for them.
+    """
     if not entries:
         raise IntegrityError("the ledger has no entries")
     tree = MerkleTree()
@@ -145,7 +151,7 @@ def verify_entries(
                 "the ledger was modified"
             )
         heads.append(head)
-    if not heads or heads[-1].size != tree.size:  # (4)
+    if not heads or (require_covered and heads[-1].size != tree.size):  # (4)
         raise IntegrityError("the last entries are not covered by a signed tree head")
     statements = [parse_statement(e.statement) for e in entries]  # (5)
     deferred = _DeferredSignatures()
