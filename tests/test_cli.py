@@ -213,3 +213,53 @@ def test_usage_errors_exit_2(workdir: Path) -> None:
     result = run("party", "show", cwd=workdir, ok=False)
     assert result.returncode == 2
     assert "exactly one of --dir or --identity" in result.stderr
+
+
+def test_audit_export_verify_log_rollback_and_tampering(workdir: Path) -> None:
+    import time  # noqa: PLC0415
+
+    from cleanroom.ledger import open_ledger  # noqa: PLC0415
+    from tests.rooms import Clock, RoomFixture  # noqa: PLC0415
+
+    ledger = open_ledger(workdir / "data")
+    room = RoomFixture(ledger, Clock(time.time_ns() // 1_000_000))
+    pid = room.propose("bank", {"type": "set_measurements", "measurements": []})
+    room.vote("bank", pid)
+    key = "data/service/identity.json"
+    export = ("audit", "export", "--data-dir", "data", "--room", room.room)
+    run(*export, "-o", "old.json", cwd=workdir)
+    verified = run("audit", "verify", "old.json", "--service-key", key, cwd=workdir)
+    assert "verified: 6 entries" in verified.stdout
+    assert "contract version 1" in verified.stdout
+    log = run("audit", "log", "old.json", "-k", key, cwd=workdir)
+    assert "room.create" in log.stdout
+    assert "set_measurements" in log.stdout
+    # the ledger grows; a client that saw the newer head refuses the older export
+    room.vote("merchant", pid)
+    run(*export, "-o", "new.json", cwd=workdir)
+    run("audit", "verify", "new.json", "-k", key, "--known-heads", "heads.json", cwd=workdir)
+    rollback = run(
+        "audit",
+        "verify",
+        "old.json",
+        "-k",
+        key,
+        "--known-heads",
+        "heads.json",
+        cwd=workdir,
+        ok=False,
+    )
+    assert "rolled back" in rollback.stderr
+    assert "keep both exports as evidence" in rollback.stderr
+    # tampering and a wrong service key are reported
+    document = json.loads((workdir / "new.json").read_text())
+    token = document["entries"][2]["statement"]
+    document["entries"][2]["statement"] = token[:-1] + ("A" if token[-1] != "A" else "B")
+    (workdir / "tampered.json").write_text(json.dumps(document))
+    tampered = run("audit", "verify", "tampered.json", "-k", key, cwd=workdir, ok=False)
+    assert tampered.returncode == 1
+    assert "signed tree head" in tampered.stderr
+    run("party", "create", "x", "--dir", "x", cwd=workdir)
+    wrong_key = run("audit", "verify", "new.json", "-k", "x/identity.json", cwd=workdir, ok=False)
+    assert "different ledger service" in wrong_key.stderr
+    ledger.store.close()

@@ -76,18 +76,23 @@ def test_export_verifies_offline_and_rederives_the_same_state(room: RoomFixture)
     assert len(verified.tree_heads) >= 3
 
 
-def test_parallel_and_serial_signature_checks_agree(room: RoomFixture) -> None:
-    document = export_of(room)
+def test_threaded_and_serial_signature_checks_agree(
+    room: RoomFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cleanroom.ledger.verify as v  # noqa: PLC0415
 
-    old = v.PARALLEL_THRESHOLD
-    v.PARALLEL_THRESHOLD = 1
-    try:
-        parallel = verify_export(document, room.ledger.service.identity, workers=2)
-    finally:
-        v.PARALLEL_THRESHOLD = old
-    serial = verify_export(document, room.ledger.service.identity, workers=1)
-    assert parallel.state.digest() == serial.state.digest()
+    monkeypatch.setattr(v, "_CHUNK", 4)  # several chunks, so several threads
+    document = export_of(room)
+    service = room.ledger.service.identity
+    threaded = verify_export(document, service, workers=2)
+    serial = verify_export(document, service, workers=1)
+    assert threaded.state.digest() == serial.state.digest()
+    tokens = tokens_of(document)
+    head, body, _ = tokens[10].split(".")
+    tokens[10] = ".".join([head, body, tokens[9].split(".")[2]])  # a bad signature in chunk 3
+    for workers in (1, 2):
+        with pytest.raises(IntegrityError, match="signature of entry 10"):
+            verify_export(resign(room, document, tokens), service, workers=workers)
 
 
 # -- tampering without the service key -------------------------------------------------
@@ -260,9 +265,8 @@ def test_operator_deleting_a_revocation_is_a_detected_fork(room: RoomFixture) ->
     tracker = TreeHeadTracker(service)
     honest = verify_export(document, service)
     tracker.observe(honest.head, lambda a, b: [])
-    rewritten = tokens_of(document)[:-1] + [
-        propose(room.parties["bank"], room.room, MEASUREMENTS, now=room.clock)
-    ]
+    replacement = propose(room.parties["bank"], room.room, MEASUREMENTS, now=room.clock)
+    rewritten = [*tokens_of(document)[:-1], replacement]
     forged = verify_export(resign(room, document, rewritten), service)  # self-consistent
     assert forged.state.datasets["customers"].consent  # the revocation is gone
     proof = MerkleTree([e.leaf_hash for e in forged.entries]).consistency_proof

@@ -41,11 +41,11 @@ def parse_model(model: type[M], data: Any, *, what: str) -> M:
         raise DeserializationError(f"{what} is invalid at {_describe(exc)}") from exc
 
 
-def read_json_file(path: Path, *, what: str) -> Any:
+def read_json_file(path: Path, *, what: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
     """Read a JSON file strictly, with a size cap and readable errors."""
     try:
         size = path.stat().st_size
-        if size > MAX_DOCUMENT_BYTES:
+        if size > max_bytes:
             raise DeserializationError(f"{what} {path} is too large ({size} bytes)")
         data = path.read_bytes()
     except FileNotFoundError as exc:

@@ -24,17 +24,22 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# the unused low bits of a final partial group must be zero for a canonical spelling
+_SPARE_BITS = {2: 0b1111, 3: 0b11}
+
+
 def b64url_decode(text: str, *, what: str = "value") -> bytes:
     """Decode unpadded base64url, refusing any non-canonical spelling."""
     if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise DeserializationError(f"{what} is not unpadded base64url")
+    spare = _SPARE_BITS.get(len(text) % 4)
+    if spare is not None and _ALPHABET.index(text[-1]) & spare:
+        raise DeserializationError(f"{what} is not canonical base64url")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise DeserializationError(f"{what} is not unpadded base64url") from exc
-    if b64url_encode(data) != text:
-        raise DeserializationError(f"{what} is not canonical base64url")
-    return data
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

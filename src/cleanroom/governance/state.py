@@ -21,6 +21,7 @@ preconditions are re-checked), it is rejected with the reason recorded.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,7 +140,7 @@ class RoomState:
     size: int = 0
     last_time: int = 0
     seen: set[str] = field(default_factory=set)
-    _open: set[str] = field(default_factory=set)
+    _deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap of open proposals
 
     # -- genesis ------------------------------------------------------------------
 
@@ -209,11 +210,11 @@ class RoomState:
         self.last_time = time_ms
 
     def _expire(self, time_ms: int) -> None:
-        for pid in sorted(self._open):
-            proposal = self.proposals[pid]
-            if proposal.expires_at <= time_ms:
-                proposal.status = "expired"
-                self._open.discard(pid)
+        # a heap by deadline: O(log n) per expiry, however many proposals are open
+        while self._deadlines and self._deadlines[0][0] <= time_ms:
+            _, pid = heapq.heappop(self._deadlines)
+            if self.proposals[pid].status == "open":
+                self.proposals[pid].status = "expired"
 
     def _maybe_activate(self) -> None:
         if self.status == "pending" and all(m.status == "active" for m in self.members.values()):
@@ -247,7 +248,9 @@ class RoomState:
             expires_at=time_ms + self.constitution.proposal_ttl_ms,
             opened_at=time_ms,
         )
-        self._open.add(statement.digest)
+        heapq.heappush(
+            self._deadlines, (time_ms + self.constitution.proposal_ttl_ms, statement.digest)
+        )
 
     def _open_proposal(self, proposal_id: str) -> Proposal:
         proposal = self.proposals.get(proposal_id)
@@ -271,7 +274,6 @@ class RoomState:
         )
         if outcome == "open":
             return
-        self._open.discard(proposal.id)
         if outcome == "rejected":
             proposal.status = "rejected"
             return
@@ -290,7 +292,6 @@ class RoomState:
         if proposal.proposer != author.fingerprint:
             raise GovernanceError("only the proposer can withdraw a proposal")
         proposal.status = "withdrawn"
-        self._open.discard(proposal.id)
 
     def _revoke(self, statement: Statement, author: Member, time_ms: int) -> None:
         body: ConsentRevoke = statement.body

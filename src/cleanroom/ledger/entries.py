@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field, StrictInt, StrictStr
@@ -26,6 +28,7 @@ from cleanroom.ledger.merkle import leaf_hash, verify_inclusion
 from cleanroom.wire import WireModel, parse_model
 
 TREE_HEAD_TYP = "cleanroom-tree-head+jws"
+_TOKEN = re.compile(r"[A-Za-z0-9_.-]*")
 HexHash = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -45,11 +48,23 @@ class Entry:
         return {"seq": self.seq, "time": self.time, "statement": self.statement}
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
+        if _TOKEN.fullmatch(self.statement):
+            # RFC 8785 of {seq, statement, time} with integer values and a string
+            # that needs no escaping is exactly this; tests check the equivalence
+            return b'{"seq":%d,"statement":"%s","time":%d}' % (
+                self.seq,
+                self.statement.encode("ascii"),
+                self.time,
+            )
         return canonical_json(self.to_json())
 
-    @property
+    @cached_property
     def leaf_hash(self) -> bytes:
-        return leaf_hash(self.encode())
+        return leaf_hash(self._encoded)
 
     @classmethod
     def from_json(cls, data: Any) -> Entry:
