@@ -1,10 +1,12 @@
 """`make demo`: what cleanroom can do today, run through its real command line.
 
 Two organisations, a bank and a merchant, each create their identity and
-encrypt a dataset on their own machine. The demo then shows that the
-ciphertext is unreadable without the key (to the operator, to plain DuckDB,
-to the other party), that tampering is caught, and that each owner can
-decrypt its own data exactly.
+encrypt a dataset on their own machine. The demo shows that the ciphertext is
+unreadable without the key (to the operator, to plain DuckDB, to the other
+party), that tampering is caught, and that each owner can decrypt its own data
+exactly. Then the two form a room: membership, dataset registration, an
+analysis and a consent revocation become signed statements on a ledger, which
+anyone verifies offline, and an edited ledger is caught.
 
 Everything is written under ./demo-output, recreated on every run.
 """
@@ -25,6 +27,18 @@ from pathlib import Path
 import duckdb
 from rich.console import Console
 from rich.panel import Panel
+
+from cleanroom import Party
+from cleanroom.governance import (
+    member_accept,
+    new_room_id,
+    propose,
+    revoke_consent,
+    room_create,
+    statement_digest,
+    vote,
+)
+from cleanroom.ledger import Ledger, open_ledger
 
 OUT = Path("demo-output")
 SEED = 7
@@ -217,6 +231,143 @@ def main() -> None:
     )
 
     step("6. The owner decrypts its own data, exactly")
+    cleanroom("dataset", "inspect", "transactions.sealed", "--owner", "keys/bank", "--rows", "3")
+    cleanroom(
+        "dataset",
+        "decrypt",
+        "transactions.sealed",
+        "--owner",
+        "keys/bank",
+        "-o",
+        "transactions.roundtrip.csv",
+    )
+
+    room = govern()
+
+    step("11. Anyone in the room verifies the whole history offline")
+    cleanroom("audit", "export", "--data-dir", "ledger", "--room", room, "-o", "room.ledger.json")
+    cleanroom(
+        "audit",
+        "verify",
+        "room.ledger.json",
+        "--service-key",
+        "ledger/service/identity.json",
+        "--known-heads",
+        "bank.heads.json",
+    )
+    cleanroom("audit", "log", "room.ledger.json", "--service-key", "ledger/service/identity.json")
+
+    step("12. An operator that edits one entry of the ledger is caught")
+    document = json.loads((OUT / "room.ledger.json").read_text())
+    token = document["entries"][4]["statement"]
+    document["entries"][4]["statement"] = token[:-1] + ("A" if token[-1] != "A" else "B")
+    (OUT / "edited.ledger.json").write_text(json.dumps(document))
+    cleanroom(
+        "audit",
+        "verify",
+        "edited.ledger.json",
+        "--service-key",
+        "ledger/service/identity.json",
+        expect_failure=True,
+    )
+    console.print(
+        Panel.fit(
+            "Done. Files are in ./demo-output. Next: the hosted service and attested enclave jobs.",
+            title="cleanroom demo",
+        )
+    )
+
+
+def submit(ledger: Ledger, room: str, token: str, what: str) -> str:
+    entry = ledger.submit(room, [token])[0]
+    console.print(f"[dim]ledger entry {entry.seq}:[/] {what}")
+    return statement_digest(token)
+
+
+def govern() -> str:
+    """Steps 7-10: a room, its members, datasets, an analysis and a revocation."""
+    bank = Party.load(OUT / "keys" / "bank")
+    merchant = Party.load(OUT / "keys" / "merchant")
+    ledger = open_ledger(OUT / "ledger")
+    room = new_room_id()
+
+    step("7. The bank creates a room; the merchant accepts (signed statements)")
+    create = room_create(
+        bank,
+        room,
+        name="personalised-offers",
+        members=[
+            (bank.identity_document(), ["data_provider", "result_recipient"]),
+            (merchant.identity_document(), ["data_provider", "analyst"]),
+        ],
+    )
+    ledger.create_room(create)
+    console.print(f"[dim]ledger entry 0:[/] bank creates room {room}")
+    submit(
+        ledger, room, member_accept(merchant, room, statement_digest(create)), "merchant accepts"
+    )
+    console.print(f"room status: {ledger.state(room).status}")
+
+    step("8. Each owner registers its dataset; the constitution says who approves")
+    for owner, name in ((bank, "transactions"), (merchant, "customers")):
+        manifest = json.loads((OUT / f"{name}.sealed" / "manifest.json").read_text())
+        pid = submit(
+            ledger,
+            room,
+            propose(owner, room, {"type": "register_dataset", "manifest": manifest}),
+            f"{owner.name} proposes {name}",
+        )
+        approvers = ledger.state(room).proposals[pid].approvers
+        names = sorted(ledger.state(room).members[a].identity.name for a in approvers)
+        console.print(f"  required approvers: {', '.join(names)}")
+        for voter in (bank, merchant):
+            if voter.fingerprint in approvers:
+                submit(ledger, room, vote(voter, room, pid, approve=True), f"{voter.name} approves")
+        console.print(f"  proposal {ledger.state(room).proposals[pid].status}")
+
+    step("9. The merchant proposes an analysis; both owners approve it")
+    sql = (
+        "SELECT c.loyalty_tier, t.category, count(DISTINCT t.card_id) AS cards "
+        "FROM transactions t JOIN customers c USING (card_id) GROUP BY ALL"
+    )
+    pid = submit(
+        ledger,
+        room,
+        propose(
+            merchant,
+            room,
+            {
+                "type": "add_analysis",
+                "name": "offer-segments",
+                "language": "sql",
+                "text": sql,
+                "inputs": ["transactions", "customers"],
+                "recipients": [bank.fingerprint],
+            },
+        ),
+        "merchant proposes the offer-segments analysis",
+    )
+    submit(ledger, room, vote(bank, room, pid, approve=True), "bank approves")
+    submit(ledger, room, vote(merchant, room, pid, approve=True), "merchant approves")
+    console.print(f"contract version {ledger.state(room).contract_version}")
+
+    step("10. The merchant stops its data being used at once: no vote needed")
+    submit(
+        ledger,
+        room,
+        revoke_consent(merchant, room, "customers"),
+        "merchant revokes consent for customers",
+    )
+    state = ledger.state(room)
+    console.print(
+        f"customers consent: {state.datasets['customers'].consent}; "
+        f"contract version {state.contract_version}"
+    )
+    ledger.store.close()
+    return room
+
+
+def _unused() -> None:
     cleanroom("dataset", "inspect", "transactions.sealed", "--owner", "keys/bank", "--rows", "3")
     cleanroom(
         "dataset",

@@ -91,6 +91,8 @@ def test_create_append_read(stores: Stores) -> None:
     assert store.size(ROOM) == 4
     assert [e.seq for e in store.entries(ROOM)] == [0, 1, 2, 3]
     assert [e.seq for e in store.entries(ROOM, 2)] == [2, 3]
+    assert [e.seq for e in store.entries(ROOM, 1, 3)] == [1, 2]
+    assert list(store.entries(ROOM, 2, 2)) == []
     assert next(iter(store.entries(ROOM, 1))) == entry(1)
     assert store.rooms() == [ROOM]
     assert store.size("cd" * 16) == 0

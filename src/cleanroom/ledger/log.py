@@ -137,7 +137,7 @@ class Ledger:
             if cached.head.size <= seq:
                 self._issue(room, cached)
             head = cached.head
-            entry = next(iter(self.store.entries(room, seq)))
+            entry = next(iter(self.store.entries(room, seq, seq + 1)))
             return Receipt(
                 room, Entry.decode(entry.data), cached.tree.inclusion_proof(seq, head.size), head
             )

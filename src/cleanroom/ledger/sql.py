@@ -136,9 +136,9 @@ class _SQLStore:
         rows = self._query("SELECT size FROM rooms WHERE room = ?", (room,))
         return int(rows[0][0]) if rows else 0
 
-    def entries(self, room: str, start: int = 0) -> Iterator[StoredEntry]:
-        batch = 10_000
-        while True:
+    def entries(self, room: str, start: int = 0, end: int | None = None) -> Iterator[StoredEntry]:
+        while end is None or start < end:
+            batch = 10_000 if end is None else min(10_000, end - start)
             rows = self._query(
                 "SELECT seq, time, data, leaf, digest FROM entries WHERE room = ? AND seq >= ? "
                 "ORDER BY seq LIMIT ?",

@@ -35,7 +35,8 @@ class LedgerStore(Protocol):
 
     def size(self, room: str) -> int: ...
 
-    def entries(self, room: str, start: int = 0) -> Iterator[StoredEntry]: ...
+    def entries(self, room: str, start: int = 0, end: int | None = None) -> Iterator[StoredEntry]:
+        """Entries ``start <= seq < end`` in order (to the last one if ``end`` is None)."""
 
     def rooms(self) -> list[str]: ...
 
