@@ -442,3 +442,47 @@ def test_unknown_kind_and_malformed_bodies_are_refused(tmp_path: Path, clock: Cl
         )
     with pytest.raises(DeserializationError):
         vote(room.parties["bank"], room.room, "not-a-digest", approve=True)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["payload"].update(owner="bank"),
+        lambda m: m.update(payload=[]),
+        lambda m: m["payload"]["owner"].update(fingerprint=7),
+        lambda m: m.pop("payload"),
+    ],
+)
+def test_malformed_manifests_are_governance_errors(tmp_path: Path, clock: Clock, edit: Any) -> None:
+    room = room_with(tmp_path, clock)
+    manifest = room.manifest("merchant", "customers", tmp_path)
+    edit(manifest)
+    with pytest.raises(GovernanceError, match="not an active member"):
+        room.propose("merchant", {"type": "register_dataset", "manifest": manifest})
+
+
+def test_removed_members_are_never_required_approvers(tmp_path: Path, clock: Clock) -> None:
+    room = room_with(
+        tmp_path,
+        clock,
+        roles={
+            "bank": ["data_provider", "result_recipient"],
+            "merchant": ["data_provider"],
+            "analyst": ["analyst", "result_recipient"],
+        },
+    )
+    room.register("merchant", "customers", tmp_path, voters=["merchant", "bank", "analyst"])
+    remove = room.propose("bank", {"type": "remove_member", "member": room.fp("analyst")})
+    room.vote("bank", remove)
+    room.vote("merchant", remove)
+    pid = room.propose(
+        "merchant",
+        {"type": "set_privacy_budget", "dataset": "customers", "epsilon": 1.5, "delta": 0},
+    )
+    assert room.ledger.state(room.room).proposals[pid].approvers == {
+        room.fp("merchant"),
+        room.fp("bank"),
+    }
+    room.vote("merchant", pid)
+    room.vote("bank", pid)
+    assert room.ledger.state(room.room).datasets["customers"].budget == (1.5, 0.0)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cleanroom import Party
 from cleanroom.errors import (
@@ -422,3 +424,18 @@ def test_unknown_room_and_bad_ranges(room: RoomFixture) -> None:
         room.ledger.receipt(room.room, 999)
     with pytest.raises(GovernanceError, match="no consistency proof"):
         room.ledger.consistency_proof(room.room, 5, 999)
+
+
+@given(
+    st.integers(0, 2**53 - 1),
+    st.integers(0, 2**53 - 1),
+    st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.", max_size=200
+    )
+    | st.text(max_size=50),
+)
+def test_entry_encoding_is_exactly_rfc8785(seq: int, time: int, statement: str) -> None:
+    from cleanroom.crypto.canonical import canonical_json  # noqa: PLC0415
+
+    entry = Entry(seq, time, statement)
+    assert entry.encode() == canonical_json(entry.to_json())

@@ -41,7 +41,6 @@ from cleanroom.governance.statements import (
     ConsentRevoke,
     MemberAccept,
     MemberBody,
-    ProposalCreate,
     ProposalWithdraw,
     RegisterDataset,
     RemoveMember,
@@ -112,6 +111,14 @@ class Proposal:
     approvals: set[str] = field(default_factory=set)
     rejections: set[str] = field(default_factory=set)
     note: str = ""
+
+
+def _manifest_owner(manifest: dict[str, Any]) -> str:
+    """The owner fingerprint a manifest claims, before it is verified ("" if none)."""
+    payload = manifest.get("payload")
+    owner = payload.get("owner") if isinstance(payload, dict) else None
+    fingerprint = owner.get("fingerprint") if isinstance(owner, dict) else None
+    return fingerprint if isinstance(fingerprint, str) else ""
 
 
 def _member_from_body(body: MemberBody | AddMember, invitation: str) -> Member:
@@ -231,7 +238,7 @@ class RoomState:
         self._maybe_activate()
 
     def _propose(self, statement: Statement, author: Member, time_ms: int) -> None:
-        action = statement.body.action if isinstance(statement.body, ProposalCreate) else None
+        action = statement.body.action
         if not author.votes:
             raise GovernanceError(f"{author.identity.name} is an observer and cannot propose")
         self._check_action(action, author.fingerprint)
@@ -327,16 +334,19 @@ class RoomState:
         return required
 
     def _dataset_approvers(self, action: Any) -> frozenset[str]:
+        active = frozenset(fp for fp, m in self.members.items() if m.status == "active")
+        return self._dataset_parties(action) & active
+
+    def _dataset_parties(self, action: Any) -> frozenset[str]:
         if isinstance(action, RegisterDataset):
-            owners = {str(action.manifest.get("payload", {}).get("owner", {}).get("fingerprint"))}
-            return frozenset(owners | self.result_recipients())
+            return frozenset({_manifest_owner(action.manifest)} | self.result_recipients())
         if isinstance(action, AddAnalysis):
             owners = {self._dataset(name).owner for name in action.inputs}
             return frozenset(owners | set(action.recipients))
         if isinstance(action, RetireAnalysis):
             analysis = self._analysis(action.name)
             owners = {self._dataset(name).owner for name in analysis.inputs}
-            return frozenset(owners | set(analysis.recipients)) & self.voters()
+            return frozenset(owners | set(analysis.recipients))
         dataset = self._dataset(action.dataset)
         return frozenset({dataset.owner} | self.result_recipients())
 
@@ -355,17 +365,13 @@ class RoomState:
     def _active(self, fingerprint: str, role: str | None = None) -> Member:
         member = self.members.get(fingerprint)
         if member is None or member.status != "active":
-            raise GovernanceError(f"{fingerprint[:12]}... is not an active member")
+            raise GovernanceError(f"{fingerprint[:12] or '(none)'}... is not an active member")
         if role is not None and role not in member.roles:
             raise GovernanceError(f"{member.identity.name} does not have the {role} role")
         return member
 
     def _manifest(self, action: RegisterDataset) -> Manifest:
-        payload = action.manifest.get("payload")
-        owner_fp = (
-            payload.get("owner", {}).get("fingerprint") if isinstance(payload, dict) else None
-        )
-        owner = self._active(str(owner_fp), "data_provider")
+        owner = self._active(_manifest_owner(action.manifest), "data_provider")
         try:
             return Manifest.verify(action.manifest, owner.identity)
         except CleanroomError as exc:

@@ -12,6 +12,7 @@ a crash of the process or the machine. PostgreSQL commits synchronously.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -79,7 +80,7 @@ class _SQLStore:
                 )
                 cursor.execute("COMMIT")
             except BaseException as exc:
-                cursor.execute("ROLLBACK")
+                self._rollback(cursor)
                 if isinstance(exc, self._integrity):
                     what = (
                         "a room with this id already exists"
@@ -92,6 +93,11 @@ class _SQLStore:
                 raise
             finally:
                 cursor.close()
+
+    def _rollback(self, cursor: Any) -> None:
+        """Roll back if a transaction is open; never mask the error being handled."""
+        with contextlib.suppress(*self._failure):
+            cursor.execute("ROLLBACK")
 
     def _advance(self, cursor: Any, room: str, entries: Sequence[StoredEntry]) -> None:
         """Move the room's size from the writer's expectation, or fail the transaction."""
@@ -166,7 +172,7 @@ class _SQLStore:
                 )
                 cursor.execute("COMMIT")
             except self._failure as exc:
-                cursor.execute("ROLLBACK")
+                self._rollback(cursor)
                 raise StorageError(f"ledger store write failed: {exc}") from exc
             finally:
                 cursor.close()
