@@ -50,6 +50,18 @@ class GovernanceError(InvalidInputError):
     removed member, a closed proposal, a duplicate ballot, a replayed statement."""
 
 
+class AuthenticationError(InvalidInputError):
+    """A request is unsigned, wrongly signed, stale, replayed or from an unknown key."""
+
+
+class AuthorizationError(InvalidInputError):
+    """An authenticated party asked for something its membership does not allow."""
+
+
+class NotFoundError(InvalidInputError):
+    """The room, entry or object asked for does not exist (or is not visible)."""
+
+
 class DeserializationError(InvalidInputError):
     """A file or message could not be parsed into the expected structure."""
 

@@ -420,6 +420,42 @@ def audit_log(
     console.print(table)
 
 
+# -- serve -------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_command(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Ledger, blobs and service key (created on first start)."
+    ),
+    database_url: str | None = typer.Option(
+        None, "--database", help="postgresql://... keeps the ledger in PostgreSQL."
+    ),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on."),
+    port: int | None = typer.Option(None, "--port", help="Port to listen on."),
+    config: Path | None = typer.Option(
+        None, "--config", help="A TOML file of settings; see docs/service.md."
+    ),
+) -> None:
+    """Run the clean room service (FastAPI + uvicorn).
+
+    Settings come from --config, then CLEANROOM_* environment variables, then
+    these options. The service's public identity is served at /v1/service and
+    written to DATA_DIR/service/identity.json.
+
+    Example: cleanroom serve --data-dir data --port 8321
+    """
+    from cleanroom.service import load_settings, serve  # noqa: PLC0415 - heavy imports
+
+    settings = load_settings(
+        config, data_dir=data_dir, database_url=database_url, host=host, port=port
+    )
+    console.print(
+        f"cleanroom service on http://{settings.host}:{settings.port} (data in {settings.data_dir})"
+    )
+    serve(settings)
+
+
 @app.command("version")
 def version() -> None:
     """Print the cleanroom version."""

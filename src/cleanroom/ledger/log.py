@@ -120,8 +120,8 @@ class Ledger:
         with self._lock:
             return self._room(room).tree.size
 
-    def entries(self, room: str, start: int = 0) -> list[Entry]:
-        return [Entry.decode(s.data) for s in self.store.entries(room, start)]
+    def entries(self, room: str, start: int = 0, end: int | None = None) -> list[Entry]:
+        return [Entry.decode(s.data) for s in self.store.entries(room, start, end)]
 
     def tree_head(self, room: str) -> TreeHead:
         with self._lock:

@@ -1,0 +1,336 @@
+"""The Python SDK: ``cleanroom.Client``.
+
+The client does all cryptography itself: it signs every request (RFC 9421)
+and every statement, seals datasets before uploading them, verifies every
+receipt it is given and checks that every tree head it sees extends the last
+one it saw (kept per room in ``state_dir``), so a service that rolls back or
+forks its ledger is caught by each member on its next call.
+
+    client = Client("http://127.0.0.1:8321", Party.load("keys/bank"))
+    room = client.create_room("offers", members=[(bank_id, ["data_provider"]), ...])
+    pid = room.propose({"type": "set_measurements", "measurements": []})
+    room.approve(pid)
+    room.audit.verify()
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cleanroom.datasets.manifest import DATA_FILE, MANIFEST_FILE
+from cleanroom.datasets.schema import Schema
+from cleanroom.datasets.seal import seal_dataset, sha256_file
+from cleanroom.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CleanroomError,
+    DeserializationError,
+    GovernanceError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    OperationalError,
+)
+from cleanroom.fs import atomic_path
+from cleanroom.governance import statements as st
+from cleanroom.identities.identity import PublicIdentity
+from cleanroom.identities.keystore import Party
+from cleanroom.ledger.entries import TreeHead, verify_receipt
+from cleanroom.ledger.merkle import MerkleTree
+from cleanroom.ledger.verify import TreeHeadTracker, VerifiedLedger, verify_export
+from cleanroom.service.auth import sign_request
+
+_ERRORS: dict[int, type[CleanroomError]] = {
+    400: InvalidInputError,
+    401: AuthenticationError,
+    403: AuthorizationError,
+    404: NotFoundError,
+    409: GovernanceError,
+    422: DeserializationError,
+}
+
+
+class _Signer(httpx.Auth):
+    requires_request_body = True
+
+    def __init__(self, party: Party) -> None:
+        self.party = party
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        sign_request(request, request.content, self.party)
+        yield request
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        party: Party,
+        *,
+        state_dir: Path | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.party = party
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._auth = _Signer(party)
+        self.service = PublicIdentity.from_document(self._call("GET", "/v1/service", auth=False))
+        self.state_dir = state_dir
+        heads = None
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            heads = state_dir / f"tree-heads.{self.service.fingerprint[:16]}.json"
+        self.tracker = TreeHeadTracker(self.service, heads)
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r}, as {self.party.name})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        auth: bool = True,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        try:
+            response = self._http.request(
+                method, path, json=json_body, params=params, auth=self._auth if auth else None
+            )
+        except httpx.HTTPError as exc:
+            raise OperationalError(f"cannot reach the service at {self.url}: {exc}") from exc
+        return _result(response)
+
+    # -- rooms ------------------------------------------------------------------------
+
+    def rooms(self) -> list[RoomInfo]:
+        return [RoomInfo(**r) for r in self._call("GET", "/v1/rooms")]
+
+    def room(self, room_id: str) -> Room:
+        return Room(self, room_id)
+
+    def create_room(
+        self,
+        name: str,
+        members: Sequence[tuple[PublicIdentity | dict[str, Any] | Path, Sequence[str]]],
+        constitution: dict[str, Any] | None = None,
+    ) -> Room:
+        """Create a room; ``members`` are (identity, roles), yourself included."""
+        room_id = st.new_room_id()
+        documents = [(_identity_document(m), list(roles)) for m, roles in members]
+        token = st.room_create(
+            self.party, room_id, name=name, members=documents, constitution=constitution
+        )
+        self._call("POST", "/v1/rooms", json_body={"statement": token})
+        room = Room(self, room_id)
+        room.tree_head()
+        return room
+
+
+def _identity_document(member: PublicIdentity | dict[str, Any] | Path) -> dict[str, Any]:
+    if isinstance(member, dict):
+        return member
+    if isinstance(member, Path):
+        document: dict[str, Any] = json.loads(member.read_text())
+        PublicIdentity.from_document(document)
+        return document
+    raise TypeError(
+        "give members as identity documents or identity files (their signatures matter)"
+    )
+
+
+def _result(response: httpx.Response) -> Any:
+    if response.is_success:
+        return response.json() if response.content else None
+    try:
+        problem = response.json()
+        detail = problem.get("detail") or problem.get("title") or response.reason_phrase
+    except ValueError:
+        detail = response.reason_phrase
+    error = _ERRORS.get(response.status_code)
+    if error is None:
+        raise OperationalError(f"the service answered {response.status_code}: {detail}")
+    raise error(str(detail))
+
+
+@dataclass(frozen=True)
+class RoomInfo:
+    room: str
+    name: str
+    status: str
+    contract_version: int
+    you: str
+
+
+class Room:
+    """One room, seen by one party. Every write is a statement this party signs."""
+
+    def __init__(self, client: Client, room_id: str) -> None:
+        self.client = client
+        self.id = room_id
+        self.audit = Audit(self)
+
+    def __repr__(self) -> str:
+        return f"Room({self.id}, as {self.client.party.name})"
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.client._call("GET", f"/v1/rooms/{self.id}")
+        return state
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        members: list[dict[str, Any]] = self.state()["members"]
+        return members
+
+    def _submit(self, *tokens: str) -> list[dict[str, Any]]:
+        result = self.client._call(
+            "POST", f"/v1/rooms/{self.id}/statements", json_body={"statements": list(tokens)}
+        )
+        receipts = [verify_receipt(r, self.client.service) for r in result["receipts"]]
+        for receipt, token in zip(receipts, tokens, strict=True):
+            if receipt.entry.statement != token or receipt.room != self.id:
+                raise IntegrityError("the service's receipt is for another statement")
+        self._observe(receipts[-1].tree_head)
+        entries: list[dict[str, Any]] = result["entries"]
+        return entries
+
+    def _observe(self, head: TreeHead) -> None:
+        def proof(old: int, new: int) -> list[bytes]:
+            answer = self.client._call(
+                "GET", f"/v1/rooms/{self.id}/consistency", params={"old": old, "new": new}
+            )
+            return [bytes.fromhex(h) for h in answer["proof"]]
+
+        self.client.tracker.observe(head, proof)
+
+    def tree_head(self) -> TreeHead:
+        token = self.client._call("GET", f"/v1/rooms/{self.id}/tree-head")["tree_head"]
+        head = TreeHead.verify(token, self.client.service, room=self.id)
+        self._observe(head)
+        return head
+
+    def accept(self, invitation: str | None = None) -> None:
+        """Accept membership (of the room, or of the add_member proposal ``invitation``)."""
+        if invitation is None:
+            first = self.client._call(
+                "GET", f"/v1/rooms/{self.id}/entries", params={"start": 0, "limit": 1}
+            )["entries"][0]
+            invitation = st.statement_digest(first["statement"])
+        self._submit(st.member_accept(self.client.party, self.id, invitation))
+
+    def propose(self, action: dict[str, Any]) -> str:
+        token = st.propose(self.client.party, self.id, action)
+        self._submit(token)
+        return st.statement_digest(token)
+
+    def approve(self, proposal: str) -> None:
+        self._submit(st.vote(self.client.party, self.id, proposal, approve=True))
+
+    def reject(self, proposal: str) -> None:
+        self._submit(st.vote(self.client.party, self.id, proposal, approve=False))
+
+    def withdraw(self, proposal: str) -> None:
+        self._submit(st.withdraw(self.client.party, self.id, proposal))
+
+    def revoke_consent(self, dataset: str) -> None:
+        self._submit(st.revoke_consent(self.client.party, self.id, dataset))
+
+    def publish_dataset(self, source: Any, *, schema: Schema | Path, name: str) -> str:
+        """Seal ``source`` locally, propose its registration, upload the ciphertext.
+
+        Returns the proposal id; the dataset is registered once its approvers
+        approve. Nothing but ciphertext and the signed manifest leaves this
+        machine.
+        """
+        declared = schema if isinstance(schema, Schema) else Schema.load(schema)
+        with tempfile.TemporaryDirectory(prefix="cleanroom-publish-") as work:
+            sealed = seal_dataset(
+                source,
+                schema=declared,
+                owner=self.client.party,
+                output=Path(work) / "sealed",
+                name=name,
+            )
+            manifest = json.loads((sealed.directory / MANIFEST_FILE).read_text())
+            proposal = self.propose({"type": "register_dataset", "manifest": manifest})
+            self.upload(sealed.directory / DATA_FILE)
+        return proposal
+
+    def upload(self, path: Path) -> None:
+        """Stream a sealed dataset's ciphertext; the service checks it against the manifest."""
+        digest, size = sha256_file(path)
+        with path.open("rb") as fh:
+            request = self.client._http.build_request(
+                "PUT",
+                f"/v1/rooms/{self.id}/blobs/{digest}",
+                content=_chunks(fh),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+            sign_request(request, None, self.client.party, body_sha256=digest)
+            try:
+                response = self.client._http.send(request)
+            except httpx.HTTPError as exc:
+                raise OperationalError(f"upload failed: {exc}") from exc
+        _result(response)
+
+    def download(self, digest: str, target: Path) -> None:
+        """Stream a dataset's ciphertext to ``target``; it appears only if its digest matches."""
+        request = self.client._http.build_request("GET", f"/v1/rooms/{self.id}/blobs/{digest}")
+        with atomic_path(Path(target)) as tmp:
+            try:
+                response = self.client._http.send(request, auth=self.client._auth, stream=True)
+            except httpx.HTTPError as exc:
+                raise OperationalError(f"download failed: {exc}") from exc
+            try:
+                if not response.is_success:
+                    response.read()
+                    _result(response)
+                with tmp.open("wb") as fh:
+                    for chunk in response.iter_bytes(1 << 20):
+                        fh.write(chunk)
+            finally:
+                response.close()
+            if sha256_file(tmp)[0] != digest:
+                raise IntegrityError("the downloaded ciphertext does not match its digest")
+
+
+def _chunks(fh: Any) -> Iterator[bytes]:
+    while chunk := fh.read(1 << 20):
+        yield chunk
+
+
+class Audit:
+    def __init__(self, room: Room) -> None:
+        self.room = room
+
+    def export(self) -> dict[str, Any]:
+        export: dict[str, Any] = self.room.client._call("GET", f"/v1/rooms/{self.room.id}/export")
+        return export
+
+    def verify(self) -> VerifiedLedger:
+        """Download the whole ledger, verify it offline, and check it extends what
+        this party saw before (a rollback or fork raises)."""
+        verified = verify_export(self.export(), self.room.client.service)
+        tree = MerkleTree([e.leaf_hash for e in verified.entries])
+        self.room.client.tracker.observe(verified.head, tree.consistency_proof)
+        return verified

@@ -1,0 +1,320 @@
+"""The clean room service: rooms, statements, the ledger and ciphertext, over HTTP.
+
+Every route but ``/v1/health``, ``/v1/service`` and ``/openapi.json`` needs an
+RFC 9421 signature (:mod:`cleanroom.service.auth`). Room routes further need
+the signer to be a member of that room (invited or active); a removed member
+or a stranger gets 403 whether or not the room exists, so room ids leak
+nothing. :data:`ROUTES` lists every route with what it requires; a test pins
+it. Errors are RFC 9457 problem details (:mod:`cleanroom.service.problems`).
+
+The service never decrypts anything: it stores ciphertext whose digest a
+member signed, and orders statements members signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cleanroom import __version__
+from cleanroom.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CleanroomError,
+    DeserializationError,
+    GovernanceError,
+    IntegrityError,
+    NotFoundError,
+)
+from cleanroom.governance.state import Member, RoomState
+from cleanroom.governance.statements import RoomCreate, parse_statement
+from cleanroom.identities.identity import PublicIdentity
+from cleanroom.ledger.log import Ledger
+from cleanroom.service import problems
+from cleanroom.service.auth import NonceCache, content_sha256, verify_request
+from cleanroom.service.blobs import BlobStore, check_digest
+
+Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
+
+# (method, path, who may call it) for every route; tests/test_service.py pins this table.
+ROUTES: list[tuple[str, str, str]] = [
+    ("GET", "/v1/health", "anyone"),
+    ("GET", "/v1/service", "anyone"),
+    ("GET", "/openapi.json", "anyone"),
+    ("POST", "/v1/rooms", "signed by the creator named in the room.create statement"),
+    ("GET", "/v1/rooms", "signed by a known party"),
+    ("GET", "/v1/rooms/{room}", "member"),
+    ("POST", "/v1/rooms/{room}/statements", "member, author of every statement"),
+    ("GET", "/v1/rooms/{room}/entries", "member"),
+    ("GET", "/v1/rooms/{room}/tree-head", "member"),
+    ("GET", "/v1/rooms/{room}/receipts/{seq}", "member"),
+    ("GET", "/v1/rooms/{room}/consistency", "member"),
+    ("GET", "/v1/rooms/{room}/export", "member"),
+    ("PUT", "/v1/rooms/{room}/blobs/{digest}", "member owning a manifest with that digest"),
+    ("GET", "/v1/rooms/{room}/blobs/{digest}", "member"),
+]
+
+
+class CreateRoom(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    statement: Token
+
+
+class SubmitStatements(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    statements: list[Token] = Field(min_length=1, max_length=1000)
+
+
+class Service:
+    """State shared by the routes: the ledger, blob store, known keys, nonces."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        blobs: BlobStore,
+        *,
+        max_skew_s: int = 300,
+        max_upload_bytes: int = 64 << 30,
+    ) -> None:
+        self.ledger = ledger
+        self.blobs = blobs
+        self.max_skew_s = max_skew_s
+        self.max_upload_bytes = max_upload_bytes
+        self.nonces = NonceCache(window_s=2 * max_skew_s)
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._lock = threading.Lock()
+        for room in ledger.rooms():
+            self.learn(ledger.state(room))
+
+    def learn(self, state: RoomState) -> None:
+        with self._lock:
+            for fingerprint, member in state.members.items():
+                self._keys[fingerprint] = member.identity.signing_key
+
+    def key(self, fingerprint: str) -> Ed25519PublicKey | None:
+        with self._lock:
+            return self._keys.get(fingerprint)
+
+    def member(self, room: str, fingerprint: str) -> tuple[RoomState, Member]:
+        """The room's state and the caller's membership, or 403 for strangers."""
+        try:
+            state = self.ledger.state(room)
+        except GovernanceError:
+            state = None
+        member = state.members.get(fingerprint) if state is not None else None
+        if state is None or member is None or member.status == "removed":
+            raise AuthorizationError("you are not a member of this room")
+        return state, member
+
+    def authenticate(
+        self, request: Request, body: bytes | None, extra: dict[str, Any] | None = None
+    ) -> str:
+        def lookup(key_id: str) -> Ed25519PublicKey | None:
+            return self.key(key_id) or (extra or {}).get(key_id)
+
+        return verify_request(
+            request.method,
+            str(request.url),
+            dict(request.headers),
+            body,
+            lookup=lookup,
+            nonces=self.nonces,
+            max_skew_s=self.max_skew_s,
+        )
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="cleanroom",
+        version=__version__,
+        description="A confidential clean room: rooms, signed statements, an auditable "
+        "ledger and encrypted datasets. Requests are signed with HTTP Message Signatures "
+        "(RFC 9421); errors are RFC 9457 problem details.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    problems.install(app)
+    app.state.service = service
+    _public_routes(app, service)
+    _room_routes(app, service)
+    _blob_routes(app, service)
+    return app
+
+
+async def _caller(request: Request) -> str:
+    service: Service = request.app.state.service
+    return service.authenticate(request, await request.body())
+
+
+Caller = Annotated[str, Depends(_caller)]
+
+
+def _public_routes(app: FastAPI, service: Service) -> None:
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/service")
+    def service_identity() -> dict[str, Any]:
+        """The ledger service's self-signed public identity (its tree-head key)."""
+        return service.ledger.service.identity_document()
+
+
+def _room_routes(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/rooms", status_code=201)
+    async def create_room(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        try:
+            payload = CreateRoom.model_validate_json(body)
+        except ValidationError as exc:
+            raise DeserializationError('the body must be {"statement": <room.create>}') from exc
+        statement = parse_statement(payload.statement)
+        if not isinstance(statement.body, RoomCreate):
+            raise GovernanceError("POST /v1/rooms takes a room.create statement")
+        candidates = {}
+        for member in statement.body.members:
+            try:
+                identity = PublicIdentity.from_document(member.identity)
+            except CleanroomError:
+                continue
+            candidates[identity.fingerprint] = identity.signing_key
+        signer = service.authenticate(request, body, candidates)
+        if signer != statement.author:
+            raise AuthorizationError("a room is created by the author of its room.create statement")
+        entry = service.ledger.create_room(payload.statement)
+        state = service.ledger.state(statement.room)
+        service.learn(state)
+        return {"room": statement.room, "seq": entry.seq, "status": state.status}
+
+    @app.get("/v1/rooms")
+    def list_rooms(who: Caller) -> list[dict[str, Any]]:
+        """The rooms the caller belongs to (and no other)."""
+        visible = []
+        for room in service.ledger.rooms():
+            state = service.ledger.state(room)
+            member = state.members.get(who)
+            if member is not None and member.status != "removed":
+                visible.append(
+                    {
+                        "room": room,
+                        "name": state.name,
+                        "status": state.status,
+                        "contract_version": state.contract_version,
+                        "you": member.status,
+                    }
+                )
+        return visible
+
+    @app.get("/v1/rooms/{room}")
+    def room_state(room: str, who: Caller) -> dict[str, Any]:
+        state, _ = service.member(room, who)
+        return state.summary()
+
+    @app.post("/v1/rooms/{room}/statements", status_code=201)
+    def submit(room: str, payload: SubmitStatements, who: Caller) -> dict[str, Any]:
+        service.member(room, who)
+        for token in payload.statements:
+            if parse_statement(token).author != who:
+                raise AuthorizationError("submit only statements you signed yourself")
+        entries = service.ledger.submit(room, payload.statements)
+        service.learn(service.ledger.state(room))
+        receipts = [service.ledger.receipt(room, e.seq).to_json() for e in entries]
+        return {"entries": [e.to_json() for e in entries], "receipts": receipts}
+
+    @app.get("/v1/rooms/{room}/entries")
+    def entries(
+        room: str,
+        who: Caller,
+        start: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
+    ) -> dict[str, Any]:
+        service.member(room, who)
+        chosen = service.ledger.entries(room, start, start + limit)
+        return {"entries": [e.to_json() for e in chosen]}
+
+    @app.get("/v1/rooms/{room}/tree-head")
+    def tree_head(room: str, who: Caller) -> dict[str, str]:
+        service.member(room, who)
+        return {"tree_head": service.ledger.tree_head(room).token}
+
+    @app.get("/v1/rooms/{room}/receipts/{seq}")
+    def receipt(room: str, seq: int, who: Caller) -> dict[str, Any]:
+        service.member(room, who)
+        if seq < 0:
+            raise NotFoundError("entries are numbered from 0")
+        return service.ledger.receipt(room, seq).to_json()
+
+    @app.get("/v1/rooms/{room}/consistency")
+    def consistency(
+        room: str,
+        who: Caller,
+        old: Annotated[int, Query(ge=0)],
+        new: Annotated[int, Query(ge=0)],
+    ) -> dict[str, list[str]]:
+        service.member(room, who)
+        return {"proof": [h.hex() for h in service.ledger.consistency_proof(room, old, new)]}
+
+    @app.get("/v1/rooms/{room}/export")
+    def export(room: str, who: Caller) -> dict[str, Any]:
+        service.member(room, who)
+        return service.ledger.export(room)
+
+
+def _blob_routes(app: FastAPI, service: Service) -> None:
+    @app.put("/v1/rooms/{room}/blobs/{digest}", status_code=201)
+    async def upload(room: str, digest: str, request: Request) -> dict[str, Any]:
+        check_digest(digest)
+        who = service.authenticate(request, None)  # the body is checked as it streams in
+        state, _ = service.member(room, who)
+        if content_sha256(request.headers) != digest:
+            raise AuthenticationError("Content-Digest does not name the blob being uploaded")
+        manifest = _owned_manifest(state, digest, who)
+        if manifest is None:
+            raise AuthorizationError(
+                "upload only ciphertext whose digest is in a manifest you proposed in this room"
+            )
+        size = int(manifest["payload"]["ciphertext"]["bytes"])
+        if size > service.max_upload_bytes:
+            raise IntegrityError(f"the dataset is larger than this service accepts ({size} bytes)")
+        if not service.blobs.exists(digest):
+            await service.blobs.put(digest, size, request.stream())
+        return {"digest": digest, "bytes": size}
+
+    @app.get("/v1/rooms/{room}/blobs/{digest}")
+    def download(room: str, digest: str, who: Caller) -> StreamingResponse:
+        state, _ = service.member(room, who)
+        check_digest(digest)
+        if _owned_manifest(state, digest, None) is None:
+            raise NotFoundError("no dataset in this room has that digest")
+        size = service.blobs.size(digest)
+        stream: Iterator[bytes] = service.blobs.read(digest)
+        return StreamingResponse(
+            stream,
+            media_type="application/octet-stream",
+            headers={
+                "Content-Length": str(size),
+                "Content-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
+            },
+        )
+
+
+def _owned_manifest(state: RoomState, digest: str, owner: str | None) -> dict[str, Any] | None:
+    """A manifest in the room (registered, or proposed and not refused) with ``digest``."""
+    for proposal in state.proposals.values():
+        action = proposal.action
+        if action.type != "register_dataset" or proposal.status in ("rejected", "withdrawn"):
+            continue
+        payload = action.manifest.get("payload", {})
+        ciphertext = payload.get("ciphertext", {}) if isinstance(payload, dict) else {}
+        if ciphertext.get("sha256") == digest and (owner is None or proposal.proposer == owner):
+            manifest: dict[str, Any] = action.manifest
+            return manifest
+    return None

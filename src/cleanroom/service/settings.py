@@ -1,0 +1,72 @@
+"""Service configuration: a TOML file, then ``CLEANROOM_*`` environment variables,
+then command-line options, each overriding the one before."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cleanroom.errors import DeserializationError, StorageError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLEANROOM_", extra="forbid")
+
+    data_dir: Path = Field(
+        default=Path("cleanroom-data"),
+        description="SQLite ledger, blobs and the service key live here.",
+    )
+    database_url: str | None = Field(
+        default=None, description="postgresql://... to keep the ledger there."
+    )
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8321, ge=0, le=65535, description="Port to listen on (0: any).")
+    max_skew_s: int = Field(
+        default=300, ge=5, le=3600, description="Accepted clock difference for request signatures."
+    )
+    max_upload_bytes: int = Field(
+        default=64 << 30, ge=1, description="Largest dataset ciphertext accepted."
+    )
+    tree_head_max_entries: int = Field(default=256, ge=1)
+    tree_head_max_delay_ms: int = Field(default=1_000, ge=0)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config`` (TOML), overridden by the environment, then ``overrides``."""
+    if config is not None:
+        try:
+            tomllib.loads(config.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise StorageError(f"configuration file {config} does not exist") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise DeserializationError(
+                f"configuration file {config} is not valid TOML: {exc}"
+            ) from exc
+
+    class _Layered(Settings):
+        model_config = SettingsConfigDict(env_prefix="CLEANROOM_", extra="forbid", toml_file=config)
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    try:
+        return _Layered(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise DeserializationError(f"invalid service configuration: {exc}") from exc
