@@ -21,17 +21,32 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(data_dir: Path, *, database_url: str | None = None,
-                    env: dict[str, str] | None = None) -> Iterator[str]:
+def running_service(
+    data_dir: Path, *, database_url: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-m", "cleanroom", "serve", "--data-dir", str(data_dir),
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "cleanroom",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
     if database_url:
         command += ["--database", database_url]
     log = data_dir.parent / f"service-{port}.log"
-    with log.open("w") as out, subprocess.Popen(
-        command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-    ) as process:
+    with (
+        log.open("w") as out,
+        subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        ) as process,
+    ):
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

@@ -38,7 +38,7 @@ from cleanroom.governance.statements import RoomCreate, parse_statement
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger.log import Ledger
 from cleanroom.service import problems
-from cleanroom.service.auth import NonceCache, content_sha256, verify_request
+from cleanroom.service.auth import NonceCache, content_sha256, require_signed, verify_request
 from cleanroom.service.blobs import BlobStore, check_digest
 
 Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
@@ -171,6 +171,7 @@ def _public_routes(app: FastAPI, service: Service) -> None:
 def _room_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/rooms", status_code=201)
     async def create_room(request: Request) -> dict[str, Any]:
+        require_signed(request.headers)
         body = await request.body()
         try:
             payload = CreateRoom.model_validate_json(body)

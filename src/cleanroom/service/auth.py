@@ -134,6 +134,15 @@ class NonceCache:
             self._seen[(key_id, nonce)] = now
 
 
+def require_signed(headers: Mapping[str, str]) -> None:
+    """Refuse a request without signature headers before looking at its body."""
+    lowered = {k.lower() for k in headers}
+    if "signature" not in lowered or "signature-input" not in lowered:
+        raise AuthenticationError("the request is not signed (RFC 9421 signature required)")
+    if "content-digest" not in lowered:
+        raise AuthenticationError("the request has no Content-Digest header")
+
+
 def verify_request(
     method: str,
     url: str,
@@ -152,11 +161,7 @@ def verify_request(
     Content-Digest header, and the caller must compare it with the digest of
     the bytes it receives (:func:`content_sha256`).
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    if "signature" not in lowered or "signature-input" not in lowered:  # (1)
-        raise AuthenticationError("the request is not signed (RFC 9421 signature required)")
-    if "content-digest" not in lowered:
-        raise AuthenticationError("the request has no Content-Digest header")
+    require_signed(headers)  # (1)
     verifier = HTTPMessageVerifier(
         signature_algorithm=algorithms.ED25519, key_resolver=_Lookup(lookup)
     )
