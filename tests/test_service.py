@@ -24,7 +24,7 @@ from cleanroom.errors import (
 )
 from cleanroom.service import ROUTES
 from cleanroom.service.auth import sign_request
-from tests.service_fixture import running_service
+from tests.service_fixture import postgres_schema, running_service
 
 SCHEMA = Schema.from_json(
     {
@@ -37,10 +37,22 @@ SCHEMA = Schema.from_json(
 )
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    data = tmp_path_factory.mktemp("service") / "data"
-    with running_service(data) as url:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """The service on the embedded store, then on PostgreSQL (a fresh schema)."""
+    data = tmp_path_factory.mktemp(request.param) / "data"
+    if request.param == "sqlite":
+        with running_service(data) as url:
+            yield url, data
+        return
+    with (
+        postgres_schema() as (database_url, schema),
+        running_service(
+            data, database_url=database_url, env={"CLEANROOM_DATABASE_SCHEMA": schema}
+        ) as url,
+    ):
         yield url, data
 
 

@@ -35,20 +35,27 @@ def service_identity_file(data_dir: Path) -> Path:
     return Path(data_dir) / SERVICE_DIR / IDENTITY_FILE
 
 
-def open_store(data_dir: Path, database_url: str | None = None) -> LedgerStore:
+def open_store(
+    data_dir: Path, database_url: str | None = None, *, schema: str = "cleanroom"
+) -> LedgerStore:
     if database_url is None:
         return SQLiteStore(Path(data_dir) / DATABASE_FILE)
     if database_url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, schema=schema)
     raise StorageError("the database URL must start with postgresql://")
 
 
 def open_ledger(
-    data_dir: Path, *, database_url: str | None = None, policy: TreeHeadPolicy | None = None
+    data_dir: Path,
+    *,
+    database_url: str | None = None,
+    schema: str = "cleanroom",
+    policy: TreeHeadPolicy | None = None,
 ) -> Ledger:
     data_dir = Path(data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise StorageError(f"cannot create data directory {data_dir}: {exc.strerror}") from exc
-    return Ledger(open_store(data_dir, database_url), service_party(data_dir), policy=policy)
+    store = open_store(data_dir, database_url, schema=schema)
+    return Ledger(store, service_party(data_dir), policy=policy)

@@ -27,6 +27,7 @@ def build_service(settings: Settings) -> Service:
     ledger = open_ledger(
         settings.data_dir,
         database_url=settings.database_url,
+        schema=settings.database_schema,
         policy=TreeHeadPolicy(
             max_entries=settings.tree_head_max_entries,
             max_delay_ms=settings.tree_head_max_delay_ms,

@@ -144,6 +144,7 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     _public_routes(app, service)
     _room_routes(app, service)
+    _ledger_routes(app, service)
     _blob_routes(app, service)
     return app
 
@@ -230,6 +231,8 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         receipts = [service.ledger.receipt(room, e.seq).to_json() for e in entries]
         return {"entries": [e.to_json() for e in entries], "receipts": receipts}
 
+
+def _ledger_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/rooms/{room}/entries")
     def entries(
         room: str,

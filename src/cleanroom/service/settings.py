@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="postgresql://... to keep the ledger there."
     )
+    database_schema: str = Field(
+        default="cleanroom",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema holding the ledger tables.",
+    )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8321, ge=0, le=65535, description="Port to listen on (0: any).")
     max_skew_s: int = Field(
