@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,16 +61,41 @@ COMMANDS = [
     ["dataset", "encrypt"],
     ["dataset", "decrypt"],
     ["dataset", "inspect"],
+    ["dataset", "publish"],
+    ["dataset", "list"],
+    ["audit"],
+    ["audit", "export"],
+    ["audit", "verify"],
+    ["audit", "log"],
+    ["room"],
+    ["room", "create"],
+    ["room", "join"],
+    ["room", "list"],
+    ["room", "show"],
+    ["proposal"],
+    ["proposal", "list"],
+    ["proposal", "show"],
+    ["proposal", "approve"],
+    ["proposal", "reject"],
+    ["proposal", "withdraw"],
+    ["consent"],
+    ["consent", "revoke"],
+    ["serve"],
     ["version"],
 ]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "root")
-def test_every_command_has_help(tmp_path: Path, command: list[str]) -> None:
-    result = run(*command, "--help", cwd=tmp_path)
-    assert "Usage:" in result.stdout
-    if len(command) == 2:
-        assert "Example:" in result.stdout
+def test_every_command_has_help(command: list[str]) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from cleanroom.cli.main import app  # noqa: PLC0415
+
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    if len(command) == 2 or command == ["serve"]:
+        assert "Example:" in result.output
 
 
 def test_full_flow_as_a_data_owner(workdir: Path) -> None:
@@ -263,3 +289,67 @@ def test_audit_export_verify_log_rollback_and_tampering(workdir: Path) -> None:
     wrong_key = run("audit", "verify", "new.json", "-k", "x/identity.json", cwd=workdir, ok=False)
     assert "different ledger service" in wrong_key.stderr
     ledger.store.close()
+
+
+def test_three_parties_through_the_cli_against_a_real_service(workdir: Path) -> None:
+    from tests.service_fixture import running_service  # noqa: PLC0415
+
+    with running_service(workdir / "service-data") as url:
+        for name in ("bank", "merchant", "analyst"):
+            run("party", "create", name, "--dir", f"keys/{name}", cwd=workdir)
+
+        def as_(name: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+            return run(
+                *args,
+                cwd=workdir,
+                ok=ok,
+                env={"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": f"keys/{name}"},
+            )
+
+        created = as_(
+            "bank",
+            "room",
+            "create",
+            "offers",
+            "--roles",
+            "data_provider,result_recipient",
+            "--member",
+            "keys/merchant/identity.json:data_provider",
+            "--member",
+            "keys/analyst/identity.json:analyst",
+        )
+        room = created.stdout.split("Created room offers: ")[1].split()[0]
+        as_("merchant", "room", "join", "--room", room)
+        assert "active" in as_("analyst", "room", "join", "--room", room).stdout
+        assert room in as_("analyst", "room", "list").stdout
+        published = as_(
+            "merchant",
+            "dataset",
+            "publish",
+            "cards.csv",
+            "--schema",
+            "cards.schema.json",
+            "--name",
+            "customers",
+            "--room",
+            room,
+        )
+        assert "awaits approval" in published.stdout
+        listed = as_("bank", "proposal", "list", "--room", room).stdout
+        proposal = re.search(r"([0-9a-f]{16}) .*register_dataset", listed).group(1)  # type: ignore[union-attr]
+        as_("merchant", "proposal", "approve", proposal, "--room", room)
+        approved = as_("bank", "proposal", "approve", proposal, "--room", room)
+        assert "accepted" in approved.stdout
+        assert "customers" in as_("analyst", "dataset", "list", "--room", room).stdout
+        again = as_("bank", "proposal", "approve", proposal, "--room", room, ok=False)
+        assert "accepted, not open" in again.stderr
+        assert again.stderr.strip().splitlines()[1].startswith("hint:")
+        as_("merchant", "consent", "revoke", "customers", "--room", room)
+        shown = as_("analyst", "room", "show", "--room", room).stdout
+        assert "revoked" in shown
+        as_("analyst", "audit", "export", "--room", room, "-o", "room.json")
+        run("audit", "verify", "room.json", "-k", "service-data/service/identity.json", cwd=workdir)
+        stranger = run("party", "create", "x", "--dir", "keys/x", cwd=workdir)
+        assert stranger.returncode == 0
+        refused = as_("x", "room", "show", "--room", room, ok=False)
+        assert "unknown key" in refused.stderr  # the service knows members' keys only

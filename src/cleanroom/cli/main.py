@@ -7,7 +7,6 @@ operational failure (disk, network).
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,9 +15,13 @@ import typer
 from rich.table import Table
 
 from cleanroom import __version__
+from cleanroom.cli import rooms
+from cleanroom.cli.common import PASSPHRASE_ENV, load_party, passphrase
 from cleanroom.cli.ui import RichProgress, console, err_console
 from cleanroom.datasets import Schema, decrypt_dataset, load_manifest, open_dataset, seal_dataset
 from cleanroom.errors import (
+    AuthenticationError,
+    AuthorizationError,
     CleanroomError,
     DeserializationError,
     ForkError,
@@ -40,8 +43,6 @@ from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.verify import load_export
 from cleanroom.wire import pretty_json
 
-PASSPHRASE_ENV = "CLEANROOM_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
-
 app = typer.Typer(
     name="cleanroom",
     help="A confidential clean room: parties, encrypted datasets and audited rooms.",
@@ -57,6 +58,11 @@ audit_app = typer.Typer(
     help="Export, verify and read a room's ledger, offline.", no_args_is_help=True
 )
 app.add_typer(audit_app, name="audit")
+app.add_typer(rooms.room_app, name="room")
+app.add_typer(rooms.proposal_app, name="proposal")
+app.add_typer(rooms.consent_app, name="consent")
+dataset_app.command("publish")(rooms.dataset_publish)
+dataset_app.command("list")(rooms.dataset_list)
 
 _HINTS: list[tuple[type[CleanroomError], str]] = [
     (ValidationError, "fix the input or its schema; nothing was written"),
@@ -66,6 +72,8 @@ _HINTS: list[tuple[type[CleanroomError], str]] = [
     (RollbackError, "the ledger lost entries it had shown before; keep both exports as evidence"),
     (IntegrityError, "the files were modified, or belong to another party or dataset"),
     (GovernanceError, "the room's rules do not allow this; see `cleanroom audit log`"),
+    (AuthenticationError, "check --as (your keystore), your clock, and that you belong to a room"),
+    (AuthorizationError, "only members of the room (with the right role) may do this"),
     (DeserializationError, "the file is not in the expected format"),
     (OperationalError, "check the path, free disk space and permissions"),
 ]
@@ -77,21 +85,6 @@ def _fail(exc: CleanroomError) -> int:
     if hint:
         err_console.print(f"[dim]hint: {hint}[/]", highlight=False)
     return 3 if isinstance(exc, OperationalError) else 1
-
-
-def _passphrase(*, confirm: bool) -> str:
-    from_env = os.environ.get(PASSPHRASE_ENV)
-    if from_env:
-        return from_env
-    if not sys.stdin.isatty():
-        raise KeystoreError(f"a passphrase is needed: set {PASSPHRASE_ENV} or run in a terminal")
-    value: str = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
-    return value
-
-
-def _load_party(directory: Path) -> Party:
-    passphrase = _passphrase(confirm=False) if Party.is_protected(directory) else None
-    return Party.load(directory, passphrase=passphrase)
 
 
 def _show_identity(identity: PublicIdentity, title: str) -> None:
@@ -111,7 +104,7 @@ def _show_identity(identity: PublicIdentity, title: str) -> None:
 def party_create(
     name: str = typer.Argument(..., help="The party's display name, e.g. 'bank'."),
     directory: Path = typer.Option(..., "--dir", "-d", help="Keystore directory to create."),
-    passphrase: bool = typer.Option(
+    protect: bool = typer.Option(
         False,
         "--passphrase",
         help=f"Encrypt the private keys under a passphrase (from ${PASSPHRASE_ENV} or a prompt).",
@@ -124,7 +117,7 @@ def party_create(
 
     Example: cleanroom party create bank --dir keys/bank --passphrase
     """
-    secret = _passphrase(confirm=True) if passphrase else None
+    secret = passphrase(confirm=True) if protect else None
     party = Party.create(name)
     party.save(directory, passphrase=secret)
     console.print(f"Created party [bold]{party.name}[/] in {directory}")
@@ -170,7 +163,7 @@ def party_export(
 
     Example: cleanroom party export --dir keys/bank -o bank.identity.json
     """
-    party = _load_party(directory)
+    party = load_party(directory)
     write_file(output, pretty_json(party.identity_document()))
     console.print(f"Wrote the public identity of [bold]{party.name}[/] to {output}")
     console.print(f"fingerprint: {format_fingerprint(party.fingerprint)}")
@@ -199,7 +192,7 @@ def dataset_encrypt(
     --owner keys/bank -o cards.sealed
     """
     declared = Schema.load(schema)
-    party = _load_party(owner)
+    party = load_party(owner)
     with RichProgress() as progress:
         sealed = seal_dataset(
             source,
@@ -226,7 +219,7 @@ def dataset_decrypt(
 
     Example: cleanroom dataset decrypt cards.sealed --owner keys/bank -o cards.parquet
     """
-    party = _load_party(owner)
+    party = load_party(owner)
     manifest = decrypt_dataset(dataset, party, output)
     console.print(f"Decrypted [bold]{manifest.name}[/]: {manifest.rows:,} rows -> {output}")
 
@@ -248,7 +241,7 @@ def dataset_inspect(
     """
     party: Party | None = None
     if owner is not None and identity_file is None:
-        party = _load_party(owner)
+        party = load_party(owner)
         identity = party.identity
     elif identity_file is not None and owner is None:
         identity = PublicIdentity.load(identity_file)
@@ -306,23 +299,39 @@ def _verified(export: Path, service_key: Path, known_heads: Path | None) -> Veri
 @audit_app.command("export")
 def audit_export(
     room: str = typer.Option(..., "--room", help="The room id."),
-    data_dir: Path = typer.Option(..., "--data-dir", help="The ledger's data directory."),
     output: Path = typer.Option(..., "--output", "-o", help="The export file to write."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Export from a ledger data directory (the operator's side)."
+    ),
+    service: str | None = typer.Option(
+        None, "--service", envvar="CLEANROOM_SERVICE", help="Or from a service, as a member."
+    ),
+    keystore: Path | None = typer.Option(
+        None, "--as", envvar="CLEANROOM_KEYSTORE", help="Your keystore, with --service."
+    ),
     database_url: str | None = typer.Option(
         None, "--database", envvar="CLEANROOM_DATABASE_URL", help="postgresql://... store."
     ),
 ) -> None:
     """Write a portable export of a room's ledger: every entry and signed tree head.
 
-    The file verifies on any machine with only cleanroom installed.
+    From a service, the export is verified (and checked against the tree heads
+    you saw before) before it is written. The file verifies on any machine with
+    only cleanroom installed.
 
-    Example: cleanroom audit export --data-dir data --room 3f2a... -o room.ledger.json
+    Example: cleanroom audit export --room 3f2a... -o room.ledger.json --service
+    http://127.0.0.1:8321 --as keys/bank
     """
-    ledger = open_ledger(data_dir, database_url=database_url)
-    document = ledger.export(room)
-    write_file(output, pretty_json(document))
-    console.print(f"Exported {len(document['entries'])} entries of room {room} to {output}")
-    console.print(f"service key: {service_identity_file(data_dir)}")
+    if service is not None and keystore is not None and data_dir is None:
+        count = rooms.audit_export_from_service(room, service, keystore, output)
+    elif data_dir is not None and service is None:
+        document = open_ledger(data_dir, database_url=database_url).export(room)
+        write_file(output, pretty_json(document))
+        count = len(document["entries"])
+        console.print(f"service key: {service_identity_file(data_dir)}")
+    else:
+        raise typer.BadParameter("give --data-dir, or --service with --as")
+    console.print(f"Exported {count} entries of room {room} to {output}")
 
 
 @audit_app.command("verify")

@@ -28,6 +28,8 @@ class RichProgress:
         self._task: TaskID | None = None
 
     def start(self, description: str, total: int | None, unit: str) -> None:
+        if self._progress is not None:  # a new phase: the previous bar is done
+            self._progress.stop()
         columns = [TextColumn("{task.description}"), BarColumn()]
         if unit == "bytes":
             columns += [DownloadColumn(), TransferSpeedColumn()]

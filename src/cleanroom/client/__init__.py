@@ -45,6 +45,7 @@ from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import TreeHead, verify_receipt
 from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.verify import TreeHeadTracker, VerifiedLedger, verify_export
+from cleanroom.progress import NoProgress, Progress
 from cleanroom.service.auth import sign_request
 
 _ERRORS: dict[int, type[CleanroomError]] = {
@@ -197,6 +198,10 @@ class Room:
         state: dict[str, Any] = self.client._call("GET", f"/v1/rooms/{self.id}")
         return state
 
+    def proposals(self) -> list[dict[str, Any]]:
+        proposals: list[dict[str, Any]] = self.client._call("GET", f"/v1/rooms/{self.id}/proposals")
+        return proposals
+
     @property
     def members(self) -> list[dict[str, Any]]:
         members: list[dict[str, Any]] = self.state()["members"]
@@ -255,7 +260,9 @@ class Room:
     def revoke_consent(self, dataset: str) -> None:
         self._submit(st.revoke_consent(self.client.party, self.id, dataset))
 
-    def publish_dataset(self, source: Any, *, schema: Schema | Path, name: str) -> str:
+    def publish_dataset(
+        self, source: Any, *, schema: Schema | Path, name: str, progress: Progress | None = None
+    ) -> str:
         """Seal ``source`` locally, propose its registration, upload the ciphertext.
 
         Returns the proposal id; the dataset is registered once its approvers
@@ -270,20 +277,23 @@ class Room:
                 owner=self.client.party,
                 output=Path(work) / "sealed",
                 name=name,
+                progress=progress,
             )
             manifest = json.loads((sealed.directory / MANIFEST_FILE).read_text())
             proposal = self.propose({"type": "register_dataset", "manifest": manifest})
-            self.upload(sealed.directory / DATA_FILE)
+            self.upload(sealed.directory / DATA_FILE, progress=progress)
         return proposal
 
-    def upload(self, path: Path) -> None:
+    def upload(self, path: Path, progress: Progress | None = None) -> None:
         """Stream a sealed dataset's ciphertext; the service checks it against the manifest."""
         digest, size = sha256_file(path)
+        progress = progress or NoProgress()
+        progress.start(f"Uploading {path.name}", size, "bytes")
         with path.open("rb") as fh:
             request = self.client._http.build_request(
                 "PUT",
                 f"/v1/rooms/{self.id}/blobs/{digest}",
-                content=_chunks(fh),
+                content=_chunks(fh, progress),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
             sign_request(request, None, self.client.party, body_sha256=digest)
@@ -314,8 +324,9 @@ class Room:
                 raise IntegrityError("the downloaded ciphertext does not match its digest")
 
 
-def _chunks(fh: Any) -> Iterator[bytes]:
+def _chunks(fh: Any, progress: Progress) -> Iterator[bytes]:
     while chunk := fh.read(1 << 20):
+        progress.advance(len(chunk))
         yield chunk
 
 
@@ -327,10 +338,11 @@ class Audit:
         export: dict[str, Any] = self.room.client._call("GET", f"/v1/rooms/{self.room.id}/export")
         return export
 
-    def verify(self) -> VerifiedLedger:
-        """Download the whole ledger, verify it offline, and check it extends what
-        this party saw before (a rollback or fork raises)."""
-        verified = verify_export(self.export(), self.room.client.service)
+    def verify(self, document: dict[str, Any] | None = None) -> VerifiedLedger:
+        """Verify the whole ledger offline (downloading it unless given) and check it
+        extends what this party saw before (a rollback or fork raises)."""
+        document = document if document is not None else self.export()
+        verified = verify_export(document, self.room.client.service)
         tree = MerkleTree([e.leaf_hash for e in verified.entries])
         self.room.client.tracker.observe(verified.head, tree.consistency_proof)
         return verified

@@ -530,6 +530,26 @@ class RoomState:
             },
         }
 
+    def proposal_views(self) -> list[dict[str, Any]]:
+        """Every proposal, oldest first, with its action and ballots."""
+        names = {fp: m.identity.name for fp, m in self.members.items()}
+        return [
+            {
+                "id": p.id,
+                "type": p.action.type,
+                "action": p.action.model_dump(),
+                "proposer": names.get(p.proposer, p.proposer),
+                "status": p.status,
+                "note": p.note,
+                "approvers": sorted(names.get(a, a) for a in p.approvers),
+                "approvals": sorted(names.get(a, a) for a in p.approvals),
+                "rejections": sorted(names.get(a, a) for a in p.rejections),
+                "opened_at": p.opened_at,
+                "expires_at": p.expires_at,
+            }
+            for p in sorted(self.proposals.values(), key=lambda p: p.opened_at)
+        ]
+
     def digest(self) -> str:
         return canonical_digest(self.summary())
 

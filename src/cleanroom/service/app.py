@@ -51,6 +51,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", "/v1/rooms", "signed by the creator named in the room.create statement"),
     ("GET", "/v1/rooms", "signed by a known party"),
     ("GET", "/v1/rooms/{room}", "member"),
+    ("GET", "/v1/rooms/{room}/proposals", "member"),
     ("POST", "/v1/rooms/{room}/statements", "member, author of every statement"),
     ("GET", "/v1/rooms/{room}/entries", "member"),
     ("GET", "/v1/rooms/{room}/tree-head", "member"),
@@ -219,6 +220,11 @@ def _room_routes(app: FastAPI, service: Service) -> None:
     def room_state(room: str, who: Caller) -> dict[str, Any]:
         state, _ = service.member(room, who)
         return state.summary()
+
+    @app.get("/v1/rooms/{room}/proposals")
+    def proposals(room: str, who: Caller) -> list[dict[str, Any]]:
+        state, _ = service.member(room, who)
+        return state.proposal_views()
 
     @app.post("/v1/rooms/{room}/statements", status_code=201)
     def submit(room: str, payload: SubmitStatements, who: Caller) -> dict[str, Any]:
