@@ -352,3 +352,22 @@ def test_restart_keeps_everything_and_rollback_is_caught(
             bank.room(room_id).tree_head()
         with pytest.raises(AuthenticationError):
             client(url, Party.create("x")).rooms()
+
+
+def test_regression_huge_positions_are_refused_not_500(
+    service: tuple[str, Path], parties: dict[str, Party], tmp_path: Path
+) -> None:
+    """Found by schemathesis: ?start=2**62 overflowed SQLite and answered 500."""
+    url, _ = service
+    rooms = make_room(url, parties, tmp_path)
+    with httpx.Client() as http:
+        for path in (
+            f"/v1/rooms/{rooms['bank'].id}/entries?start={2**62}",
+            f"/v1/rooms/{rooms['bank'].id}/receipts/{2**62}",
+            f"/v1/rooms/{rooms['bank'].id}/consistency?old=0&new={2**62}",
+        ):
+            response = http.send(_raw(url, parties["bank"], "GET", path))
+            assert response.status_code == 422, (path, response.text)
+    assert rooms["bank"].client._call(
+        "GET", f"/v1/rooms/{rooms['bank'].id}/entries", params={"start": 2**53 - 1}
+    ) == {"entries": []}

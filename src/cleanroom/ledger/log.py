@@ -121,6 +121,10 @@ class Ledger:
             return self._room(room).tree.size
 
     def entries(self, room: str, start: int = 0, end: int | None = None) -> list[Entry]:
+        size = self.size(room)
+        end = size if end is None else min(end, size)
+        if not 0 <= start < end:
+            return []
         return [Entry.decode(s.data) for s in self.store.entries(room, start, end)]
 
     def tree_head(self, room: str) -> TreeHead:

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,6 +43,10 @@ from cleanroom.service.auth import NonceCache, content_sha256, require_signed, v
 from cleanroom.service.blobs import BlobStore, check_digest
 
 Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
+RoomId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A room id.")]
+MAX_SEQ = 2**53 - 1  # positions fit JSON numbers and every store's integers
+Seq = Annotated[int, PathParam(ge=0, le=MAX_SEQ, description="An entry's position.")]
+Digest = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="A SHA-256, hex.")]
 
 # (method, path, who may call it) for every route; tests/test_service.py pins this table.
 ROUTES: list[tuple[str, str, str]] = [
@@ -61,6 +66,27 @@ ROUTES: list[tuple[str, str, str]] = [
     ("PUT", "/v1/rooms/{room}/blobs/{digest}", "member owning a manifest with that digest"),
     ("GET", "/v1/rooms/{room}/blobs/{digest}", "member"),
 ]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid input", **_PROBLEM},
+    401: {"description": "Unsigned, badly signed, stale or replayed request", **_PROBLEM},
+    403: {"description": "Not a member of this room, or not allowed", **_PROBLEM},
+    404: {"description": "No such object", **_PROBLEM},
+    409: {"description": "Not allowed by the room's rules", **_PROBLEM},
+    422: {"description": "The request does not match its schema", **_PROBLEM},
+    503: {"description": "The service cannot serve this now", **_PROBLEM},
+}
 
 
 class CreateRoom(BaseModel):
@@ -140,6 +166,7 @@ def create_app(service: Service) -> FastAPI:
         "(RFC 9421); errors are RFC 9457 problem details.",
         docs_url=None,
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     problems.install(app)
     app.state.service = service
@@ -217,17 +244,17 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         return visible
 
     @app.get("/v1/rooms/{room}")
-    def room_state(room: str, who: Caller) -> dict[str, Any]:
+    def room_state(room: RoomId, who: Caller) -> dict[str, Any]:
         state, _ = service.member(room, who)
         return state.summary()
 
     @app.get("/v1/rooms/{room}/proposals")
-    def proposals(room: str, who: Caller) -> list[dict[str, Any]]:
+    def proposals(room: RoomId, who: Caller) -> list[dict[str, Any]]:
         state, _ = service.member(room, who)
         return state.proposal_views()
 
     @app.post("/v1/rooms/{room}/statements", status_code=201)
-    def submit(room: str, payload: SubmitStatements, who: Caller) -> dict[str, Any]:
+    def submit(room: RoomId, payload: SubmitStatements, who: Caller) -> dict[str, Any]:
         service.member(room, who)
         for token in payload.statements:
             if parse_statement(token).author != who:
@@ -241,9 +268,9 @@ def _room_routes(app: FastAPI, service: Service) -> None:
 def _ledger_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/rooms/{room}/entries")
     def entries(
-        room: str,
+        room: RoomId,
         who: Caller,
-        start: Annotated[int, Query(ge=0)] = 0,
+        start: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
     ) -> dict[str, Any]:
         service.member(room, who)
@@ -251,36 +278,34 @@ def _ledger_routes(app: FastAPI, service: Service) -> None:
         return {"entries": [e.to_json() for e in chosen]}
 
     @app.get("/v1/rooms/{room}/tree-head")
-    def tree_head(room: str, who: Caller) -> dict[str, str]:
+    def tree_head(room: RoomId, who: Caller) -> dict[str, str]:
         service.member(room, who)
         return {"tree_head": service.ledger.tree_head(room).token}
 
     @app.get("/v1/rooms/{room}/receipts/{seq}")
-    def receipt(room: str, seq: int, who: Caller) -> dict[str, Any]:
+    def receipt(room: RoomId, seq: Seq, who: Caller) -> dict[str, Any]:
         service.member(room, who)
-        if seq < 0:
-            raise NotFoundError("entries are numbered from 0")
         return service.ledger.receipt(room, seq).to_json()
 
     @app.get("/v1/rooms/{room}/consistency")
     def consistency(
-        room: str,
+        room: RoomId,
         who: Caller,
-        old: Annotated[int, Query(ge=0)],
-        new: Annotated[int, Query(ge=0)],
+        old: Annotated[int, Query(ge=0, le=MAX_SEQ)],
+        new: Annotated[int, Query(ge=0, le=MAX_SEQ)],
     ) -> dict[str, list[str]]:
         service.member(room, who)
         return {"proof": [h.hex() for h in service.ledger.consistency_proof(room, old, new)]}
 
     @app.get("/v1/rooms/{room}/export")
-    def export(room: str, who: Caller) -> dict[str, Any]:
+    def export(room: RoomId, who: Caller) -> dict[str, Any]:
         service.member(room, who)
         return service.ledger.export(room)
 
 
 def _blob_routes(app: FastAPI, service: Service) -> None:
     @app.put("/v1/rooms/{room}/blobs/{digest}", status_code=201)
-    async def upload(room: str, digest: str, request: Request) -> dict[str, Any]:
+    async def upload(room: RoomId, digest: Digest, request: Request) -> dict[str, Any]:
         check_digest(digest)
         who = service.authenticate(request, None)  # the body is checked as it streams in
         state, _ = service.member(room, who)
@@ -298,8 +323,14 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
             await service.blobs.put(digest, size, request.stream())
         return {"digest": digest, "bytes": size}
 
-    @app.get("/v1/rooms/{room}/blobs/{digest}")
-    def download(room: str, digest: str, who: Caller) -> StreamingResponse:
+    @app.get(
+        "/v1/rooms/{room}/blobs/{digest}",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "The ciphertext"}
+        },
+    )
+    def download(room: RoomId, digest: Digest, who: Caller) -> StreamingResponse:
         state, _ = service.member(room, who)
         check_digest(digest)
         if _owned_manifest(state, digest, None) is None:
