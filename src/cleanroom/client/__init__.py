@@ -208,19 +208,28 @@ class Room:
         return members
 
     def _submit(self, *tokens: str) -> list[dict[str, Any]]:
+        last = self.client.tracker.last(self.id)
         result = self.client._call(
-            "POST", f"/v1/rooms/{self.id}/statements", json_body={"statements": list(tokens)}
+            "POST",
+            f"/v1/rooms/{self.id}/statements",
+            json_body={"statements": list(tokens)},
+            params={"known": last.size} if last is not None else None,
         )
         receipts = [verify_receipt(r, self.client.service) for r in result["receipts"]]
         for receipt, token in zip(receipts, tokens, strict=True):
             if receipt.entry.statement != token or receipt.room != self.id:
                 raise IntegrityError("the service's receipt is for another statement")
-        self._observe(receipts[-1].tree_head)
+        self._observe(receipts[-1].tree_head, result.get("consistency"))
         entries: list[dict[str, Any]] = result["entries"]
         return entries
 
-    def _observe(self, head: TreeHead) -> None:
+    def _observe(self, head: TreeHead, given: dict[str, Any] | None = None) -> None:
+        """Accept ``head`` only if it extends the last head seen; a proof the
+        service sent along is used when it is for exactly these sizes."""
+
         def proof(old: int, new: int) -> list[bytes]:
+            if given is not None and (given.get("old"), given.get("new")) == (old, new):
+                return [bytes.fromhex(h) for h in given["proof"]]
             answer = self.client._call(
                 "GET", f"/v1/rooms/{self.id}/consistency", params={"old": old, "new": new}
             )

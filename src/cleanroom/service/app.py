@@ -254,15 +254,40 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         return state.proposal_views()
 
     @app.post("/v1/rooms/{room}/statements", status_code=201)
-    def submit(room: RoomId, payload: SubmitStatements, who: Caller) -> dict[str, Any]:
+    def submit(
+        room: RoomId,
+        payload: SubmitStatements,
+        who: Caller,
+        known: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=MAX_SEQ,
+                description="The tree size you last verified: the answer "
+                "then carries the consistency proof from it.",
+            ),
+        ] = None,
+    ) -> dict[str, Any]:
         service.member(room, who)
         for token in payload.statements:
             if parse_statement(token).author != who:
                 raise AuthorizationError("submit only statements you signed yourself")
         entries = service.ledger.submit(room, payload.statements)
         service.learn(service.ledger.state(room))
-        receipts = [service.ledger.receipt(room, e.seq).to_json() for e in entries]
-        return {"entries": [e.to_json() for e in entries], "receipts": receipts}
+        receipts = [service.ledger.receipt(room, e.seq) for e in entries]
+        answer: dict[str, Any] = {
+            "entries": [e.to_json() for e in entries],
+            "receipts": [r.to_json() for r in receipts],
+        }
+        head = receipts[-1].tree_head
+        if known is not None and known <= head.size:
+            proof = service.ledger.consistency_proof(room, known, head.size)
+            answer["consistency"] = {
+                "old": known,
+                "new": head.size,
+                "proof": [h.hex() for h in proof],
+            }
+        return answer
 
 
 def _ledger_routes(app: FastAPI, service: Service) -> None:

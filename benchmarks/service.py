@@ -1,0 +1,232 @@
+"""The service over loopback HTTP: upload throughput and governance operations.
+
+Targets: a 1 GiB ciphertext upload through the service (signed request,
+streamed, hashed, checked against the signed manifest, fsynced, published
+atomically) costs <= 1.5x a plain streaming upload of the same bytes to a
+bare uvicorn/Starlette endpoint that writes and fsyncs them; >= 300 governance
+operations/s (signed statements, verified and durably appended, receipts
+returned and verified by the client) with 20 concurrent clients, zero errors.
+
+    .venv/bin/python benchmarks/service.py [--gib 1] [--clients 20] [--ops 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, median, timed
+from cleanroom import Party, Schema
+from cleanroom.client import Client
+from cleanroom.datasets.manifest import Manifest, key_id_of
+
+PLAIN_SERVER = """
+import os, sys
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import uvicorn
+
+async def put(request):
+    path = os.path.join(sys.argv[2], "upload.bin")
+    with open(path, "wb") as fh:
+        async for chunk in request.stream():
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return JSONResponse({"ok": True}, status_code=201)
+
+uvicorn.run(Starlette(routes=[Route("/put", put, methods=["PUT"])]), host="127.0.0.1",
+            port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_up(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        else:
+            return
+    raise RuntimeError(f"{url} did not come up")
+
+
+def make_blob(path: Path, size: int) -> str:
+    block = os.urandom(8 << 20)
+    digest = hashlib.sha256()
+    with path.open("wb") as fh:
+        written = 0
+        while written < size:
+            piece = block[: min(len(block), size - written)]
+            fh.write(piece)
+            digest.update(piece)
+            written += len(piece)
+    return digest.hexdigest()
+
+
+def signed_manifest(owner: Party, digest: str, size: int) -> dict[str, object]:
+    """A real, owner-signed manifest for the benchmark's ciphertext bytes."""
+    manifest = Manifest(
+        name="bench",
+        owner_name=owner.name,
+        owner_fingerprint=owner.fingerprint,
+        schema=Schema.from_json(
+            {
+                "identity_column": "id",
+                "columns": [{"name": "id", "type": "string", "nullable": False}],
+            }
+        ),
+        rows=1,
+        sha256=digest,
+        size=size,
+        key_id=key_id_of(os.urandom(32)),
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    return owner.sign_document(manifest.payload(), typ="cleanroom-dataset-manifest+jws")
+
+
+def chunks(path: Path) -> object:
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            yield chunk
+
+
+def bench_upload(work: Path, gib: float, repeat: int) -> None:
+    size = int(gib * (1 << 30))
+    blob = work / "blob.bin"
+    digest = make_blob(blob, size)
+    plain_port, plain_dir = free_port(), work / "plain"
+    plain_dir.mkdir()
+    script = work / "plain_server.py"
+    script.write_text(PLAIN_SERVER)
+    plain = subprocess.Popen([sys.executable, str(script), str(plain_port), str(plain_dir)])
+    port, data = free_port(), work / "service"
+    service = subprocess.Popen(
+        [sys.executable, "-m", "cleanroom", "serve", "--data-dir", str(data), "--port", str(port)]
+    )
+    try:
+        wait_up(f"http://127.0.0.1:{plain_port}/")
+        url = f"http://127.0.0.1:{port}"
+        wait_up(f"{url}/v1/health")
+        owner = Party.create("owner")
+        with Client(url, owner, timeout=600) as client:
+            room = client.create_room("bench", [(owner.identity_document(), ["data_provider"])])
+            room.propose(
+                {"type": "register_dataset", "manifest": signed_manifest(owner, digest, size)}
+            )
+            plain_times, service_times = [], []
+            with httpx.Client(timeout=600) as http:
+                for _ in range(repeat):
+                    plain_times.append(
+                        timed(
+                            lambda: http.put(
+                                f"http://127.0.0.1:{plain_port}/put",
+                                content=chunks(blob),
+                                headers={"Content-Length": str(size)},
+                            ).raise_for_status()
+                        )
+                    )
+                    target = data / "blobs" / digest
+                    target.unlink(missing_ok=True)  # upload it again each time
+                    service_times.append(timed(lambda: room.upload(blob)))
+        p, s = median(plain_times), median(service_times)
+        mib = size / 2**20
+        print(
+            f"upload {size / 2**30:.2f} GiB   plain streaming PUT {p:6.2f} s "
+            f"({mib / p:6.0f} MiB/s)   through the service {s:6.2f} s ({mib / s:6.0f} MiB/s)"
+            f"   ratio {s / p:4.2f}x   (target <= 1.5x)"
+        )
+    finally:
+        plain.terminate()
+        service.terminate()
+        plain.wait()
+        service.wait()
+
+
+def bench_governance(work: Path, clients: int, ops: int) -> None:
+    port, data = free_port(), work / "gov"
+    service = subprocess.Popen(
+        [sys.executable, "-m", "cleanroom", "serve", "--data-dir", str(data), "--port", str(port)]
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_up(f"{url}/v1/health")
+        parties = [Party.create(f"member{i}") for i in range(clients)]
+        members = [(p.identity_document(), ["data_provider", "analyst"]) for p in parties]
+        handles = [Client(url, p) for p in parties]
+        room = handles[0].create_room("bench", members)
+        rooms = [h.room(room.id) for h in handles]
+        for r in rooms[1:]:
+            r.accept()
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        per_client = ops // clients
+
+        def work_of(index: int) -> None:
+            for _ in range(per_client):
+                try:
+                    rooms[index].propose({"type": "set_measurements", "measurements": []})
+                except Exception as exc:  # noqa: BLE001 - counted and reported below
+                    with lock:
+                        errors.append(exc)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            list(pool.map(work_of, range(clients)))
+        seconds = time.perf_counter() - start
+        done = per_client * clients
+        verified = rooms[0].audit.verify()
+        for h in handles:
+            h.close()
+        print(
+            f"governance ops/s with {clients} concurrent clients {done / seconds:7.0f} "
+            f"({done} signed proposals, {len(errors)} errors, ledger of "
+            f"{len(verified.entries)} entries verified afterwards)   (target >= 300/s, 0 errors)"
+        )
+        if errors:
+            print(f"first error: {errors[0]!r}")
+    finally:
+        service.terminate()
+        service.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--ops", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    work = Path(tempfile.mkdtemp(prefix="cleanroom-service-bench-"))
+    try:
+        bench_upload(work, args.gib, args.repeat)
+        bench_governance(work, args.clients, args.ops)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
