@@ -19,26 +19,22 @@ import os
 import random
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import httpx
 from rich.console import Console
 from rich.panel import Panel
 
 from cleanroom import Party
-from cleanroom.governance import (
-    member_accept,
-    new_room_id,
-    propose,
-    revoke_consent,
-    room_create,
-    statement_digest,
-    vote,
-)
-from cleanroom.ledger import Ledger, open_ledger
+from cleanroom.client import Client
 
 OUT = Path("demo-output")
 SEED = 7
@@ -50,15 +46,17 @@ def step(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
 
 
-def cleanroom(*args: str, expect_failure: bool = False) -> str:
-    console.print(f"[dim]$[/] [bold]cleanroom {shlex.join(args)}[/]")
+def cleanroom(*args: str, expect_failure: bool = False, env: dict[str, str] | None = None) -> str:
+    # show who acts: the keystore named in the environment
+    prefix = f"[dim]({env['CLEANROOM_KEYSTORE'].split('/')[-1]})[/] " if env else ""
+    console.print(f"[dim]$[/] {prefix}[bold]cleanroom {shlex.join(args)}[/]")
     result = subprocess.run(
         [sys.executable, "-m", "cleanroom", *args],
         cwd=OUT,
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "COLUMNS": str(console.width)},
+        env={**os.environ, "COLUMNS": str(console.width), **(env or {})},
     )
     output = (result.stdout + result.stderr).rstrip()
     if output:
@@ -242,148 +240,186 @@ def main() -> None:
         "transactions.roundtrip.csv",
     )
 
-    room = govern()
+    with running_service() as url:
+        room = govern(url)
 
-    step("11. Anyone in the room verifies the whole history offline")
-    cleanroom("audit", "export", "--data-dir", "ledger", "--room", room, "-o", "room.ledger.json")
-    cleanroom(
-        "audit",
-        "verify",
-        "room.ledger.json",
-        "--service-key",
-        "ledger/service/identity.json",
-        "--known-heads",
-        "bank.heads.json",
-    )
-    cleanroom("audit", "log", "room.ledger.json", "--service-key", "ledger/service/identity.json")
+        step("11. Anyone in the room verifies the whole history offline")
+        member = {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/bank"}
+        cleanroom("audit", "export", "--room", room, "-o", "room.ledger.json", env=member)
+        cleanroom(
+            "audit",
+            "verify",
+            "room.ledger.json",
+            "--service-key",
+            "service-data/service/identity.json",
+        )
+        cleanroom(
+            "audit",
+            "log",
+            "room.ledger.json",
+            "--service-key",
+            "service-data/service/identity.json",
+        )
 
-    step("12. An operator that edits one entry of the ledger is caught")
-    document = json.loads((OUT / "room.ledger.json").read_text())
-    token = document["entries"][4]["statement"]
-    document["entries"][4]["statement"] = token[:-1] + ("A" if token[-1] != "A" else "B")
-    (OUT / "edited.ledger.json").write_text(json.dumps(document))
-    cleanroom(
-        "audit",
-        "verify",
-        "edited.ledger.json",
-        "--service-key",
-        "ledger/service/identity.json",
-        expect_failure=True,
-    )
+        step("12. An operator that edits one entry of the ledger is caught")
+        document = json.loads((OUT / "room.ledger.json").read_text())
+        token = document["entries"][4]["statement"]
+        document["entries"][4]["statement"] = token[:-1] + ("A" if token[-1] != "A" else "B")
+        (OUT / "edited.ledger.json").write_text(json.dumps(document))
+        cleanroom(
+            "audit",
+            "verify",
+            "edited.ledger.json",
+            "--service-key",
+            "service-data/service/identity.json",
+            expect_failure=True,
+        )
+
+        step("13. A stranger's key gets nothing from the service")
+        cleanroom("party", "create", "stranger", "--dir", "keys/stranger")
+        cleanroom(
+            "room",
+            "show",
+            "--room",
+            room,
+            expect_failure=True,
+            env={"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/stranger"},
+        )
     console.print(
         Panel.fit(
-            "Done. Files are in ./demo-output. Next: the hosted service and attested enclave jobs.",
+            "Done. Files are in ./demo-output. Next: attested enclave jobs that run the approved SQL.",
             title="cleanroom demo",
         )
     )
 
 
-def submit(ledger: Ledger, room: str, token: str, what: str) -> str:
-    entry = ledger.submit(room, [token])[0]
-    console.print(f"[dim]ledger entry {entry.seq}:[/] {what}")
-    return statement_digest(token)
-
-
-def govern() -> str:
-    """Steps 7-10: a room, its members, datasets, an analysis and a revocation."""
-    bank = Party.load(OUT / "keys" / "bank")
-    merchant = Party.load(OUT / "keys" / "merchant")
-    ledger = open_ledger(OUT / "ledger")
-    room = new_room_id()
-
-    step("7. The bank creates a room; the merchant accepts (signed statements)")
-    create = room_create(
-        bank,
-        room,
-        name="personalised-offers",
-        members=[
-            (bank.identity_document(), ["data_provider", "result_recipient"]),
-            (merchant.identity_document(), ["data_provider", "analyst"]),
+@contextmanager
+def running_service() -> Iterator[str]:
+    """`cleanroom serve` as its own process, on a free local port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    console.print(f"[dim]$[/] [bold]cleanroom serve --data-dir service-data --port {port}[/]")
+    log = (OUT / "service.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cleanroom",
+            "serve",
+            "--data-dir",
+            "service-data",
+            "--port",
+            str(port),
         ],
+        cwd=OUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    ledger.create_room(create)
-    console.print(f"[dim]ledger entry 0:[/] bank creates room {room}")
-    submit(
-        ledger, room, member_accept(merchant, room, statement_digest(create)), "merchant accepts"
-    )
-    console.print(f"room status: {ledger.state(room).status}")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/v1/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait()
+        log.close()
 
-    step("8. Each owner registers its dataset; the constitution says who approves")
-    for owner, name in ((bank, "transactions"), (merchant, "customers")):
-        manifest = json.loads((OUT / f"{name}.sealed" / "manifest.json").read_text())
-        pid = submit(
-            ledger,
-            room,
-            propose(owner, room, {"type": "register_dataset", "manifest": manifest}),
-            f"{owner.name} proposes {name}",
-        )
-        approvers = ledger.state(room).proposals[pid].approvers
-        names = sorted(ledger.state(room).members[a].identity.name for a in approvers)
-        console.print(f"  required approvers: {', '.join(names)}")
-        for voter in (bank, merchant):
-            if voter.fingerprint in approvers:
-                submit(ledger, room, vote(voter, room, pid, approve=True), f"{voter.name} approves")
-        console.print(f"  proposal {ledger.state(room).proposals[pid].status}")
+
+def govern(url: str) -> str:
+    """Steps 7-10: a room on the service, driven by each party through the CLI."""
+    bank = {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/bank"}
+    merchant = {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/merchant"}
+
+    step("7. The bank creates a room on the service; the merchant joins")
+    cleanroom("party", "export", "--dir", "keys/merchant", "-o", "merchant.identity.json")
+    created = cleanroom(
+        "room",
+        "create",
+        "personalised-offers",
+        "--roles",
+        "data_provider,result_recipient",
+        "--member",
+        "merchant.identity.json:data_provider,analyst",
+        env=bank,
+    )
+    room = created.split("Created room personalised-offers: ")[1].split()[0]
+    cleanroom("room", "join", "--room", room, env=merchant)
+
+    step("8. Each owner publishes its dataset: sealed locally, only ciphertext uploaded")
+    cleanroom(
+        "dataset",
+        "publish",
+        "transactions.csv",
+        "--schema",
+        "transactions.schema.json",
+        "--room",
+        room,
+        env=bank,
+    )
+    cleanroom(
+        "dataset",
+        "publish",
+        "customers.csv",
+        "--schema",
+        "customers.schema.json",
+        "--room",
+        room,
+        env=merchant,
+    )
+    cleanroom("proposal", "list", "--room", room, env=bank)
+    for proposal in _open_proposals(room, bank):
+        cleanroom("proposal", "approve", proposal, "--room", room, env=bank)
+    for proposal in _open_proposals(room, merchant):
+        cleanroom("proposal", "approve", proposal, "--room", room, env=merchant)
+    cleanroom("dataset", "list", "--room", room, env=bank)
 
     step("9. The merchant proposes an analysis; both owners approve it")
     sql = (
         "SELECT c.loyalty_tier, t.category, count(DISTINCT t.card_id) AS cards "
         "FROM transactions t JOIN customers c USING (card_id) GROUP BY ALL"
     )
-    pid = submit(
-        ledger,
-        room,
-        propose(
-            merchant,
-            room,
+    party = Party.load(OUT / "keys" / "merchant")
+    with Client(url, party, state_dir=OUT / "keys" / "merchant" / "state") as client:
+        bank_fp = Party.load(OUT / "keys" / "bank").fingerprint
+        console.print("[dim]>>> room.propose({'type': 'add_analysis', ...})  # from Python[/]")
+        client.room(room).propose(
             {
                 "type": "add_analysis",
                 "name": "offer-segments",
                 "language": "sql",
                 "text": sql,
                 "inputs": ["transactions", "customers"],
-                "recipients": [bank.fingerprint],
-            },
-        ),
-        "merchant proposes the offer-segments analysis",
-    )
-    submit(ledger, room, vote(bank, room, pid, approve=True), "bank approves")
-    submit(ledger, room, vote(merchant, room, pid, approve=True), "merchant approves")
-    console.print(f"contract version {ledger.state(room).contract_version}")
+                "recipients": [bank_fp],
+            }
+        )
+    for env in (bank, merchant):
+        for proposal in _open_proposals(room, env):
+            cleanroom("proposal", "approve", proposal, "--room", room, env=env)
 
     step("10. The merchant stops its data being used at once: no vote needed")
-    submit(
-        ledger,
-        room,
-        revoke_consent(merchant, room, "customers"),
-        "merchant revokes consent for customers",
-    )
-    state = ledger.state(room)
-    console.print(
-        f"customers consent: {state.datasets['customers'].consent}; "
-        f"contract version {state.contract_version}"
-    )
-    ledger.store.close()
+    cleanroom("consent", "revoke", "customers", "--room", room, env=merchant)
+    cleanroom("room", "show", "--room", room, env=bank)
     return room
 
 
-def _unused() -> None:
-    cleanroom("dataset", "inspect", "transactions.sealed", "--owner", "keys/bank", "--rows", "3")
-    cleanroom(
-        "dataset",
-        "decrypt",
-        "transactions.sealed",
-        "--owner",
-        "keys/bank",
-        "-o",
-        "transactions.roundtrip.csv",
-    )
-    console.print(
-        Panel.fit(
-            "Done. Files are in ./demo-output. Next: rooms, a ledger and consensus governance.",
-            title="cleanroom demo",
-        )
-    )
+def _open_proposals(room: str, env: dict[str, str]) -> list[str]:
+    """Open proposals this party can still vote on, read through the SDK."""
+    party_dir = OUT / env["CLEANROOM_KEYSTORE"]
+    party = Party.load(party_dir)
+    with Client(env["CLEANROOM_SERVICE"], party, state_dir=party_dir / "state") as client:
+        return [
+            p["id"][:16]
+            for p in client.room(room).proposals()
+            if p["status"] == "open"
+            and party.name in p["approvers"]
+            and party.name not in p["approvals"]
+        ]
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from cleanroom.governance.statements import Statement, parse_statement
 from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import Entry, Receipt, TreeHead
 from cleanroom.ledger.merkle import MerkleTree
-from cleanroom.ledger.store import LedgerStore, StoredEntry
+from cleanroom.ledger.store import LedgerStore, StoredEntry, StoredHead
 from cleanroom.ledger.verify import verify_entries
 
 
@@ -193,8 +193,14 @@ class Ledger:
             self._rooms[statement.room] = _Room(tree, state, head, when)
             return entry
 
-    def submit(self, room: str, tokens: Sequence[str]) -> list[Entry]:
-        """Validate and durably append statements, all or none."""
+    def submit(
+        self, room: str, tokens: Sequence[str], *, with_receipts: bool = False
+    ) -> list[Entry]:
+        """Validate and durably append statements, all or none.
+
+        ``with_receipts`` signs a tree head covering them in the same
+        transaction, so :meth:`receipts` can answer at once.
+        """
         if not tokens:
             return []
         statements = self._parse(tokens)
@@ -208,8 +214,21 @@ class Ledger:
                     applied += 1
                 first = cached.tree.size
                 entries = [Entry(first + i, when, s.token) for i, s in enumerate(statements)]
+                for entry in entries:
+                    cached.tree.append(entry.leaf_hash)
+                head = None
+                if with_receipts or self._due(cached):
+                    head = TreeHead.sign(
+                        self.service,
+                        room,
+                        cached.tree.size,
+                        cached.tree.root(),
+                        max(when, cached.head.time),
+                    )
                 self.store.append(
-                    room, [self._stored(e, s) for e, s in zip(entries, statements, strict=True)]
+                    room,
+                    [self._stored(e, s) for e, s in zip(entries, statements, strict=True)],
+                    StoredHead(head.size, head.time, head.token) if head else None,
                 )
             except CleanroomError:
                 # apply() changes nothing when it refuses a statement, so a refused first
@@ -217,11 +236,22 @@ class Ledger:
                 if applied:
                     del self._rooms[room]
                 raise
-            for entry in entries:
-                cached.tree.append(entry.leaf_hash)
             cached.last_time = when
-            self._maybe_issue(room, cached)
+            if head is not None:
+                cached.head = head
             return entries
+
+    def receipts(self, room: str, entries: Sequence[Entry]) -> list[Receipt]:
+        """Receipts for entries just appended, under the latest tree head."""
+        with self._lock:
+            cached = self._room(room)
+            if entries and cached.head.size <= entries[-1].seq:
+                self._issue(room, cached)
+            head = cached.head
+            return [
+                Receipt(room, e, cached.tree.inclusion_proof(e.seq, head.size), head)
+                for e in entries
+            ]
 
     def issue_due_tree_heads(self) -> None:
         with self._lock:
@@ -231,12 +261,13 @@ class Ledger:
     def _stored(self, entry: Entry, statement: Statement) -> StoredEntry:
         return StoredEntry(entry.seq, entry.time, entry.encode(), entry.leaf_hash, statement.digest)
 
-    def _maybe_issue(self, room: str, cached: _Room) -> None:
+    def _due(self, cached: _Room) -> bool:
         uncovered = cached.tree.size - cached.head.size
-        if uncovered <= 0:
-            return
         late = self.clock() - cached.head.time >= self.policy.max_delay_ms
-        if uncovered >= self.policy.max_entries or late:
+        return uncovered > 0 and (uncovered >= self.policy.max_entries or late)
+
+    def _maybe_issue(self, room: str, cached: _Room) -> None:
+        if self._due(cached):
             self._issue(room, cached)
 
     def _issue(self, room: str, cached: _Room) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.errors import GovernanceError, StorageError
-from cleanroom.ledger.store import StoredEntry
+from cleanroom.ledger.store import StoredEntry, StoredHead
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, size BIGINT NOT NULL);
@@ -57,7 +57,14 @@ class _SQLStore:
     def _begin(self, cursor: Any) -> None:
         cursor.execute("BEGIN")
 
-    def _write(self, room: str, entries: Sequence[StoredEntry], *, create: bool) -> None:
+    def _write(
+        self,
+        room: str,
+        entries: Sequence[StoredEntry],
+        *,
+        create: bool,
+        head: StoredHead | None = None,
+    ) -> None:
         if not entries:
             return
         with self._lock:
@@ -78,6 +85,13 @@ class _SQLStore:
                     ),
                     [(room, e.seq, e.time, e.data, e.leaf, e.digest) for e in entries],
                 )
+                if head is not None:
+                    cursor.execute(
+                        self._sql(
+                            "INSERT INTO tree_heads (room, size, time, token) VALUES (?, ?, ?, ?)"
+                        ),
+                        (room, head.size, head.time, head.token),
+                    )
                 cursor.execute("COMMIT")
             except BaseException as exc:
                 self._rollback(cursor)
@@ -115,13 +129,15 @@ class _SQLStore:
             raise ValueError("a room starts at seq 0")
         self._write(room, [first], create=True)
 
-    def append(self, room: str, entries: Sequence[StoredEntry]) -> None:
+    def append(
+        self, room: str, entries: Sequence[StoredEntry], head: StoredHead | None = None
+    ) -> None:
         if not entries:
             return
         first = entries[0].seq
         if [e.seq for e in entries] != list(range(first, first + len(entries))):
             raise ValueError("entries of one append must be consecutive")
-        self._write(room, entries, create=False)
+        self._write(room, entries, create=False, head=head)
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._lock:

@@ -27,11 +27,21 @@ class StoredEntry:
     digest: str  # the statement's digest, unique per room
 
 
+@dataclass(frozen=True)
+class StoredHead:
+    size: int
+    time: int
+    token: str
+
+
 class LedgerStore(Protocol):
     def create_room(self, room: str, first: StoredEntry) -> None:
         """Create ``room`` with its first entry; raises if the room exists."""
 
-    def append(self, room: str, entries: Sequence[StoredEntry]) -> None: ...
+    def append(
+        self, room: str, entries: Sequence[StoredEntry], head: StoredHead | None = None
+    ) -> None:
+        """Append ``entries`` (and a tree head covering them) in one durable transaction."""
 
     def size(self, room: str) -> int: ...
 
