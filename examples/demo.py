@@ -211,6 +211,11 @@ def main() -> None:
         expect_failure=True,
     )
 
+    tampering_and_recovery()
+    hosted_room()
+
+
+def tampering_and_recovery() -> None:
     step("5. Tampering with the ciphertext is caught before decryption")
     shutil.copytree(OUT / "transactions.sealed", OUT / "tampered.sealed")
     data = OUT / "tampered.sealed" / "data.parquet"
@@ -240,6 +245,8 @@ def main() -> None:
         "transactions.roundtrip.csv",
     )
 
+
+def hosted_room() -> None:
     with running_service() as url:
         room = govern(url)
 
@@ -264,7 +271,8 @@ def main() -> None:
         step("12. An operator that edits one entry of the ledger is caught")
         document = json.loads((OUT / "room.ledger.json").read_text())
         token = document["entries"][4]["statement"]
-        document["entries"][4]["statement"] = token[:-1] + ("A" if token[-1] != "A" else "B")
+        flipped = "A" if token[-1] != "A" else "B"
+        document["entries"][4]["statement"] = token[:-1] + flipped
         (OUT / "edited.ledger.json").write_text(json.dumps(document))
         cleanroom(
             "audit",
@@ -287,7 +295,8 @@ def main() -> None:
         )
     console.print(
         Panel.fit(
-            "Done. Files are in ./demo-output. Next: attested enclave jobs that run the approved SQL.",
+            "Done. Files are in ./demo-output.\n"
+            "Next: attested enclave jobs that run the approved SQL.",
             title="cleanroom demo",
         )
     )
