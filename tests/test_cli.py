@@ -63,6 +63,7 @@ COMMANDS = [
     ["dataset", "inspect"],
     ["dataset", "publish"],
     ["dataset", "list"],
+    ["dataset", "download"],
     ["audit"],
     ["audit", "export"],
     ["audit", "verify"],
@@ -341,6 +342,10 @@ def test_three_parties_through_the_cli_against_a_real_service(workdir: Path) -> 
         approved = as_("bank", "proposal", "approve", proposal, "--room", room)
         assert "accepted" in approved.stdout
         assert "customers" in as_("analyst", "dataset", "list", "--room", room).stdout
+        as_(
+            "analyst", "dataset", "download", "customers", "-o", "customers.parquet", "--room", room
+        )
+        assert (workdir / "customers.parquet").read_bytes()[:4] == b"PARE"  # still encrypted
         again = as_("bank", "proposal", "approve", proposal, "--room", room, ok=False)
         assert "accepted, not open" in again.stderr
         assert again.stderr.strip().splitlines()[1].startswith("hint:")

@@ -63,6 +63,7 @@ app.add_typer(rooms.proposal_app, name="proposal")
 app.add_typer(rooms.consent_app, name="consent")
 dataset_app.command("publish")(rooms.dataset_publish)
 dataset_app.command("list")(rooms.dataset_list)
+dataset_app.command("download")(rooms.dataset_download)
 
 _HINTS: list[tuple[type[CleanroomError], str]] = [
     (ValidationError, "fix the input or its schema; nothing was written"),

@@ -309,6 +309,37 @@ def dataset_list(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYS
     console.print(table)
 
 
+def dataset_download(
+    dataset: str = typer.Argument(..., help="The dataset's name in the room."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the ciphertext."),
+    version: int | None = typer.Option(None, "--version", help="A version (default: latest)."),
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+) -> None:
+    """Download a dataset's ciphertext (encrypted Parquet); its digest is checked.
+
+    Only the owner (or, later, an attested enclave) holds the key to read it.
+
+    Example: cleanroom dataset download cards -o cards.parquet --room 3f2a... --service ...
+    --as keys/bank
+    """
+    handle = _room(service, keystore, room)
+    found = next((d for d in handle.state()["datasets"] if d["name"] == dataset), None)
+    if found is None:
+        raise GovernanceError(f"no dataset {dataset!r} in room {room}")
+    versions = {v["version"]: v for v in found["versions"]}
+    chosen = versions.get(version if version is not None else max(versions))
+    if chosen is None:
+        raise GovernanceError(f"{dataset!r} has no version {version}")
+    with RichProgress() as progress:
+        handle.download(chosen["sha256"], output, progress=progress)
+    console.print(
+        f"Downloaded {dataset} version {chosen['version']} "
+        f"({chosen['rows']:,} rows, encrypted) to {output}"
+    )
+
+
 def audit_export_from_service(room: str, service: str, keystore: Path, output: Path) -> int:
     """Export as a member: verified, and checked against the heads seen before."""
     audit = _room(service, keystore, room).audit

@@ -312,8 +312,9 @@ class Room:
                 raise OperationalError(f"upload failed: {exc}") from exc
         _result(response)
 
-    def download(self, digest: str, target: Path) -> None:
+    def download(self, digest: str, target: Path, progress: Progress | None = None) -> None:
         """Stream a dataset's ciphertext to ``target``; it appears only if its digest matches."""
+        progress = progress or NoProgress()
         request = self.client._http.build_request("GET", f"/v1/rooms/{self.id}/blobs/{digest}")
         with atomic_path(Path(target)) as tmp:
             try:
@@ -324,9 +325,14 @@ class Room:
                 if not response.is_success:
                     response.read()
                     _result(response)
+                size = int(response.headers.get("Content-Length", "0")) or None
+                progress.start(f"Downloading {digest[:12]}", size, "bytes")
                 with tmp.open("wb") as fh:
                     for chunk in response.iter_bytes(1 << 20):
                         fh.write(chunk)
+                        progress.advance(len(chunk))
+            except httpx.HTTPError as exc:
+                raise OperationalError(f"download failed: {exc}") from exc
             finally:
                 response.close()
             if sha256_file(tmp)[0] != digest:
