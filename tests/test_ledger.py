@@ -439,3 +439,23 @@ def test_entry_encoding_is_exactly_rfc8785(seq: int, time: int, statement: str) 
 
     entry = Entry(seq, time, statement)
     assert entry.encode() == canonical_json(entry.to_json())
+
+
+def test_a_failed_commit_leaves_the_cache_exact(
+    room: RoomFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaves join the in-memory tree before the commit; a failure must undo that."""
+    size, digest = room.ledger.size(room.room), room.ledger.state(room.room).digest()
+    token = propose(room.parties["bank"], room.room, MEASUREMENTS, now=room.clock)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk vanished")  # not a CleanroomError: an unexpected failure
+
+    monkeypatch.setattr(room.ledger.store, "append", broken)
+    with pytest.raises(OSError, match="disk vanished"):
+        room.ledger.submit(room.room, [token])
+    monkeypatch.undo()
+    assert room.ledger.size(room.room) == size
+    assert room.ledger.state(room.room).digest() == digest
+    room.ledger.submit(room.room, [token])  # the same statement goes in once the disk is back
+    verify_export(room.ledger.export(room.room), room.ledger.service.identity)

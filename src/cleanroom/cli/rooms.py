@@ -34,6 +34,7 @@ KEYSTORE = typer.Option(
     ..., "--as", envvar="CLEANROOM_KEYSTORE", help="Your keystore directory: who signs."
 )
 ROOM = typer.Option(..., "--room", "-r", envvar="CLEANROOM_ROOM", help="The room id.")
+PROPOSAL = typer.Argument(..., help="A proposal id (a unique prefix is enough).")
 
 room_app = typer.Typer(help="Create, join and show rooms on a service.", no_args_is_help=True)
 proposal_app = typer.Typer(help="List, show and vote on proposals.", no_args_is_help=True)
@@ -190,7 +191,7 @@ def _find(handle: Room, prefix: str) -> dict[str, Any]:
 
 @proposal_app.command("show")
 def proposal_show(
-    proposal: str = typer.Argument(..., help="A proposal id (a unique prefix is enough)."),
+    proposal: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -213,7 +214,7 @@ def _vote(proposal: str, room: str, service: str, keystore: Path, verb: str) -> 
 
 @proposal_app.command("approve")
 def proposal_approve(
-    proposal: str = typer.Argument(..., help="A proposal id (a unique prefix is enough)."),
+    proposal: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -227,7 +228,7 @@ def proposal_approve(
 
 @proposal_app.command("reject")
 def proposal_reject(
-    proposal: str = typer.Argument(..., help="A proposal id (a unique prefix is enough)."),
+    proposal: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -241,7 +242,7 @@ def proposal_reject(
 
 @proposal_app.command("withdraw")
 def proposal_withdraw(
-    proposal: str = typer.Argument(..., help="A proposal id (a unique prefix is enough)."),
+    proposal: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cleanroom.errors import CleanroomError, GovernanceError
+from cleanroom.errors import GovernanceError
 from cleanroom.governance.state import RoomState, verify_signature
 from cleanroom.governance.statements import Statement, parse_statement
 from cleanroom.identities.keystore import Party
@@ -230,9 +230,10 @@ class Ledger:
                     [self._stored(e, s) for e, s in zip(entries, statements, strict=True)],
                     StoredHead(head.size, head.time, head.token) if head else None,
                 )
-            except CleanroomError:
+            except BaseException:
                 # apply() changes nothing when it refuses a statement, so a refused first
-                # statement leaves the cache exact; otherwise rebuild it from the store
+                # statement leaves the cache exact; after anything else (a partly applied
+                # batch, a failed commit, an interrupt) rebuild it from what is durable
                 if applied:
                     del self._rooms[room]
                 raise
