@@ -51,7 +51,7 @@ def _operations() -> list[Any]:
     """Every operation of the service's published OpenAPI document."""
     import tempfile  # noqa: PLC0415
 
-    from cleanroom.service import Settings, build_app  # noqa: PLC0415
+    from cleanroom.service.server import Settings, build_app  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = build_app(Settings(data_dir=Path(tmp))).openapi()

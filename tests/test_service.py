@@ -22,7 +22,7 @@ from cleanroom.errors import (
     InvalidInputError,
     RollbackError,
 )
-from cleanroom.service import ROUTES
+from cleanroom.service.app import ROUTES
 from cleanroom.service.auth import sign_request
 from tests.service_fixture import postgres_schema, running_service
 

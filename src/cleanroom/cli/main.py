@@ -455,7 +455,7 @@ def serve_command(
 
     Example: cleanroom serve --data-dir data --port 8321
     """
-    from cleanroom.service import load_settings, serve  # noqa: PLC0415 - heavy imports
+    from cleanroom.service.server import load_settings, serve  # noqa: PLC0415 - heavy imports
 
     settings = load_settings(
         config, data_dir=data_dir, database_url=database_url, host=host, port=port

@@ -1,69 +1,10 @@
-"""The hosted clean room service: ``cleanroom serve``.
+"""The hosted clean room service.
 
-:func:`build_service` opens the data directory (SQLite ledger, blobs, service
-key; PostgreSQL when ``database_url`` is set), and :func:`serve` runs it with
-uvicorn, signing due tree heads on a timer.
+* :mod:`.app` - the FastAPI application and its route table;
+* :mod:`.auth` - RFC 9421 request signing and verification (also used by clients);
+* :mod:`.blobs` - content-addressed ciphertext storage;
+* :mod:`.server` - ``cleanroom serve``: settings, wiring, uvicorn.
+
+Nothing is imported here, so a client can use :mod:`.auth` without loading
+the web server.
 """
-
-from __future__ import annotations
-
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
-import uvicorn
-from fastapi import FastAPI
-
-from cleanroom.ledger.local import open_ledger
-from cleanroom.ledger.log import TreeHeadPolicy
-from cleanroom.service.app import ROUTES, Service, create_app
-from cleanroom.service.blobs import LocalBlobStore
-from cleanroom.service.settings import Settings, load_settings
-
-__all__ = ["ROUTES", "Service", "Settings", "build_app", "build_service", "load_settings", "serve"]
-
-
-def build_service(settings: Settings) -> Service:
-    ledger = open_ledger(
-        settings.data_dir,
-        database_url=settings.database_url,
-        schema=settings.database_schema,
-        policy=TreeHeadPolicy(
-            max_entries=settings.tree_head_max_entries,
-            max_delay_ms=settings.tree_head_max_delay_ms,
-            max_clock_skew_ms=settings.max_skew_s * 1000,
-        ),
-    )
-    return Service(
-        ledger,
-        LocalBlobStore(settings.data_dir / "blobs"),
-        max_skew_s=settings.max_skew_s,
-        max_upload_bytes=settings.max_upload_bytes,
-    )
-
-
-def build_app(settings: Settings) -> FastAPI:
-    service = build_service(settings)
-    app = create_app(service)
-    interval = max(settings.tree_head_max_delay_ms, 50) / 1000
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async def sign_due_heads() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                await asyncio.to_thread(service.ledger.issue_due_tree_heads)
-
-        task = asyncio.create_task(sign_due_heads())
-        try:
-            yield
-        finally:
-            task.cancel()
-            service.ledger.store.close()
-
-    app.router.lifespan_context = lifespan
-    return app
-
-
-def serve(settings: Settings) -> None:
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="warning")
