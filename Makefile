@@ -32,6 +32,8 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dataset_write.py
 	$(BIN)/python benchmarks/envelope_throughput.py
+	$(BIN)/python benchmarks/ledger.py
+	$(BIN)/python benchmarks/service.py
 
 # Refresh the constraints file after changing dependency ranges in pyproject.toml.
 lock:
