@@ -36,6 +36,11 @@ class IntegrityError(InvalidInputError):
     """
 
 
+class AttestationError(InvalidInputError):
+    """Attestation evidence is malformed, not signed by a trusted chain, or
+    does not meet the policy (debug mode, wrong measurement, stale TCB)."""
+
+
 class ForkError(IntegrityError):
     """A ledger showed two different histories: same size with different roots,
     or a newer tree head that does not extend an older one."""

@@ -1,0 +1,58 @@
+"""Attestation: verify evidence from confidential hardware into one claims model,
+then appraise it against a policy.
+
+Verifiers are pure: evidence, certificates and the clock are inputs; vendor
+roots ship with the package (``anchors/``). Every failure is an
+:class:`cleanroom.errors.AttestationError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cleanroom.attestation.claims import Claims
+from cleanroom.attestation.snp import verify_azure_hcl, verify_snp
+from cleanroom.errors import AttestationError
+
+__all__ = [
+    "AttestationError",
+    "Claims",
+    "Policy",
+    "UnsafeAllowDebug",
+    "appraise",
+    "verify_azure_hcl",
+    "verify_snp",
+]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a room accepts: the approved measurements per platform.
+
+    An empty policy accepts nothing. Debug-mode evidence is always refused,
+    unless the policy is :class:`UnsafeAllowDebug` (for tests on developer
+    machines, never in a room's contract).
+    """
+
+    measurements: frozenset[tuple[str, str]]
+
+    def __post_init__(self) -> None:
+        if not self.measurements:
+            raise ValueError("an empty attestation policy would accept nothing; name measurements")
+
+
+@dataclass(frozen=True)
+class UnsafeAllowDebug(Policy):
+    """A policy that also accepts debug-mode evidence. Never for real data."""
+
+
+def appraise(claims: Claims, policy: Policy) -> Claims:
+    """Raise unless ``claims`` meet ``policy``: (1) not debug, unless the policy is
+    unsafe; (2) the measurement is approved for that platform."""
+    if claims.debug and not isinstance(policy, UnsafeAllowDebug):  # (1)
+        raise AttestationError(f"the {claims.platform} evidence comes from a DEBUG guest")
+    if (claims.platform, claims.measurement) not in policy.measurements:  # (2)
+        raise AttestationError(
+            f"measurement {claims.measurement[:16]}... is not approved for {claims.platform}"
+        )
+    return claims
