@@ -23,7 +23,10 @@ from cleanroom.attestation import (
 )
 from cleanroom.errors import AttestationError
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "attestation"
+VECTORS = Path(
+    os.environ.get("CLEANROOM_VECTORS")
+    or Path(__file__).resolve().parents[2] / "shared" / "vectors" / "attestation"
+)
 if not (VECTORS / "manifest.json").exists():
     if os.environ.get("CLEANROOM_REQUIRE_VECTORS") == "1":
         pytest.fail(f"CLEANROOM_REQUIRE_VECTORS=1 but {VECTORS} is missing", pytrace=False)
