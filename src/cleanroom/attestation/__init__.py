@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cleanroom.attestation.claims import Claims
+from cleanroom.attestation.dcap import verify_dcap
 from cleanroom.attestation.snp import verify_azure_hcl, verify_snp
 from cleanroom.errors import AttestationError
 
@@ -21,6 +22,7 @@ __all__ = [
     "UnsafeAllowDebug",
     "appraise",
     "verify_azure_hcl",
+    "verify_dcap",
     "verify_snp",
 ]
 
@@ -35,6 +37,7 @@ class Policy:
     """
 
     measurements: frozenset[tuple[str, str]]
+    tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
 
     def __post_init__(self) -> None:
         if not self.measurements:
@@ -48,10 +51,13 @@ class UnsafeAllowDebug(Policy):
 
 def appraise(claims: Claims, policy: Policy) -> Claims:
     """Raise unless ``claims`` meet ``policy``: (1) not debug, unless the policy is
-    unsafe; (2) the measurement is approved for that platform."""
+    unsafe; (2) a graded TCB has an accepted status; (3) the measurement is
+    approved for that platform."""
     if claims.debug and not isinstance(policy, UnsafeAllowDebug):  # (1)
         raise AttestationError(f"the {claims.platform} evidence comes from a DEBUG guest")
-    if (claims.platform, claims.measurement) not in policy.measurements:  # (2)
+    if claims.tcb_status and claims.tcb_status not in policy.tcb_statuses:  # (2)
+        raise AttestationError(f"the platform's TCB is {claims.tcb_status}, not accepted")
+    if (claims.platform, claims.measurement) not in policy.measurements:  # (3)
         raise AttestationError(
             f"measurement {claims.measurement[:16]}... is not approved for {claims.platform}"
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Platform = Literal["sev-snp", "tdx", "sgx", "insecure-virtual"]
+# tcb values: SNP component SVNs (ints); DCAP: the TEE TCB SVN as hex
 Assurance = Literal["hardware", "insecure-virtual"]
 
 
@@ -24,11 +25,14 @@ class Claims:
     report_data: bytes
     host_data: str
     debug: bool
-    tcb: dict[str, int]
+    tcb: dict[str, int | str]
     signing_key: str
     assurance: Assurance
     chip_id: str = ""
     policy: int = 0
     vmpl: int = 0
     version: int = 0
+    tcb_status: str = ""  # DCAP: UpToDate, SWHardeningNeeded, ...; empty where not graded
+    advisories: tuple[str, ...] = ()
+    signer: str = ""  # SGX MRSIGNER
     runtime_claims: bytes | None = field(default=None, repr=False)

@@ -170,7 +170,7 @@ def _der_integer(encoded: bytes) -> int:
     return int.from_bytes(encoded[2:], "big")
 
 
-def _tcb(reported: bytes) -> dict[str, int]:
+def _tcb(reported: bytes) -> dict[str, int | str]:
     return {name: reported[offset] for name, (offset, _) in _TCB_FIELDS.items()}
 
 
