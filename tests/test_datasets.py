@@ -403,12 +403,21 @@ def test_another_party_cannot_open_the_dataset(
     tmp_path: Path, csv_file: Path, bank: Party, merchant: Party
 ) -> None:
     out = seal(csv_file, bank, tmp_path / "s")
-    with pytest.raises(IntegrityError):
-        open_dataset(out, merchant)
-    # even with the bank's sealed key renamed to look like the merchant's
-    shutil.copy(_key_file(out, bank), _key_file(out, merchant))
-    with pytest.raises(IntegrityError):
-        load_manifest(out, merchant.identity)
+    with pytest.raises(IntegrityError, match="different key"):
+        open_dataset(out, merchant)  # the manifest is the bank's, not the merchant's
+    # a thief who trusts the bank's manifest and holds the bank's sealed key file,
+    # renamed as its own and relabelled for itself, still cannot open the key
+    from cleanroom.datasets.seal import unseal_key  # noqa: PLC0415
+
+    manifest = load_manifest(out, bank.identity)
+    stolen = _key_file(out, merchant)
+    shutil.copy(_key_file(out, bank), stolen)
+    with pytest.raises(IntegrityError, match="different party"):
+        unseal_key(out, manifest, merchant)
+    _edit_json(stolen, lambda k: k.update(recipient=merchant.fingerprint))
+    with pytest.raises(IntegrityError, match="decryption failed"):
+        unseal_key(out, manifest, merchant)
+    assert len(unseal_key(out, manifest, bank)) == 32  # the owner still can
 
 
 def test_corrupt_manifest_json(tmp_path: Path, csv_file: Path, bank: Party) -> None:

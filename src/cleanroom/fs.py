@@ -79,17 +79,19 @@ def atomic_directory(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically to ``path`` with mode 0600 from the first byte."""
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` atomically to ``path``, with ``mode`` from the first byte."""
     with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically to ``path`` with mode 0600 (private keys)."""
+    _write_new(path, data, 0o600)
 
 
 def write_file(path: Path, data: bytes) -> None:
     """Write ``data`` atomically to ``path`` (mode 0644)."""
-    with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+    _write_new(path, data, 0o644)

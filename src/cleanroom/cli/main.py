@@ -39,7 +39,6 @@ from cleanroom.identities import Party, PublicIdentity, format_fingerprint
 from cleanroom.identities.keystore import IDENTITY_FILE
 from cleanroom.ledger import TreeHeadTracker, VerifiedLedger, open_ledger, verify_export
 from cleanroom.ledger.local import service_identity_file
-from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.verify import load_export
 from cleanroom.wire import pretty_json
 
@@ -291,9 +290,7 @@ def _verified(export: Path, service_key: Path, known_heads: Path | None) -> Veri
     service = PublicIdentity.load(service_key)
     verified = verify_export(load_export(export), service)
     if known_heads is not None:
-        tracker = TreeHeadTracker(service, known_heads)
-        tree = MerkleTree([e.leaf_hash for e in verified.entries])
-        tracker.observe(verified.head, tree.consistency_proof)
+        TreeHeadTracker(service, known_heads).observe_verified(verified)
     return verified
 
 

@@ -43,7 +43,6 @@ from cleanroom.governance import statements as st
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import TreeHead, verify_receipt
-from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.verify import TreeHeadTracker, VerifiedLedger, verify_export
 from cleanroom.progress import NoProgress, Progress
 from cleanroom.service.auth import sign_request
@@ -133,10 +132,10 @@ class Client:
     def create_room(
         self,
         name: str,
-        members: Sequence[tuple[PublicIdentity | dict[str, Any] | Path, Sequence[str]]],
+        members: Sequence[tuple[dict[str, Any] | Path, Sequence[str]]],
         constitution: dict[str, Any] | None = None,
     ) -> Room:
-        """Create a room; ``members`` are (identity, roles), yourself included."""
+        """Create a room; ``members`` are (identity document or file, roles), yourself included."""
         room_id = st.new_room_id()
         documents = [(_identity_document(m), list(roles)) for m, roles in members]
         token = st.room_create(
@@ -148,16 +147,13 @@ class Client:
         return room
 
 
-def _identity_document(member: PublicIdentity | dict[str, Any] | Path) -> dict[str, Any]:
-    if isinstance(member, dict):
-        return member
+def _identity_document(member: dict[str, Any] | Path) -> dict[str, Any]:
+    """A member's self-signed identity document (its signature goes on the ledger)."""
     if isinstance(member, Path):
         document: dict[str, Any] = json.loads(member.read_text())
         PublicIdentity.from_document(document)
         return document
-    raise TypeError(
-        "give members as identity documents or identity files (their signatures matter)"
-    )
+    return member
 
 
 def _result(response: httpx.Response) -> Any:
@@ -358,6 +354,5 @@ class Audit:
         extends what this party saw before (a rollback or fork raises)."""
         document = document if document is not None else self.export()
         verified = verify_export(document, self.room.client.service)
-        tree = MerkleTree([e.leaf_hash for e in verified.entries])
-        self.room.client.tracker.observe(verified.head, tree.consistency_proof)
+        self.room.client.tracker.observe_verified(verified)
         return verified

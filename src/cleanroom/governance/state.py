@@ -565,7 +565,3 @@ def fold(records: Iterable[tuple[int, Statement]], check: SignatureCheck) -> Roo
     if state is None:
         raise GovernanceError("an empty ledger has no room")
     return state
-
-
-def verify_signature(parsed: jws.ParsedToken, key: Ed25519PublicKey) -> None:
-    jws.verify_parsed(parsed, key)

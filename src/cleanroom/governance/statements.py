@@ -32,7 +32,6 @@ from cleanroom.wire import WireModel, parse_model
 
 STATEMENT_TYP = "cleanroom-statement+jws"
 Role = Literal["data_provider", "analyst", "result_recipient", "observer"]
-ROLES: tuple[str, ...] = ("data_provider", "analyst", "result_recipient", "observer")
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 RoomId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
@@ -253,7 +252,6 @@ def sign_statement(
 
 
 __all__ = [
-    "ROLES",
     "Action",
     "Ballot",
     "ConstitutionBody",

@@ -18,6 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,8 +116,9 @@ class Party:
     def create(cls, name: str) -> Party:
         return cls(check_name(name), Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
 
-    @property
+    @cached_property
     def identity(self) -> PublicIdentity:
+        """The public half; derived once (its fingerprint is on every signature's path)."""
         return PublicIdentity(
             self.name, self.signing_private.public_key(), self.encryption_private.public_key()
         )

@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cleanroom.crypto import jws
 from cleanroom.errors import GovernanceError
-from cleanroom.governance.state import RoomState, verify_signature
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import Statement, parse_statement
 from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import Entry, Receipt, TreeHead
@@ -185,7 +186,7 @@ class Ledger:
         (statement,) = self._parse([token])
         with self._lock:
             when = self.clock()
-            state = RoomState.genesis(statement, when, verify_signature)
+            state = RoomState.genesis(statement, when, jws.verify_parsed)
             entry = Entry(0, when, token)
             self.store.create_room(statement.room, self._stored(entry, statement))
             tree = MerkleTree([entry.leaf_hash])
@@ -210,7 +211,7 @@ class Ledger:
             applied = 0
             try:
                 for statement in statements:
-                    cached.state.apply(statement, when, verify_signature)
+                    cached.state.apply(statement, when, jws.verify_parsed)
                     applied += 1
                 first = cached.tree.size
                 entries = [Entry(first + i, when, s.token) for i, s in enumerate(statements)]

@@ -253,6 +253,11 @@ class TreeHeadTracker:
         self._save()
         return head
 
+    def observe_verified(self, verified: VerifiedLedger) -> TreeHead:
+        """Accept the head of a fully verified export; its own entries give the proof."""
+        tree = MerkleTree([e.leaf_hash for e in verified.entries])
+        return self.observe(verified.head, tree.consistency_proof)
+
     def _save(self) -> None:
         if self.path is not None:
             document = {room: head.token for room, head in sorted(self._heads.items())}
