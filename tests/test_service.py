@@ -321,9 +321,16 @@ def test_route_table_is_complete_and_pinned(service: tuple[str, Path]) -> None:
     assert served == listed
     public = {(m, p) for m, p, who in ROUTES if who == "anyone"}
     assert public == {("GET", "/v1/health"), ("GET", "/v1/service"), ("GET", "/openapi.json")}
+    launched = {(m, p) for m, p, who in ROUTES if who == "the enclave launched for the job"}
+    wrong_token = {"launch_token": "x" * 16, "nonce": "n" * 43, "enclave": {}, "evidence": {}}
     for method, path in sorted(listed - public):
-        concrete = path.format(room="0" * 32, seq=0, digest="0" * 64)
-        response = httpx.request(method, f"{url}{concrete}", params={"old": 0, "new": 0})
+        concrete = path.format(room="0" * 32, seq=0, digest="0" * 64, job="0" * 64)
+        body = None
+        if (method, path) in launched:  # no signature: a launch token proves the caller
+            body = {
+                k: v for k, v in wrong_token.items() if path.endswith("keys") or k == "launch_token"
+            }
+        response = httpx.request(method, f"{url}{concrete}", params={"old": 0, "new": 0}, json=body)
         assert response.status_code == 401, (method, path, response.text)
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from cleanroom.attestation.claims import Claims
 from cleanroom.attestation.dcap import verify_dcap
+from cleanroom.attestation.evidence import binding, check_binding, verify_evidence
 from cleanroom.attestation.snp import verify_azure_hcl, verify_snp
+from cleanroom.attestation.virtual import VirtualPlatform, measure, verify_virtual
 from cleanroom.errors import AttestationError
 
 __all__ = [
@@ -20,10 +22,16 @@ __all__ = [
     "Claims",
     "Policy",
     "UnsafeAllowDebug",
+    "VirtualPlatform",
     "appraise",
+    "binding",
+    "check_binding",
+    "measure",
     "verify_azure_hcl",
     "verify_dcap",
+    "verify_evidence",
     "verify_snp",
+    "verify_virtual",
 ]
 
 
@@ -33,11 +41,14 @@ class Policy:
 
     An empty policy accepts nothing. Debug-mode evidence is always refused,
     unless the policy is :class:`UnsafeAllowDebug` (for tests on developer
-    machines, never in a room's contract).
+    machines, never in a room's contract). Evidence of the insecure virtual
+    platform is refused unless ``allow_insecure_virtual`` is set, which a room
+    does only by an explicit, approved contract change.
     """
 
     measurements: frozenset[tuple[str, str]]
     tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    allow_insecure_virtual: bool = False
 
     def __post_init__(self) -> None:
         if not self.measurements:
@@ -50,9 +61,15 @@ class UnsafeAllowDebug(Policy):
 
 
 def appraise(claims: Claims, policy: Policy) -> Claims:
-    """Raise unless ``claims`` meet ``policy``: (1) not debug, unless the policy is
-    unsafe; (2) a graded TCB has an accepted status; (3) the measurement is
-    approved for that platform."""
+    """Raise unless ``claims`` meet ``policy``: (0) hardware assurance, unless the
+    policy allows the insecure virtual platform; (1) not debug, unless the
+    policy is unsafe; (2) a graded TCB has an accepted status; (3) the
+    measurement is approved for that platform."""
+    if claims.assurance != "hardware" and not policy.allow_insecure_virtual:  # (0)
+        raise AttestationError(
+            "the evidence comes from the insecure virtual platform (no hardware protection), "
+            "which this room's contract does not allow"
+        )
     if claims.debug and not isinstance(policy, UnsafeAllowDebug):  # (1)
         raise AttestationError(f"the {claims.platform} evidence comes from a DEBUG guest")
     if claims.tcb_status and claims.tcb_status not in policy.tcb_statuses:  # (2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,15 @@ from typing import Any
 
 import httpx
 
-from cleanroom.datasets.manifest import DATA_FILE, MANIFEST_FILE
+from cleanroom.broker import seal_deposit
+from cleanroom.crypto.canonical import canonical_digest
+from cleanroom.crypto.encoding import b64url_decode
+from cleanroom.crypto.hpke import SealContext
+from cleanroom.datasets.manifest import DATA_FILE, MANIFEST_FILE, key_id_of
+from cleanroom.datasets.parquet import read_encrypted
 from cleanroom.datasets.schema import Schema
-from cleanroom.datasets.seal import seal_dataset, sha256_file
+from cleanroom.datasets.seal import seal_dataset, sha256_file, unseal_key
+from cleanroom.datasets.sources import plain_format, write_plain
 from cleanroom.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -266,13 +273,24 @@ class Room:
         self._submit(st.revoke_consent(self.client.party, self.id, dataset))
 
     def publish_dataset(
-        self, source: Any, *, schema: Schema | Path, name: str, progress: Progress | None = None
+        self,
+        source: Any,
+        *,
+        schema: Schema | Path,
+        name: str,
+        progress: Progress | None = None,
+        release_to: Sequence[str] = ("sev-snp", "tdx"),
+        measurements: Sequence[str] | None = None,
     ) -> str:
-        """Seal ``source`` locally, propose its registration, upload the ciphertext.
+        """Seal ``source`` locally, propose its registration, upload the ciphertext,
+        and deposit its data key with the key broker.
 
         Returns the proposal id; the dataset is registered once its approvers
-        approve. Nothing but ciphertext and the signed manifest leaves this
-        machine.
+        approve. Nothing but ciphertext, the signed manifest and the data key
+        sealed to the broker leaves this machine. The broker releases the key
+        only to enclaves on the ``release_to`` platforms (add
+        ``"insecure-virtual"`` explicitly for development rooms) whose
+        measurement the room approved (and, if given, is in ``measurements``).
         """
         declared = schema if isinstance(schema, Schema) else Schema.load(schema)
         with tempfile.TemporaryDirectory(prefix="cleanroom-publish-") as work:
@@ -285,19 +303,49 @@ class Room:
                 progress=progress,
             )
             manifest = json.loads((sealed.directory / MANIFEST_FILE).read_text())
+            key = unseal_key(sealed.directory, sealed.manifest, self.client.party)
             proposal = self.propose({"type": "register_dataset", "manifest": manifest})
             self.upload(sealed.directory / DATA_FILE, progress=progress)
+            self.deposit_key(name, manifest, key, release_to, measurements)
         return proposal
+
+    def deposit_key(
+        self,
+        dataset: str,
+        manifest: dict[str, Any],
+        key: bytes,
+        platforms: Sequence[str],
+        measurements: Sequence[str] | None = None,
+    ) -> None:
+        """Deposit a dataset version's data key, sealed to the key broker, with a
+        release policy (a ``key.deposit`` statement; a new one replaces it)."""
+        digest = canonical_digest(manifest)
+        body = {
+            "dataset": dataset,
+            "manifest": digest,
+            "sealed_key": seal_deposit(
+                key, self.client.service, room=self.id, dataset=dataset, manifest=digest
+            ),
+            "policy": {
+                "platforms": list(platforms),
+                "measurements": list(measurements) if measurements is not None else None,
+            },
+        }
+        self._submit(st.sign_statement(self.client.party, self.id, "key.deposit", body))
 
     def upload(self, path: Path, progress: Progress | None = None) -> None:
         """Stream a sealed dataset's ciphertext; the service checks it against the manifest."""
+        self.put_file(path, f"/v1/rooms/{self.id}/blobs/{{digest}}", progress)
+
+    def put_file(self, path: Path, route: str, progress: Progress | None = None) -> None:
+        """Stream ``path`` to ``route`` (``{digest}`` is replaced by its SHA-256)."""
         digest, size = sha256_file(path)
         progress = progress or NoProgress()
         progress.start(f"Uploading {path.name}", size, "bytes")
         with path.open("rb") as fh:
             request = self.client._http.build_request(
                 "PUT",
-                f"/v1/rooms/{self.id}/blobs/{digest}",
+                route.replace("{digest}", digest),
                 content=_chunks(fh, progress),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
@@ -308,10 +356,19 @@ class Room:
                 raise OperationalError(f"upload failed: {exc}") from exc
         _result(response)
 
-    def download(self, digest: str, target: Path, progress: Progress | None = None) -> None:
+    def download(
+        self,
+        digest: str,
+        target: Path,
+        progress: Progress | None = None,
+        *,
+        route: str | None = None,
+    ) -> None:
         """Stream a dataset's ciphertext to ``target``; it appears only if its digest matches."""
         progress = progress or NoProgress()
-        request = self.client._http.build_request("GET", f"/v1/rooms/{self.id}/blobs/{digest}")
+        request = self.client._http.build_request(
+            "GET", route or f"/v1/rooms/{self.id}/blobs/{digest}"
+        )
         with atomic_path(Path(target)) as tmp:
             try:
                 response = self.client._http.send(request, auth=self.client._auth, stream=True)
@@ -333,6 +390,84 @@ class Room:
                 response.close()
             if sha256_file(tmp)[0] != digest:
                 raise IntegrityError("the downloaded ciphertext does not match its digest")
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def run_job(self, analysis: str) -> str:
+        """Ask for an accepted analysis to run; returns the job id. The service's job
+        runner starts an enclave, which must attest before it gets any key."""
+        analyses = {a["name"]: a for a in self.state()["analyses"]}
+        if analysis not in analyses:
+            raise NotFoundError(f"no analysis {analysis!r} in this room")
+        token = st.request_job(self.client.party, self.id, analysis, analyses[analysis]["digest"])
+        self._submit(token)
+        return st.statement_digest(token)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = self.client._call("GET", f"/v1/rooms/{self.id}/jobs")
+        return jobs
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.client._call("GET", f"/v1/rooms/{self.id}/jobs/{job_id}")
+        return job
+
+    def wait_job(self, job_id: str, *, timeout: float = 600.0, poll: float = 0.2) -> dict[str, Any]:
+        """The job's view once it succeeded or failed; raises if ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in ("succeeded", "failed"):
+                return job
+            if time.monotonic() > deadline:
+                raise OperationalError(f"job {job_id[:12]}... is still {job['status']}")
+            time.sleep(poll)
+
+    def job_result(
+        self, job_id: str, output: Path, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Fetch, verify and decrypt a job's result into ``output`` (.csv or .parquet).
+
+        Everything is checked against the verified ledger, never the service's
+        word: the job's ``job.complete`` statement signed by the attested
+        enclave names the ciphertext digest and the key sealed to this party.
+        Returns the job's verified view (``assurance`` says whether hardware
+        protected the run)."""
+        output = Path(output)
+        file_format = plain_format(output)
+        state = self.audit.verify().state
+        job = state.jobs.get(job_id)
+        if job is None or job.status != "succeeded" or job.output is None:
+            raise NotFoundError(f"job {job_id[:12]}... has no result on the ledger")
+        me = self.client.party
+        sealed = job.sealed_keys.get(me.fingerprint)
+        if sealed is None:
+            raise AuthorizationError("the result is not sealed to you: you are not its recipient")
+        digest, key_id = job.output["sha256"], job.output["key_id"]
+        context = result_context(self.id, job_id, digest, key_id)
+        key = me.open_sealed(b64url_decode(sealed, what="sealed result key"), context)
+        if key_id_of(key) != key_id:
+            raise IntegrityError("the result key is not the one the enclave recorded")
+        with tempfile.TemporaryDirectory(prefix="cleanroom-result-") as work:
+            ciphertext = Path(work) / "result.parquet"
+            route = f"/v1/rooms/{self.id}/jobs/{job_id}/result"
+            self.download(digest, ciphertext, progress, route=route)
+            table = read_encrypted(ciphertext, key)
+        if table.num_rows != job.output["rows"]:
+            raise IntegrityError("the decrypted result does not match the enclave's record")
+        with atomic_path(output) as tmp:
+            write_plain(table, tmp, file_format)
+        names = {fp: m.identity.name for fp, m in state.members.items()}
+        return job.view(names)
+
+
+RESULT_PURPOSE = "cleanroom job result"
+
+
+def result_context(room: str, job: str, sha256: str, key_id: str) -> SealContext:
+    """What a job result's key is sealed to: this room, job, ciphertext and key."""
+    return SealContext(
+        RESULT_PURPOSE, {"room": room, "job": job, "ciphertext_sha256": sha256, "key_id": key_id}
+    )
 
 
 def _chunks(fh: Any, progress: Progress) -> Iterator[bytes]:

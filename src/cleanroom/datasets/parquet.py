@@ -50,14 +50,15 @@ def connect(*, threads: int | None = None, temp_directory: Path | None = None) -
         config["temp_directory"] = str(temp_directory)
     con = duckdb.connect(":memory:", config=config)
     try:
-        con.execute(f"LOAD '{_sql_string(str(_httpfs_extension()))}'")
+        con.execute(f"LOAD '{sql_string(str(_httpfs_extension()))}'")
     except duckdb.Error as exc:
         con.close()
         raise OperationalError(f"cannot load DuckDB's httpfs extension: {exc}") from exc
     return con
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as the inside of an SQL string literal."""
     return text.replace("'", "''")
 
 
@@ -84,7 +85,7 @@ def write_encrypted(
     con.register("cleanroom_source", reader)
     try:
         con.execute(
-            f"COPY (SELECT * FROM cleanroom_source) TO '{_sql_string(str(path))}' "  # noqa: S608
+            f"COPY (SELECT * FROM cleanroom_source) TO '{sql_string(str(path))}' "  # noqa: S608
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {int(row_group_size)}, "
             f"ENCRYPTION_CONFIG {{footer_key: '{name}'}})"
         )
@@ -100,7 +101,7 @@ def read_encrypted(path: Path, key: bytes) -> pa.Table:
         try:
             return (
                 con.execute(
-                    f"SELECT * FROM read_parquet('{_sql_string(str(path))}', "  # noqa: S608 - escaped path, generated key name
+                    f"SELECT * FROM read_parquet('{sql_string(str(path))}', "  # noqa: S608 - escaped path, generated key name
                     f"encryption_config={{footer_key: '{name}'}})"
                 )
                 .arrow()

@@ -9,8 +9,18 @@ that time are marked expired, which depends on time alone.
 
 Checks, numbered as in the code:
 (1) the statement belongs to this room; (2) it was never recorded before
-(replay); (3) its author is a member in a state allowed to make it, and its
-signature verifies under that member's key; (4) the kind-specific rules.
+(replay); (3) its author is a member in a state allowed to make it, the
+ledger service (key releases, denials, failed jobs) or the attested enclave
+of a running job (its result), and its signature verifies under that
+author's key; (4) the kind-specific rules.
+
+Jobs: requested -> running (the key broker recorded a key release) ->
+succeeded | failed. A key release is re-checked here in full: the evidence
+verifies at the entry's time and binds the nonce, enclave key and job; the
+measurement is approved by the contract (insecure-virtual only if the contract
+allows it); the analysis is still active; every input's owner consents and
+deposited a key that its own release policy lets this platform have; the
+nonce was never used. So every auditor re-checks every release offline.
 
 Proposals: open -> accepted | rejected | withdrawn | expired. Approvers are
 fixed when a proposal opens. An accepted proposal is applied at the ledger
@@ -24,10 +34,13 @@ import hashlib
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cleanroom.attestation import Policy, appraise, check_binding, verify_evidence
+from cleanroom.attestation.claims import Claims
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.datasets.manifest import Manifest
@@ -39,6 +52,12 @@ from cleanroom.governance.statements import (
     Ballot,
     ChangeConstitution,
     ConsentRevoke,
+    JobComplete,
+    JobFail,
+    JobRequest,
+    KeyDeny,
+    KeyDeposit,
+    KeyRelease,
     MemberAccept,
     MemberBody,
     ProposalWithdraw,
@@ -100,6 +119,56 @@ class Analysis:
 
 
 @dataclass
+class Deposit:
+    dataset: str
+    manifest: str
+    owner: str
+    sealed_key: str
+    platforms: frozenset[str]
+    measurements: frozenset[str] | None
+
+
+@dataclass
+class Job:
+    id: str
+    analysis: str
+    analysis_digest: str
+    requester: str
+    requested_at: int
+    inputs: tuple[str, ...]
+    recipients: tuple[str, ...]
+    status: str = "requested"  # requested | running | succeeded | failed
+    enclave: PublicIdentity | None = None
+    platform: str = ""
+    measurement: str = ""
+    assurance: str = ""
+    released: tuple[tuple[str, str], ...] = ()  # (dataset, manifest digest)
+    output: dict[str, Any] | None = None
+    sealed_keys: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    finished_at: int = 0
+
+    def view(self, names: dict[str, str]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "analysis": self.analysis,
+            "analysis_digest": self.analysis_digest,
+            "requester": names.get(self.requester, self.requester),
+            "requested_at": self.requested_at,
+            "status": self.status,
+            "inputs": list(self.inputs),
+            "recipients": [names.get(r, r) for r in self.recipients],
+            "enclave": self.enclave.fingerprint if self.enclave else None,
+            "platform": self.platform,
+            "measurement": self.measurement,
+            "assurance": self.assurance,
+            "output": self.output,
+            "reason": self.reason,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass
 class Proposal:
     id: str
     proposer: str
@@ -142,7 +211,13 @@ class RoomState:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     analyses: dict[str, Analysis] = field(default_factory=dict)
     measurements: tuple[tuple[str, str], ...] = ()
+    allow_insecure_virtual: bool = False
     proposals: dict[str, Proposal] = field(default_factory=dict)
+    service: PublicIdentity | None = None
+    deposits: dict[str, Deposit] = field(default_factory=dict)  # by manifest digest
+    jobs: dict[str, Job] = field(default_factory=dict)
+    _enclaves: dict[str, str] = field(default_factory=dict)  # enclave fingerprint -> job
+    _nonces: set[str] = field(default_factory=set)
     contract_version: int = 0
     size: int = 0
     last_time: int = 0
@@ -152,8 +227,17 @@ class RoomState:
     # -- genesis ------------------------------------------------------------------
 
     @classmethod
-    def genesis(cls, statement: Statement, time_ms: int, check: SignatureCheck) -> RoomState:
-        """The state after a ``room.create`` statement (the first ledger entry)."""
+    def genesis(
+        cls,
+        statement: Statement,
+        time_ms: int,
+        check: SignatureCheck,
+        service: PublicIdentity | None = None,
+    ) -> RoomState:
+        """The state after a ``room.create`` statement (the first ledger entry).
+
+        ``service`` is the ledger service whose key signs key releases and
+        denials; without it, such statements are refused."""
         if statement.kind != "room.create":
             raise GovernanceError("a room's first statement must be room.create")
         body: RoomCreate = statement.body
@@ -170,7 +254,9 @@ class RoomState:
         constitution = Constitution.from_body(body.constitution)
         constitution.check_satisfiable(sum(1 for m in members.values() if m.roles - {"observer"}))
         creator.status = "active"  # creating the room is the creator's acceptance
-        state = cls(statement.room, body.name, constitution, creator.fingerprint, members)
+        state = cls(
+            statement.room, body.name, constitution, creator.fingerprint, members, service=service
+        )
         state._record(statement, time_ms)
         state._maybe_activate()
         return state
@@ -186,7 +272,41 @@ class RoomState:
         if time_ms < self.last_time:
             raise GovernanceError("ledger time went backwards")
         self._expire(time_ms)
-        author = self.members.get(statement.author)  # (3)
+        if self.service is not None and statement.author == self.service.fingerprint:  # (3)
+            self._apply_service(statement, time_ms, check, self.service)
+        elif statement.author in self._enclaves:
+            self._apply_enclave(statement, time_ms, check)
+        else:
+            self._apply_member(statement, time_ms, check)
+        self._record(statement, time_ms)
+
+    def _apply_service(
+        self, statement: Statement, time_ms: int, check: SignatureCheck, service: PublicIdentity
+    ) -> None:
+        check(statement.parsed, service.signing_key)
+        handler = {
+            "key.release": self._release,
+            "key.deny": self._deny,
+            "job.fail": self._service_fail,
+        }.get(statement.kind)
+        if handler is None:
+            raise GovernanceError(f"the ledger service cannot make {statement.kind} statements")
+        handler(statement, time_ms)  # (4)
+
+    def _apply_enclave(self, statement: Statement, time_ms: int, check: SignatureCheck) -> None:
+        job = self.jobs[self._enclaves[statement.author]]
+        if job.enclave is None:  # cannot happen: enclaves are registered with their job
+            raise GovernanceError("no enclave key recorded for this job")
+        check(statement.parsed, job.enclave.signing_key)
+        handler = {"job.complete": self._complete, "job.fail": self._enclave_fail}.get(
+            statement.kind
+        )
+        if handler is None:
+            raise GovernanceError(f"an enclave cannot make {statement.kind} statements")
+        handler(statement, job, time_ms)  # (4)
+
+    def _apply_member(self, statement: Statement, time_ms: int, check: SignatureCheck) -> None:
+        author = self.members.get(statement.author)
         if author is None:
             raise GovernanceError("statement author is not a member of this room")
         if statement.kind == "member.accept":
@@ -205,11 +325,12 @@ class RoomState:
             "ballot": self._ballot,
             "proposal.withdraw": self._withdraw,
             "consent.revoke": self._revoke,
+            "key.deposit": self._deposit,
+            "job.request": self._request,
         }.get(statement.kind)
         if handler is None:
             raise GovernanceError(f"{statement.kind} is not allowed after the room is created")
         handler(statement, author, time_ms)
-        self._record(statement, time_ms)
 
     def _record(self, statement: Statement, time_ms: int) -> None:
         self.seen.add(statement.digest)
@@ -309,6 +430,177 @@ class RoomState:
             raise GovernanceError(f"consent for {dataset.name} is already revoked")
         dataset.consent = False
         self.contract_version += 1
+
+    # -- key release and jobs ----------------------------------------------------------
+
+    def _deposit(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: KeyDeposit = statement.body
+        if "data_provider" not in author.roles:
+            raise GovernanceError(f"{author.identity.name} is not a data provider")
+        dataset = self.datasets.get(body.dataset)
+        if dataset is not None and dataset.owner != author.fingerprint:
+            raise GovernanceError(f"dataset {body.dataset!r} belongs to another member")
+        policy = body.policy
+        self.deposits[body.manifest] = Deposit(
+            body.dataset,
+            body.manifest,
+            author.fingerprint,
+            body.sealed_key,
+            frozenset(policy.platforms),
+            frozenset(policy.measurements) if policy.measurements is not None else None,
+        )
+
+    def _request(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: JobRequest = statement.body
+        if not author.roles & {"analyst", "result_recipient"}:
+            raise GovernanceError("only analysts and result recipients can run analyses")
+        analysis = self._analysis(body.analysis)
+        if analysis.status != "active":
+            raise GovernanceError(f"analysis {analysis.name!r} is retired")
+        if analysis.digest != body.digest:
+            raise GovernanceError(f"the text of analysis {analysis.name!r} is not the one expected")
+        self._consenting(analysis.inputs)
+        self.jobs[statement.digest] = Job(
+            statement.digest,
+            analysis.name,
+            analysis.digest,
+            author.fingerprint,
+            time_ms,
+            analysis.inputs,
+            analysis.recipients,
+        )
+
+    def _consenting(self, names: Iterable[str]) -> None:
+        for name in names:
+            if not self._dataset(name).consent:
+                raise GovernanceError(f"the owner of {name!r} has revoked consent")
+
+    def job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise GovernanceError(f"no job {job_id[:12]}... in this room")
+        return job
+
+    def job_inputs(self, job_id: str) -> list[tuple[str, str]]:
+        """(dataset, manifest digest) of the current version of each input of a job."""
+        inputs = []
+        for name in self.job(job_id).inputs:
+            dataset = self._dataset(name)
+            if not dataset.versions:
+                raise GovernanceError(f"dataset {name!r} has no registered version")
+            inputs.append((name, dataset.versions[-1].digest))
+        return inputs
+
+    def release_policy(self) -> Policy:
+        if not self.measurements:
+            raise GovernanceError("the room's contract approves no measurement: nothing may run")
+        return Policy(
+            frozenset(self.measurements), allow_insecure_virtual=self.allow_insecure_virtual
+        )
+
+    def _check_release(self, job: Job, claims: Claims) -> list[tuple[str, str]]:
+        if job.status != "requested":
+            raise GovernanceError(f"job {job.id[:12]}... is {job.status}: keys go to new jobs only")
+        appraise(claims, self.release_policy())
+        analysis = self._analysis(job.analysis)
+        if analysis.status != "active" or analysis.digest != job.analysis_digest:
+            raise GovernanceError(f"analysis {job.analysis!r} is no longer approved")
+        self._consenting(job.inputs)
+        inputs = self.job_inputs(job.id)
+        for name, manifest in inputs:
+            deposit = self.deposits.get(manifest)
+            if deposit is None or deposit.owner != self.datasets[name].owner:
+                raise GovernanceError(f"the owner of {name!r} has deposited no key for it")
+            if claims.platform not in deposit.platforms:
+                raise GovernanceError(
+                    f"the owner of {name!r} releases its key to {sorted(deposit.platforms)} only"
+                )
+            if deposit.measurements is not None and claims.measurement not in deposit.measurements:
+                raise GovernanceError(
+                    f"the owner of {name!r} has not approved this measurement for its key"
+                )
+        return inputs
+
+    def _release(self, statement: Statement, time_ms: int) -> None:
+        body: KeyRelease = statement.body
+        job = self.job(body.job)
+        try:
+            enclave = PublicIdentity.from_document(body.enclave)
+        except CleanroomError as exc:
+            raise GovernanceError(f"invalid enclave identity: {exc}") from exc
+        known = enclave.fingerprint in self._enclaves or enclave.fingerprint in self.members
+        if known or (self.service is not None and enclave.fingerprint == self.service.fingerprint):
+            raise GovernanceError("an enclave key must be fresh for each job")
+        if body.nonce in self._nonces:
+            raise GovernanceError("the key release nonce was used before (replay)")
+        claims = verify_evidence(body.evidence, now=datetime.fromtimestamp(time_ms / 1000, UTC))
+        check_binding(claims, nonce=body.nonce, tee_pubkey=enclave.fingerprint, job=job.id)
+        inputs = self._check_release(job, claims)
+        if [(i.dataset, i.manifest) for i in body.inputs] != inputs:
+            raise GovernanceError("the release names other inputs than the job's current datasets")
+        job.status, job.enclave = "running", enclave
+        job.platform, job.measurement, job.assurance = (
+            claims.platform,
+            claims.measurement,
+            claims.assurance,
+        )
+        job.released = tuple(inputs)
+        self._enclaves[enclave.fingerprint] = job.id
+        self._nonces.add(body.nonce)
+
+    def _fail(self, job: Job, reason: str, time_ms: int, *, allowed: tuple[str, ...]) -> None:
+        if job.status not in allowed:
+            raise GovernanceError(f"job {job.id[:12]}... is {job.status}")
+        job.status, job.reason, job.finished_at = "failed", reason, time_ms
+
+    def _deny(self, statement: Statement, time_ms: int) -> None:
+        body: KeyDeny = statement.body
+        self._fail(
+            self.job(body.job),
+            f"key release denied: {body.reason}",
+            time_ms,
+            allowed=("requested",),
+        )
+
+    def _service_fail(self, statement: Statement, time_ms: int) -> None:
+        body: JobFail = statement.body
+        self._fail(self.job(body.job), body.reason, time_ms, allowed=("requested", "running"))
+
+    def _enclave_fail(self, statement: Statement, job: Job, time_ms: int) -> None:
+        body: JobFail = statement.body
+        if body.job != job.id:
+            raise GovernanceError("an enclave reports on its own job only")
+        self._fail(job, body.reason, time_ms, allowed=("running",))
+
+    def _complete(self, statement: Statement, job: Job, time_ms: int) -> None:
+        body: JobComplete = statement.body
+        if body.job != job.id:
+            raise GovernanceError("an enclave reports on its own job only")
+        if job.status != "running":
+            raise GovernanceError(f"job {job.id[:12]}... is {job.status}")
+        recipients = [k.recipient for k in body.sealed_keys]
+        if sorted(recipients) != sorted(set(job.recipients)) or len(set(recipients)) != len(
+            recipients
+        ):
+            raise GovernanceError("the result must be sealed to exactly the analysis's recipients")
+        expected = [
+            (name, self._version(name, manifest).manifest.sha256) for name, manifest in job.released
+        ]
+        if [(i.dataset, i.sha256) for i in body.inputs] != expected:
+            raise GovernanceError("the job reports other inputs than the ones released to it")
+        try:
+            self._consenting(job.inputs)
+        except GovernanceError as exc:
+            raise GovernanceError(f"{exc}: the result cannot be released") from exc
+        job.status, job.finished_at = "succeeded", time_ms
+        job.output = {**body.output.model_dump(), "duration_ms": body.duration_ms}
+        job.sealed_keys = {k.recipient: k.sealed for k in body.sealed_keys}
+
+    def _version(self, name: str, digest: str) -> DatasetVersion:
+        for version in self._dataset(name).versions:
+            if version.digest == digest:
+                return version
+        raise GovernanceError(f"dataset {name!r} has no version {digest[:12]}...")
 
     # -- actions ------------------------------------------------------------------------
 
@@ -454,6 +746,7 @@ class RoomState:
 
     def _apply_set_measurements(self, action: SetMeasurements, proposal_id: str) -> None:
         self.measurements = tuple(sorted({(m.platform, m.value) for m in action.measurements}))
+        self.allow_insecure_virtual = action.allow_insecure_virtual
 
     def _owned(self, name: str, proposer: str) -> Dataset:
         dataset = self._dataset(name)
@@ -524,6 +817,11 @@ class RoomState:
                 for a in sorted(self.analyses.values(), key=lambda a: a.name)
             ],
             "measurements": [{"platform": p, "value": v} for p, v in self.measurements],
+            "allow_insecure_virtual": self.allow_insecure_virtual,
+            "jobs": {
+                status: sum(1 for j in self.jobs.values() if j.status == status)
+                for status in ("requested", "running", "succeeded", "failed")
+            },
             "proposals": {
                 status: sum(1 for p in self.proposals.values() if p.status == status)
                 for status in ("open", "accepted", "rejected", "withdrawn", "expired")
@@ -554,12 +852,16 @@ class RoomState:
         return canonical_digest(self.summary())
 
 
-def fold(records: Iterable[tuple[int, Statement]], check: SignatureCheck) -> RoomState:
+def fold(
+    records: Iterable[tuple[int, Statement]],
+    check: SignatureCheck,
+    service: PublicIdentity | None = None,
+) -> RoomState:
     """Derive a room's state from ``(ledger time, statement)`` pairs in ledger order."""
     state: RoomState | None = None
     for time_ms, statement in records:
         if state is None:
-            state = RoomState.genesis(statement, time_ms, check)
+            state = RoomState.genesis(statement, time_ms, check, service)
         else:
             state.apply(statement, time_ms, check)
     if state is None:

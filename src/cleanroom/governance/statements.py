@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_json
@@ -35,6 +35,10 @@ Role = Literal["data_provider", "analyst", "result_recipient", "observer"]
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 RoomId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
+Platform = Literal["sev-snp", "tdx", "sgx", "insecure-virtual"]
+VIRTUAL_PREFIX = "insecure-virtual:"
+MeasurementValue = Annotated[str, Field(pattern=r"^(insecure-virtual:)?[0-9a-f]{64,128}$")]
+Reason = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
 class ConstitutionBody(WireModel):
@@ -92,13 +96,37 @@ class RetireAnalysis(WireModel):
 
 
 class Measurement(WireModel):
-    platform: Literal["sev-snp", "tdx", "sgx", "insecure-virtual"]
-    value: StrictStr = Field(pattern=r"^[0-9a-f]{64,128}$")
+    platform: Platform
+    value: MeasurementValue
+
+    @model_validator(mode="after")
+    def _prefixed_iff_virtual(self) -> Measurement:
+        # a virtual measurement carries its prefix, so it is never mistaken for hardware's
+        if (self.platform == "insecure-virtual") != self.value.startswith(VIRTUAL_PREFIX):
+            raise ValueError(
+                f"an insecure-virtual measurement starts with {VIRTUAL_PREFIX!r}; "
+                "no other platform's does"
+            )
+        return self
 
 
 class SetMeasurements(WireModel):
+    """The runtime code the room trusts. Insecure virtual measurements (no hardware
+    protection) are refused unless ``allow_insecure_virtual`` says so explicitly."""
+
     type: Literal["set_measurements"]
     measurements: list[Measurement] = Field(max_length=64)
+    allow_insecure_virtual: StrictBool = False
+
+    @model_validator(mode="after")
+    def _virtual_needs_consent(self) -> SetMeasurements:
+        virtual = any(m.platform == "insecure-virtual" for m in self.measurements)
+        if virtual and not self.allow_insecure_virtual:
+            raise ValueError(
+                "insecure-virtual measurements give no hardware protection: "
+                "set allow_insecure_virtual to approve them explicitly"
+            )
+        return self
 
 
 class SetPrivacyBudget(WireModel):
@@ -149,6 +177,91 @@ class ConsentRevoke(WireModel):
     dataset: Name
 
 
+# -- key release and jobs ------------------------------------------------------------
+
+
+class ReleasePolicy(WireModel):
+    """A data owner's own limits on key release, on top of the room's contract."""
+
+    platforms: list[Platform] = Field(min_length=1, max_length=4)
+    measurements: list[MeasurementValue] | None = Field(default=None, max_length=64)
+
+
+class KeyDeposit(WireModel):
+    """A data key, HPKE-sealed to the key broker, for one version of a dataset."""
+
+    dataset: Name
+    manifest: Digest  # canonical digest of the signed manifest
+    sealed_key: StrictStr = Field(min_length=40, max_length=200)
+    policy: ReleasePolicy
+
+
+class JobRequest(WireModel):
+    """Run an accepted analysis; the statement's digest is the job id."""
+
+    analysis: Name
+    digest: Digest  # SHA-256 of the analysis text the requester expects
+
+
+class ReleasedInput(WireModel):
+    dataset: Name
+    manifest: Digest
+
+
+class KeyRelease(WireModel):
+    """Recorded by the key broker before it releases any key to an enclave."""
+
+    job: Digest
+    enclave: dict[str, Any]  # the enclave's ephemeral identity document
+    nonce: StrictStr = Field(min_length=43, max_length=43)
+    evidence: dict[str, Any]
+    inputs: list[ReleasedInput] = Field(min_length=1, max_length=32)
+
+
+class KeyDeny(WireModel):
+    job: Digest
+    reason: Reason
+
+
+class OutputColumn(WireModel):
+    name: StrictStr = Field(min_length=1, max_length=256)
+    type: StrictStr = Field(min_length=1, max_length=256)
+
+
+class JobOutput(WireModel):
+    sha256: Digest
+    bytes: StrictInt = Field(ge=1)
+    rows: StrictInt = Field(ge=0)
+    columns: list[OutputColumn] = Field(min_length=1, max_length=4096)
+    key_id: StrictStr = Field(min_length=1, max_length=64)
+
+
+class SealedResultKey(WireModel):
+    recipient: Digest
+    sealed: StrictStr = Field(min_length=40, max_length=200)
+
+
+class InputDigest(WireModel):
+    dataset: Name
+    sha256: Digest
+
+
+class JobComplete(WireModel):
+    """Signed by the enclave's attested ephemeral key: what it ran and produced."""
+
+    job: Digest
+    output: JobOutput
+    sealed_keys: list[SealedResultKey] = Field(min_length=1, max_length=32)
+    inputs: list[InputDigest] = Field(min_length=1, max_length=32)
+    duration_ms: StrictInt = Field(ge=0)
+    phases: dict[str, StrictInt] = Field(default_factory=dict, max_length=32)
+
+
+class JobFail(WireModel):
+    job: Digest
+    reason: Reason
+
+
 BODIES: dict[str, type[WireModel]] = {
     "room.create": RoomCreate,
     "member.accept": MemberAccept,
@@ -156,6 +269,12 @@ BODIES: dict[str, type[WireModel]] = {
     "ballot": Ballot,
     "proposal.withdraw": ProposalWithdraw,
     "consent.revoke": ConsentRevoke,
+    "key.deposit": KeyDeposit,
+    "job.request": JobRequest,
+    "key.release": KeyRelease,
+    "key.deny": KeyDeny,
+    "job.complete": JobComplete,
+    "job.fail": JobFail,
 }
 Kind = Literal[
     "room.create",
@@ -164,6 +283,12 @@ Kind = Literal[
     "ballot",
     "proposal.withdraw",
     "consent.revoke",
+    "key.deposit",
+    "job.request",
+    "key.release",
+    "key.deny",
+    "job.complete",
+    "job.fail",
 ]
 
 
@@ -308,3 +433,10 @@ def withdraw(party: Party, room: str, proposal: str, *, now: Clock = _now_ms) ->
 
 def revoke_consent(party: Party, room: str, dataset: str, *, now: Clock = _now_ms) -> str:
     return sign_statement(party, room, "consent.revoke", {"dataset": dataset}, now=now)
+
+
+def request_job(
+    party: Party, room: str, analysis: str, digest: str, *, now: Clock = _now_ms
+) -> str:
+    body = {"analysis": analysis, "digest": digest}
+    return sign_statement(party, room, "job.request", body, now=now)

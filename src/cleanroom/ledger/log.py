@@ -186,7 +186,7 @@ class Ledger:
         (statement,) = self._parse([token])
         with self._lock:
             when = self.clock()
-            state = RoomState.genesis(statement, when, jws.verify_parsed)
+            state = RoomState.genesis(statement, when, jws.verify_parsed, self.service.identity)
             entry = Entry(0, when, token)
             self.store.create_room(statement.room, self._stored(entry, statement))
             tree = MerkleTree([entry.leaf_hash])

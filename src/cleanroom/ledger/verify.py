@@ -196,7 +196,9 @@ def _verify_entries(
         raise IntegrityError("the last entries are not covered by a signed tree head")
     statements = [parse_statement(e.statement) for e in entries]  # (5)
     signatures = _DeferredSignatures()
-    state = fold(((e.time, s) for e, s in zip(entries, statements, strict=True)), signatures)
+    state = fold(
+        ((e.time, s) for e, s in zip(entries, statements, strict=True)), signatures, service
+    )
     failed = signatures.first_failure(workers if workers is not None else (os.cpu_count() or 1))
     if failed >= 0:
         raise IntegrityError(f"the signature of entry {failed} does not verify")

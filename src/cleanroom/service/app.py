@@ -8,7 +8,11 @@ nothing. :data:`ROUTES` lists every route with what it requires; a test pins
 it. Errors are RFC 9457 problem details (:mod:`cleanroom.service.problems`).
 
 The service never decrypts anything: it stores ciphertext whose digest a
-member signed, and orders statements members signed.
+member signed, and orders statements members signed. Its key broker
+(:mod:`cleanroom.broker`) re-seals deposited data keys to attested enclaves
+only; the job runner (:mod:`cleanroom.service.jobs`) starts those enclaves.
+An enclave authenticates with its attested ephemeral key while its job runs,
+and may then read the ledger, download its inputs and report its result.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cleanroom import __version__
+from cleanroom.broker import KeyBroker
 from cleanroom.crypto import jws
 from cleanroom.errors import (
     AuthenticationError,
@@ -35,13 +40,14 @@ from cleanroom.errors import (
     IntegrityError,
     NotFoundError,
 )
-from cleanroom.governance.state import Member, RoomState
+from cleanroom.governance.state import Job, Member, RoomState
 from cleanroom.governance.statements import STATEMENT_TYP, RoomCreate, parse_statement
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger.log import Ledger
 from cleanroom.service import problems
 from cleanroom.service.auth import NonceCache, content_sha256, require_signed, verify_request
 from cleanroom.service.blobs import BlobStore, check_digest
+from cleanroom.service.jobs import JobRunner
 
 Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
 RoomId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A room id.")]
@@ -63,9 +69,16 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/v1/rooms/{room}/tree-head", "member"),
     ("GET", "/v1/rooms/{room}/receipts/{seq}", "member"),
     ("GET", "/v1/rooms/{room}/consistency", "member"),
-    ("GET", "/v1/rooms/{room}/export", "member"),
+    ("GET", "/v1/rooms/{room}/export", "member, or the enclave of a running job"),
     ("PUT", "/v1/rooms/{room}/blobs/{digest}", "member owning a manifest with that digest"),
-    ("GET", "/v1/rooms/{room}/blobs/{digest}", "member"),
+    ("GET", "/v1/rooms/{room}/blobs/{digest}", "member, or an enclave for its job's inputs"),
+    ("GET", "/v1/rooms/{room}/jobs", "member"),
+    ("GET", "/v1/rooms/{room}/jobs/{job}", "member"),
+    ("POST", "/v1/rooms/{room}/jobs/{job}/challenge", "the enclave launched for the job"),
+    ("POST", "/v1/rooms/{room}/jobs/{job}/keys", "the enclave launched for the job"),
+    ("PUT", "/v1/rooms/{room}/jobs/{job}/result/{digest}", "the job's attested enclave"),
+    ("POST", "/v1/rooms/{room}/jobs/{job}/report", "the job's attested enclave"),
+    ("GET", "/v1/rooms/{room}/jobs/{job}/result", "a recipient of the job's result"),
 ]
 
 
@@ -100,8 +113,27 @@ class SubmitStatements(BaseModel):
     statements: list[Token] = Field(min_length=1, max_length=1000)
 
 
+class Challenge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    launch_token: str = Field(min_length=16, max_length=128)
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    launch_token: str = Field(min_length=16, max_length=128)
+    nonce: str = Field(min_length=43, max_length=43)
+    enclave: dict[str, Any]
+    evidence: dict[str, Any]
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    statement: Token
+
+
 class Service:
-    """State shared by the routes: the ledger, blob store, known keys, nonces."""
+    """State shared by the routes: the ledger, blob store, known keys, nonces,
+    the key broker and (when jobs can run) the job runner."""
 
     def __init__(
         self,
@@ -116,6 +148,8 @@ class Service:
         self.max_skew_s = max_skew_s
         self.max_upload_bytes = max_upload_bytes
         self.nonces = NonceCache(window_s=2 * max_skew_s)
+        self.broker = KeyBroker(ledger)
+        self.runner: JobRunner | None = None
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._lock = threading.Lock()
         for room in ledger.rooms():
@@ -125,6 +159,9 @@ class Service:
         with self._lock:
             for fingerprint, member in state.members.items():
                 self._keys[fingerprint] = member.identity.signing_key
+            for job in state.jobs.values():
+                if job.enclave is not None:
+                    self._keys[job.enclave.fingerprint] = job.enclave.signing_key
 
     def key(self, fingerprint: str) -> Ed25519PublicKey | None:
         with self._lock:
@@ -140,6 +177,33 @@ class Service:
         if state is None or member is None or member.status == "removed":
             raise AuthorizationError("you are not a member of this room")
         return state, member
+
+    def enclave_job(self, room: str, fingerprint: str) -> Job | None:
+        """The running job whose attested enclave has this key, if any."""
+        try:
+            state = self.ledger.state(room)
+        except GovernanceError:
+            return None
+        for job in state.jobs.values():
+            enclave = job.enclave
+            if job.status == "running" and enclave and enclave.fingerprint == fingerprint:
+                return job
+        return None
+
+    def reader(self, room: str, fingerprint: str) -> tuple[RoomState, Job | None]:
+        """A member, or the enclave of a running job (then its job)."""
+        job = self.enclave_job(room, fingerprint)
+        if job is not None:
+            return self.ledger.state(room), job
+        return self.member(room, fingerprint)[0], None
+
+    def start_jobs(self, room: str, tokens: list[str]) -> None:
+        if self.runner is None:
+            return
+        for token in tokens:
+            statement = parse_statement(token)
+            if statement.kind == "job.request":
+                self.runner.submit(room, statement.digest)
 
     def authenticate(
         self, request: Request, body: bytes | None, extra: dict[str, Any] | None = None
@@ -175,6 +239,8 @@ def create_app(service: Service) -> FastAPI:
     _room_routes(app, service)
     _ledger_routes(app, service)
     _blob_routes(app, service)
+    _job_routes(app, service)
+    _enclave_routes(app, service)
     return app
 
 
@@ -275,6 +341,7 @@ def _room_routes(app: FastAPI, service: Service) -> None:
                 raise AuthorizationError("submit only statements you signed yourself")
         entries = service.ledger.submit(room, payload.statements, with_receipts=True)
         service.learn(service.ledger.state(room))
+        service.start_jobs(room, payload.statements)
         receipts = service.ledger.receipts(room, entries)
         answer: dict[str, Any] = {
             "entries": [e.to_json() for e in entries],
@@ -325,7 +392,7 @@ def _ledger_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/rooms/{room}/export")
     def export(room: RoomId, who: Caller) -> dict[str, Any]:
-        service.member(room, who)
+        service.reader(room, who)
         return service.ledger.export(room)
 
 
@@ -357,20 +424,135 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
         },
     )
     def download(room: RoomId, digest: Digest, who: Caller) -> StreamingResponse:
-        state, _ = service.member(room, who)
+        state, job = service.reader(room, who)
         check_digest(digest)
-        if _owned_manifest(state, digest, None) is None:
+        if job is not None:
+            released = {
+                v.manifest.sha256
+                for name, manifest in job.released
+                for v in state.datasets[name].versions
+                if v.digest == manifest
+            }
+            if digest not in released:
+                raise AuthorizationError("an enclave reads its own job's inputs only")
+        elif _owned_manifest(state, digest, None) is None:
             raise NotFoundError("no dataset in this room has that digest")
-        size = service.blobs.size(digest)
-        stream: Iterator[bytes] = service.blobs.read(digest)
-        return StreamingResponse(
-            stream,
-            media_type="application/octet-stream",
-            headers={
-                "Content-Length": str(size),
-                "Content-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
-            },
+        return _stream(service, digest)
+
+
+def _stream(service: Service, digest: str) -> StreamingResponse:
+    size = service.blobs.size(digest)
+    stream: Iterator[bytes] = service.blobs.read(digest)
+    return StreamingResponse(
+        stream,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(size),
+            "Content-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
+        },
+    )
+
+
+JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="A job id.")]
+_BLOB: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The ciphertext"}
+}
+
+
+def _job_routes(app: FastAPI, service: Service) -> None:
+    def names(state: RoomState) -> dict[str, str]:
+        return {fp: m.identity.name for fp, m in state.members.items()}
+
+    @app.get("/v1/rooms/{room}/jobs")
+    def jobs(room: RoomId, who: Caller) -> list[dict[str, Any]]:
+        state, _ = service.member(room, who)
+        return [j.view(names(state)) for j in sorted(state.jobs.values(), key=_requested)]
+
+    @app.get("/v1/rooms/{room}/jobs/{job}")
+    def job(room: RoomId, job: JobId, who: Caller) -> dict[str, Any]:
+        state, _ = service.member(room, who)
+        return state.job(job).view(names(state))
+
+    @app.get(
+        "/v1/rooms/{room}/jobs/{job}/result", response_class=StreamingResponse, responses=_BLOB
+    )
+    def result(room: RoomId, job: JobId, who: Caller) -> StreamingResponse:
+        state, _ = service.member(room, who)
+        found = state.job(job)
+        if found.status != "succeeded" or found.output is None:
+            raise NotFoundError(f"job {job[:12]}... has no result ({found.status})")
+        if who not in found.sealed_keys:
+            raise AuthorizationError("only the job's result recipients may fetch its result")
+        return _stream(service, found.output["sha256"])
+
+
+def _enclave_routes(app: FastAPI, service: Service) -> None:
+    @app.post("/v1/rooms/{room}/jobs/{job}/challenge")
+    def challenge(room: RoomId, job: JobId, payload: Challenge) -> dict[str, str]:
+        """A fresh nonce for the enclave the job runner launched (its launch token)."""
+        return {"nonce": service.broker.challenge(room, job, payload.launch_token)}
+
+    @app.post("/v1/rooms/{room}/jobs/{job}/keys")
+    def keys(room: RoomId, job: JobId, payload: KeyRequest) -> dict[str, Any]:
+        """Evidence in, keys sealed to the enclave out, after a key.release entry."""
+        released = service.broker.release(
+            room,
+            job,
+            token=payload.launch_token,
+            nonce=payload.nonce,
+            enclave=payload.enclave,
+            evidence=payload.evidence,
         )
+        service.learn(service.ledger.state(room))
+        return released
+
+    @app.put("/v1/rooms/{room}/jobs/{job}/result/{digest}", status_code=201)
+    async def put_result(
+        room: RoomId, job: JobId, digest: Digest, request: Request
+    ) -> dict[str, Any]:
+        check_digest(digest)
+        who = service.authenticate(request, None)
+        running = service.enclave_job(room, who)
+        if running is None or running.id != job:
+            raise AuthorizationError("only the job's attested enclave uploads its result")
+        if content_sha256(request.headers) != digest:
+            raise AuthenticationError("Content-Digest does not name the blob being uploaded")
+        try:
+            size = int(request.headers.get("content-length", ""))
+        except ValueError:
+            raise DeserializationError("a result upload needs a Content-Length") from None
+        if not 0 < size <= service.max_upload_bytes:
+            raise IntegrityError(f"a result must be 1 to {service.max_upload_bytes} bytes")
+        if not service.blobs.exists(digest):
+            await service.blobs.put(digest, size, request.stream())
+        return {"digest": digest, "bytes": size}
+
+    @app.post("/v1/rooms/{room}/jobs/{job}/report", status_code=201)
+    async def report(room: RoomId, job: JobId, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        who = service.authenticate(request, body)
+        running = service.enclave_job(room, who)
+        if running is None or running.id != job:
+            raise AuthorizationError("only the job's attested enclave reports its outcome")
+        try:
+            payload = Report.model_validate_json(body)
+        except ValidationError as exc:
+            raise DeserializationError('the body must be {"statement": <job.*>}') from exc
+        statement = parse_statement(payload.statement)
+        if statement.author != who or statement.kind not in ("job.complete", "job.fail"):
+            raise AuthorizationError("an enclave reports its own job.complete or job.fail only")
+        if statement.kind == "job.complete":
+            output = statement.body.output
+            if not service.blobs.exists(output.sha256) or (
+                service.blobs.size(output.sha256) != output.bytes
+            ):
+                raise IntegrityError("upload the result before reporting it")
+        (entry,) = service.ledger.submit(room, [payload.statement], with_receipts=True)
+        return service.ledger.receipts(room, [entry])[0].to_json()
+
+
+def _requested(job: Job) -> int:
+    return job.requested_at
 
 
 def _owned_manifest(state: RoomState, digest: str, owner: str | None) -> dict[str, Any] | None:

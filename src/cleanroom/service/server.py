@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -18,6 +19,7 @@ from cleanroom.ledger.local import open_ledger
 from cleanroom.ledger.log import TreeHeadPolicy
 from cleanroom.service.app import ROUTES, Service, create_app
 from cleanroom.service.blobs import LocalBlobStore
+from cleanroom.service.jobs import JobRunner, RunnerSettings
 from cleanroom.service.settings import Settings, load_settings
 
 __all__ = ["ROUTES", "Service", "Settings", "build_app", "build_service", "load_settings", "serve"]
@@ -34,12 +36,35 @@ def build_service(settings: Settings) -> Service:
             max_clock_skew_ms=settings.max_skew_s * 1000,
         ),
     )
-    return Service(
+    service = Service(
         ledger,
         LocalBlobStore(settings.data_dir / "blobs"),
         max_skew_s=settings.max_skew_s,
         max_upload_bytes=settings.max_upload_bytes,
     )
+    runner = JobRunner(
+        ledger,
+        service.broker,
+        RunnerSettings(
+            url=f"http://{_connect_host(settings.host)}:{settings.port}",
+            platform=settings.enclave_platform,
+            parallelism=settings.job_parallelism,
+            time_limit_s=settings.job_time_limit_s,
+            memory_limit=settings.job_memory_limit,
+            log_dir=settings.data_dir / "jobs",
+        ),
+    )
+    runner.fail_unfinished()
+    service.runner = runner
+    return service
+
+
+def _connect_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - where enclaves connect, not a bind
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -59,6 +84,8 @@ def build_app(settings: Settings) -> FastAPI:
             yield
         finally:
             task.cancel()
+            if service.runner is not None:
+                service.runner.close()
             service.ledger.store.close()
 
     app.router.lifespan_context = lifespan
@@ -66,4 +93,11 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    # bind first, so that port 0 resolves before enclaves are told where to connect
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    settings = settings.model_copy(update={"port": sock.getsockname()[1]})
+    config = uvicorn.Config(build_app(settings), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])

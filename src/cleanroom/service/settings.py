@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import (
@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     )
     tree_head_max_entries: int = Field(default=256, ge=1)
     tree_head_max_delay_ms: int = Field(default=1_000, ge=0)
+    enclave_platform: Literal["insecure-virtual", "configfs-tsm"] = Field(
+        default="insecure-virtual",
+        description="How job enclaves attest. insecure-virtual gives no hardware protection; "
+        "rooms refuse it unless their contract allows it.",
+    )
+    job_parallelism: int = Field(default=2, ge=1, le=64, description="Jobs run at once.")
+    job_time_limit_s: float = Field(default=600.0, gt=0, description="Query time limit per job.")
+    job_memory_limit: str = Field(
+        default="4GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]i?B$", description="Memory per job."
+    )
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:

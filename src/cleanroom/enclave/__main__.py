@@ -1,0 +1,51 @@
+"""``python -m cleanroom.enclave``: run one job (started by the service's job runner).
+
+The launch token arrives on standard input, never on the command line. The
+process prints one JSON line with the job's phases on success; on failure it
+prints the reason on standard error and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cleanroom.attestation import VirtualPlatform
+from cleanroom.attestation.tsm import TsmProvider
+from cleanroom.enclave.runtime import Attester, run_job
+from cleanroom.enclave.sql import Limits
+from cleanroom.errors import CleanroomError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cleanroom.enclave", description=__doc__)
+    parser.add_argument("--service", required=True, help="the service URL")
+    parser.add_argument("--room", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument(
+        "--platform",
+        choices=["insecure-virtual", "configfs-tsm"],
+        default="insecure-virtual",
+        help="how to attest: the insecure virtual platform, or Linux configfs-tsm",
+    )
+    parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per query")
+    parser.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    token = sys.stdin.readline().strip()
+    attester: Attester = VirtualPlatform() if args.platform == "insecure-virtual" else TsmProvider()
+    limits = Limits(time_s=args.time_limit, memory=args.memory_limit, threads=args.threads)
+    try:
+        body = run_job(
+            args.service, args.room, args.job, launch_token=token, attester=attester, limits=limits
+        )
+    except CleanroomError as exc:
+        sys.stderr.write(f"job failed: {exc}\n")
+        return 1
+    sys.stdout.write(json.dumps({"duration_ms": body["duration_ms"], "phases": body["phases"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The enclave runtime: one process per job, the only place data is plaintext.
+
+In production this process runs inside a confidential VM or container; here
+it runs wherever the job runner starts it, attesting with the platform it is
+given. For one job it:
+
+1. creates an ephemeral identity (Ed25519 + X25519) that dies with it;
+2. asks the key broker for a nonce and sends evidence binding
+   ``{job, nonce, tee_pubkey}``; receives the input keys sealed to itself;
+3. fetches the room's ledger and verifies it in full (signatures, Merkle
+   tree, governance): the job must be running with *this* enclave's key,
+   the analysis text must hash to the approved digest, and each input's
+   ciphertext digest is taken from the owner-signed manifest on it;
+4. downloads each input, refuses any byte that does not match its digest,
+   opens its key and checks the key id against the manifest;
+5. runs the job kind (SQL first) in its sandbox with the room's limits;
+6. seals the result as encrypted Parquet under a fresh key, that key sealed
+   (HPKE) to each result recipient, uploads the ciphertext and reports a
+   ``job.complete`` statement signed by its attested key; on any failure
+   after the keys arrived, a ``job.fail`` statement with the reason.
+
+New job kinds (Python, training, inference, aggregation) add an entry to
+:data:`KINDS`; attestation, key release, inputs and result sealing are shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from cleanroom.attestation import binding
+from cleanroom.broker import open_released
+from cleanroom.client import Client, Room, result_context
+from cleanroom.crypto.encoding import b64url_encode
+from cleanroom.crypto.hpke import seal
+from cleanroom.datasets.manifest import key_id_of
+from cleanroom.datasets.parquet import connect, write_encrypted
+from cleanroom.datasets.seal import sha256_file
+from cleanroom.enclave.sql import Input, Limits, run_sql
+from cleanroom.errors import CleanroomError, IntegrityError
+from cleanroom.governance.state import Job, RoomState
+from cleanroom.governance.statements import sign_statement
+from cleanroom.identities.keystore import Party
+
+JobKind = Callable[[str, list[Input], Limits, Path], pa.Table]
+KINDS: dict[str, JobKind] = {"sql": run_sql}
+
+
+class Attester(Protocol):
+    platform: str
+
+    def attest(self, report_data: bytes, host_data: str = "") -> dict[str, Any]: ...
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, int] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round((now - self.last) * 1000)
+        self.last = now
+
+    @property
+    def total_ms(self) -> int:
+        return round((time.perf_counter() - self.start) * 1000)
+
+
+def run_job(
+    service_url: str,
+    room_id: str,
+    job_id: str,
+    *,
+    launch_token: str,
+    attester: Attester,
+    limits: Limits | None = None,
+) -> dict[str, Any]:
+    """Run one job end to end; returns the ``job.complete`` body it recorded."""
+    clock = _Clock()
+    party = Party.create("enclave")
+    with Client(service_url, party) as client:
+        base = f"/v1/rooms/{room_id}/jobs/{job_id}"
+        nonce = client._call(
+            "POST", f"{base}/challenge", json_body={"launch_token": launch_token}, auth=False
+        )["nonce"]
+        evidence = attester.attest(
+            binding(nonce=nonce, tee_pubkey=party.fingerprint, job=job_id), host_data=job_id
+        )
+        released = client._call(
+            "POST",
+            f"{base}/keys",
+            json_body={
+                "launch_token": launch_token,
+                "nonce": nonce,
+                "enclave": party.identity_document(),
+                "evidence": evidence,
+            },
+            auth=False,
+        )
+        clock.lap("attest_and_release_ms")
+        room = client.room(room_id)
+        try:
+            body = _execute(room, job_id, released["keys"], limits or Limits(), clock)
+        except CleanroomError as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:2000]
+            failure = sign_statement(party, room_id, "job.fail", {"job": job_id, "reason": reason})
+            client._call("POST", f"{base}/report", json_body={"statement": failure})
+            raise
+        statement = sign_statement(party, room_id, "job.complete", body)
+        client._call("POST", f"{base}/report", json_body={"statement": statement})
+        return body
+
+
+def _verified_job(room: Room, job_id: str) -> tuple[RoomState, Job]:
+    state = room.audit.verify().state
+    job = state.jobs.get(job_id)
+    party = room.client.party
+    if job is None or job.status != "running" or job.enclave is None:
+        raise IntegrityError("the ledger records no key release for this job")
+    if job.enclave.fingerprint != party.fingerprint:
+        raise IntegrityError("the ledger released this job's keys to another enclave")
+    return state, job
+
+
+def _execute(
+    room: Room, job_id: str, keys: list[dict[str, Any]], limits: Limits, clock: _Clock
+) -> dict[str, Any]:
+    state, job = _verified_job(room, job_id)
+    analysis = state.analyses[job.analysis]
+    if hashlib.sha256(analysis.text.encode("utf-8")).hexdigest() != job.analysis_digest:
+        raise IntegrityError("the analysis text does not match the approved digest")
+    kind = KINDS.get(analysis.language)
+    if kind is None:
+        raise IntegrityError(f"this runtime cannot run {analysis.language!r} analyses")
+    clock.lap("ledger_verify_ms")
+    sealed = {(k["dataset"], k["manifest"]): k["sealed"] for k in keys}
+    with tempfile.TemporaryDirectory(prefix="cleanroom-enclave-") as tmp:
+        work = Path(tmp)
+        inputs = []
+        digests = []
+        for index, (name, manifest_digest) in enumerate(job.released):
+            manifest = next(
+                v.manifest for v in state.datasets[name].versions if v.digest == manifest_digest
+            )
+            path = work / f"input-{index}.parquet"
+            room.download(manifest.sha256, path)  # refused unless the digest matches
+            key = open_released(
+                room.client.party,
+                sealed.get((name, manifest_digest), ""),
+                room=room.id,
+                job=job_id,
+                dataset=name,
+                manifest=manifest_digest,
+            )
+            if key_id_of(key) != manifest.key_id:
+                raise IntegrityError(f"the key released for {name!r} is not its manifest's key")
+            inputs.append(Input(name, path, key))
+            digests.append({"dataset": name, "sha256": manifest.sha256})
+        clock.lap("inputs_ms")
+        table = kind(analysis.text, inputs, limits, work)
+        clock.lap("run_ms")
+        output, sealed_keys, result_path = _seal_result(state, job, table, work)
+        clock.lap("seal_ms")
+        room.put_file(result_path, f"/v1/rooms/{room.id}/jobs/{job_id}/result/{output['sha256']}")
+        clock.lap("upload_ms")
+    return {
+        "job": job_id,
+        "output": output,
+        "sealed_keys": sealed_keys,
+        "inputs": digests,
+        "duration_ms": clock.total_ms,
+        "phases": clock.phases,
+    }
+
+
+def _seal_result(
+    state: RoomState, job: Job, table: pa.Table, work: Path
+) -> tuple[dict[str, Any], list[dict[str, str]], Path]:
+    key = os.urandom(32)
+    path = work / "result.parquet"
+    con = connect()
+    try:
+        write_encrypted(con, table.to_reader(), path, key)
+    finally:
+        con.close()
+    digest, size = sha256_file(path)
+    key_id = key_id_of(key)
+    context = result_context(state.room, job.id, digest, key_id)
+    sealed_keys = [
+        {
+            "recipient": fingerprint,
+            "sealed": b64url_encode(
+                seal(key, state.members[fingerprint].identity.encryption_key, context)
+            ),
+        }
+        for fingerprint in sorted(set(job.recipients))
+    ]
+    output = {
+        "sha256": digest,
+        "bytes": size,
+        "rows": table.num_rows,
+        "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+        "key_id": key_id,
+    }
+    return output, sealed_keys, path

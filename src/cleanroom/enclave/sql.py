@@ -1,0 +1,109 @@
+"""The SQL job kind: an approved DuckDB query over decrypted inputs, sandboxed.
+
+The connection is in memory; each input is a view over its encrypted Parquet
+file, read with its released key; then the sandbox closes: external access
+off (only the input files stay readable), spill files encrypted in a private
+directory, memory and thread limits, configuration locked so the query cannot
+undo any of it, no extension installs or loads. The query must be exactly one
+SELECT (or WITH ... SELECT); it is interrupted at the time limit and its
+result refused beyond the row and byte limits.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from cleanroom.datasets.parquet import add_key, connect, sql_string
+from cleanroom.errors import InvalidInputError, OperationalError
+
+
+class QueryError(InvalidInputError):
+    """The approved query cannot run: refused, failed or over a limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    time_s: float = 600.0
+    memory: str = "4GB"
+    threads: int | None = None
+    max_result_rows: int = 1_000_000
+    max_result_bytes: int = 1 << 30
+    max_temp: str = "20GB"
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    path: Path
+    key: bytes
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def check_single_select(con: duckdb.DuckDBPyConnection, text: str) -> None:
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.Error as exc:
+        raise QueryError(f"the analysis is not valid SQL: {exc}") from exc
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError("an SQL analysis must be exactly one SELECT statement")
+
+
+def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> pa.Table:
+    """Run ``text`` over ``inputs`` inside the sandbox; returns the result rows."""
+    spill = work / "spill"
+    spill.mkdir(mode=0o700, exist_ok=True)
+    con = connect(threads=limits.threads, temp_directory=spill)
+    try:
+        check_single_select(con, text)
+        for item in inputs:
+            name = add_key(con, item.key)
+            con.execute(
+                f"CREATE VIEW {_identifier(item.name)} AS SELECT * FROM read_parquet("  # noqa: S608
+                f"'{sql_string(str(item.path))}', encryption_config={{footer_key: '{name}'}})"
+            )
+        paths = ", ".join(f"'{sql_string(str(item.path))}'" for item in inputs)
+        con.execute(f"SET allowed_paths = [{paths}]")
+        con.execute("SET temp_file_encryption = true")
+        con.execute(f"SET memory_limit = '{sql_string(limits.memory)}'")
+        con.execute(f"SET max_temp_directory_size = '{sql_string(limits.max_temp)}'")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return _fetch(con, text, limits)
+    finally:
+        con.close()
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, text: str, limits: Limits) -> pa.Table:
+    timer = threading.Timer(limits.time_s, con.interrupt)
+    timer.start()
+    try:
+        reader = con.execute(text).fetch_record_batch(65_536)
+        batches: list[pa.RecordBatch] = []
+        rows = size = 0
+        for batch in reader:
+            rows += batch.num_rows
+            size += batch.nbytes
+            if rows > limits.max_result_rows:
+                raise QueryError(f"the result has more than {limits.max_result_rows} rows")
+            if size > limits.max_result_bytes:
+                raise QueryError(f"the result is larger than {limits.max_result_bytes} bytes")
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException as exc:
+        raise QueryError(f"the query ran over its time limit ({limits.time_s:g} s)") from exc
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryError(f"the query ran over its memory limit ({limits.memory}): {exc}") from exc
+    except duckdb.Error as exc:
+        raise QueryError(f"the query failed: {exc}") from exc
+    except pa.ArrowException as exc:
+        raise OperationalError(f"reading the result failed: {exc}") from exc
+    finally:
+        timer.cancel()
