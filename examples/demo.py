@@ -1,22 +1,27 @@
-"""`make demo`: what cleanroom can do today, run through its real command line.
+"""`make demo`: the personalised-offers scenario, end to end, with separate processes.
 
-Two organisations, a bank and a merchant, each create their identity and
-encrypt a dataset on their own machine. The demo shows that the ciphertext is
-unreadable without the key (to the operator, to plain DuckDB, to the other
-party), that tampering is caught, and that each owner can decrypt its own data
-exactly. Then the two form a room: membership, dataset registration, an
-analysis and a consent revocation become signed statements on a ledger, which
-anyone verifies offline, and an edited ledger is caught.
+A bank holds about a million card transactions; a merchant holds 100,000
+customer records; both key customers by the same salted hash. An analyst
+proposes an SQL analysis; both owners approve it. A clean room service
+(`cleanroom serve`) hosts the room; every party acts through its own
+`cleanroom` command line and its own keystore. The analysis runs in an
+enclave process that must attest before the key broker releases any data key;
+the result is sealed to the bank alone. The merchant cannot read it, nor can
+the operator; a revoked consent stops the next run at once; and anyone in the
+room verifies the whole history offline.
+
+This demo uses the *insecure virtual platform*: the enclave is an ordinary
+process and no hardware protects the data while it runs. Rooms accept it only
+because every member approved it explicitly. On AMD SEV-SNP or Intel TDX the
+same protocol runs with hardware evidence.
 
 Everything is written under ./demo-output, recreated on every run.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import random
 import shlex
 import shutil
 import socket
@@ -25,7 +30,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -37,8 +41,23 @@ from cleanroom import Party
 from cleanroom.client import Client
 
 OUT = Path("demo-output")
-SEED = 7
+SALT = "offers-2026-shared-salt:"  # agreed by the bank and the merchant out of band
 console = Console()
+
+OFFERS_SQL = """\
+SELECT c.segment,
+       t.category,
+       COUNT(DISTINCT t.customer_hash) AS customers,
+       COUNT(*) AS transactions,
+       SUM(t.amount) AS spend,
+       ROUND(AVG(t.amount), 2) AS avg_ticket
+FROM transactions t
+JOIN customers c ON t.customer_hash = c.customer_hash
+WHERE c.opted_in
+GROUP BY c.segment, t.category
+HAVING COUNT(DISTINCT t.customer_hash) >= 50
+ORDER BY spend DESC
+"""
 
 
 def step(title: str) -> None:
@@ -68,238 +87,240 @@ def cleanroom(*args: str, expect_failure: bool = False, env: dict[str, str] | No
 
 
 def make_data() -> None:
-    rng = random.Random(SEED)
-    start = datetime(2026, 1, 1)
-    categories = ["grocery", "travel", "fuel", "electronics", "dining"]
-    with (OUT / "transactions.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["card_id", "merchant_id", "amount", "category", "ts"])
-        for _ in range(5000):
-            writer.writerow(
-                [
-                    f"card-{rng.randrange(800):04d}",
-                    f"m-{rng.randrange(40):03d}",
-                    f"{rng.lognormvariate(3.2, 0.9):.2f}",
-                    rng.choice(categories),
-                    (start + timedelta(minutes=rng.randrange(60 * 24 * 90))).isoformat(sep=" "),
-                ]
-            )
-    (OUT / "transactions.schema.json").write_text(
-        json.dumps(
-            {
-                "identity_column": "card_id",
-                "columns": [
-                    {"name": "card_id", "type": "string", "nullable": False},
-                    {"name": "merchant_id", "type": "string", "nullable": False},
-                    {"name": "amount", "type": "decimal(12,2)", "nullable": False, "min": 0},
-                    {"name": "category", "type": "string", "allowed": categories},
-                    {"name": "ts", "type": "timestamp", "nullable": False},
-                ],
-            },
-            indent=2,
-        )
-    )
-    with (OUT / "customers.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["card_id", "loyalty_tier", "age_band"])
-        for card in rng.sample(range(800), 500):
-            writer.writerow(
-                [
-                    f"card-{card:04d}",
-                    rng.choice(["bronze", "silver", "gold"]),
-                    rng.choice(["18-29", "30-44", "45-64", "65+"]),
-                ]
-            )
-    (OUT / "customers.schema.json").write_text(
-        json.dumps(
-            {
-                "identity_column": "card_id",
-                "columns": [
-                    {"name": "card_id", "type": "string", "nullable": False},
-                    {
-                        "name": "loyalty_tier",
-                        "type": "string",
-                        "allowed": ["bronze", "silver", "gold"],
-                    },
-                    {"name": "age_band", "type": "string"},
-                ],
-            },
-            indent=2,
-        )
-    )
+    """Seeded synthetic data: deterministic hashes, no randomness between runs."""
+    con = duckdb.connect()
+    con.execute(f"""
+        COPY (
+          SELECT sha256('{SALT}' || i::VARCHAR) AS customer_hash,
+                 (['young-urban', 'family', 'retired', 'student', 'professional'])
+                   [1 + (hash(i) % 5)::INT] AS segment,
+                 (['north', 'south', 'east', 'west'])[1 + (hash(i * 7) % 4)::INT] AS region,
+                 (hash(i * 13) % 10) < 7 AS opted_in
+          FROM range(100000) t(i)
+        ) TO 'customers.parquet' (FORMAT parquet)""")
+    con.execute(f"""
+        COPY (
+          SELECT i AS txn_id,
+                 sha256('{SALT}' || (hash(i) % 150000)::VARCHAR) AS customer_hash,
+                 (1 + (hash(i * 3) % 30000) / 100.0)::DECIMAL(12, 2) AS amount,
+                 (['grocery', 'travel', 'dining', 'fuel', 'electronics', 'fashion'])
+                   [1 + (hash(i * 5) % 6)::INT] AS category,
+                 TIMESTAMP '2026-01-01' + to_seconds((hash(i * 11) % (300 * 86400))::BIGINT) AS ts
+          FROM range(1000000) t(i)
+        ) TO 'transactions.parquet' (FORMAT parquet)""")
+    con.close()
+    schemas = {
+        "transactions": {
+            "identity_column": "customer_hash",
+            "columns": [
+                {"name": "txn_id", "type": "int64", "nullable": False},
+                {"name": "customer_hash", "type": "string", "nullable": False},
+                {"name": "amount", "type": "decimal(12,2)", "nullable": False, "min": 0},
+                {
+                    "name": "category",
+                    "type": "string",
+                    "allowed": ["grocery", "travel", "dining", "fuel", "electronics", "fashion"],
+                },
+                {"name": "ts", "type": "timestamp"},
+            ],
+        },
+        "customers": {
+            "identity_column": "customer_hash",
+            "columns": [
+                {"name": "customer_hash", "type": "string", "nullable": False},
+                {"name": "segment", "type": "string"},
+                {"name": "region", "type": "string"},
+                {"name": "opted_in", "type": "boolean", "nullable": False},
+            ],
+        },
+    }
+    for name, schema in schemas.items():
+        (Path(f"{name}.schema.json")).write_text(json.dumps(schema, indent=2))
+    (Path("offers.sql")).write_text(OFFERS_SQL)
 
 
 def main() -> None:
+    started = time.monotonic()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
-    make_data()
     console.print(
         Panel.fit(
-            "A bank and a merchant prepare data for a clean room.\n"
-            "Each keeps its own keys; data leaves their machines only encrypted.",
+            "Scenario 1: personalised offers. A bank and a merchant pool card transactions\n"
+            "and customer records; an analyst's approved SQL runs in an attested enclave;\n"
+            "only the bank receives the result.\n\n"
+            "[bold yellow]This demo runs on the insecure virtual platform: the enclave is a\n"
+            "plain process and no hardware protects data while it runs. Every member\n"
+            "approves that explicitly; real rooms use AMD SEV-SNP or Intel TDX.[/]",
+            title="cleanroom demo",
+        )
+    )
+    step("1. Three parties create their identities, each on its own machine")
+    for name in ("bank", "merchant", "analyst"):
+        cleanroom("party", "create", name, "--dir", f"keys/{name}")
+        cleanroom("party", "export", "--dir", f"keys/{name}", "-o", f"{name}.identity.json")
+
+    step("2. Seeded synthetic data: 1,000,000 transactions, 100,000 customers")
+    cwd = Path.cwd()
+    os.chdir(OUT)
+    try:
+        make_data()
+    finally:
+        os.chdir(cwd)
+    console.print("transactions.parquet (bank), customers.parquet (merchant), offers.sql (analyst)")
+
+    with running_service() as url:
+        scenario(url)
+    console.print(
+        Panel.fit(
+            f"Done in {time.monotonic() - started:.0f} s. Files are in ./demo-output.\n"
+            "The result was computed on the insecure virtual platform: fine for a demo,\n"
+            "never for real data.",
             title="cleanroom demo",
         )
     )
 
-    step("1. Each party creates its identity (signing + encryption keys)")
-    cleanroom("party", "create", "bank", "--dir", "keys/bank")
-    cleanroom("party", "create", "merchant", "--dir", "keys/merchant")
-    cleanroom("party", "export", "--dir", "keys/bank", "-o", "bank.identity.json")
-    cleanroom("party", "show", "--identity", "bank.identity.json")
 
-    step("2. Each owner validates and encrypts its data against a declared schema")
-    cleanroom(
-        "dataset",
-        "encrypt",
-        "transactions.csv",
-        "--schema",
-        "transactions.schema.json",
-        "--owner",
-        "keys/bank",
-        "-o",
-        "transactions.sealed",
+def scenario(url: str) -> None:
+    bank, merchant, analyst = (
+        {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": f"keys/{name}"}
+        for name in ("bank", "merchant", "analyst")
     )
-    cleanroom(
-        "dataset",
-        "encrypt",
-        "customers.csv",
-        "--schema",
-        "customers.schema.json",
-        "--owner",
-        "keys/merchant",
-        "-o",
-        "customers.sealed",
+    step("3. The bank creates the room; the merchant and the analyst join")
+    created = cleanroom(
+        "room",
+        "create",
+        "personalised-offers",
+        "--roles",
+        "data_provider,result_recipient",
+        "--member",
+        "merchant.identity.json:data_provider",
+        "--member",
+        "analyst.identity.json:analyst",
+        env=bank,
     )
+    room = created.split("Created room personalised-offers: ")[1].split()[0]
+    cleanroom("room", "join", "--room", room, env=merchant)
+    cleanroom("room", "join", "--room", room, env=analyst)
 
-    step("3. Bad rows are refused, naming row and column; nothing is written")
-    lines = (OUT / "transactions.csv").read_text().splitlines()
-    lines[42] = lines[42].rsplit(",", 2)[0] + ",casino," + lines[42].rsplit(",", 1)[1]
-    (OUT / "bad.csv").write_text("\n".join(lines) + "\n")
-    cleanroom(
-        "dataset",
-        "encrypt",
-        "bad.csv",
-        "--schema",
-        "transactions.schema.json",
-        "--owner",
-        "keys/bank",
-        "-o",
-        "bad.sealed",
-        expect_failure=True,
-    )
-
-    step("4. Anyone can verify the signed manifest; nobody without the key reads a row")
-    cleanroom("dataset", "inspect", "transactions.sealed", "--identity", "bank.identity.json")
-    console.print("[dim]# plain DuckDB, as a curious operator would try:[/]")
-    try:
-        duckdb.connect().execute(
-            f"SELECT * FROM '{OUT / 'transactions.sealed' / 'data.parquet'}' LIMIT 1"
-        ).fetchall()
-        console.print("[red]plaintext was readable![/]")
-        sys.exit(1)
-    except duckdb.Error as exc:
-        console.print(f"refused: {str(exc).splitlines()[0]}", highlight=False)
-    console.print("[dim]# the merchant tries the bank's dataset with its own keys:[/]")
-    cleanroom(
-        "dataset",
-        "decrypt",
-        "transactions.sealed",
-        "--owner",
-        "keys/merchant",
-        "-o",
-        "stolen.csv",
-        expect_failure=True,
-    )
-
-    tampering_and_recovery()
-    hosted_room()
-
-
-def tampering_and_recovery() -> None:
-    step("5. Tampering with the ciphertext is caught before decryption")
-    shutil.copytree(OUT / "transactions.sealed", OUT / "tampered.sealed")
-    data = OUT / "tampered.sealed" / "data.parquet"
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    data.write_bytes(bytes(raw))
-    cleanroom(
-        "dataset",
-        "decrypt",
-        "tampered.sealed",
-        "--owner",
-        "keys/bank",
-        "-o",
-        "t.csv",
-        expect_failure=True,
-    )
-
-    step("6. The owner decrypts its own data, exactly")
-    cleanroom("dataset", "inspect", "transactions.sealed", "--owner", "keys/bank", "--rows", "3")
-    cleanroom(
-        "dataset",
-        "decrypt",
-        "transactions.sealed",
-        "--owner",
-        "keys/bank",
-        "-o",
-        "transactions.roundtrip.csv",
-    )
-
-
-def hosted_room() -> None:
-    with running_service() as url:
-        room = govern(url)
-
-        step("11. Anyone in the room verifies the whole history offline")
-        member = {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/bank"}
-        cleanroom("audit", "export", "--room", room, "-o", "room.ledger.json", env=member)
+    step("4. Each owner seals its data locally, uploads ciphertext, deposits its key")
+    for env, name in ((bank, "transactions"), (merchant, "customers")):
         cleanroom(
-            "audit",
-            "verify",
-            "room.ledger.json",
-            "--service-key",
-            "service-data/service/identity.json",
-        )
-        cleanroom(
-            "audit",
-            "log",
-            "room.ledger.json",
-            "--service-key",
-            "service-data/service/identity.json",
-        )
-
-        step("12. An operator that edits one entry of the ledger is caught")
-        document = json.loads((OUT / "room.ledger.json").read_text())
-        token = document["entries"][4]["statement"]
-        flipped = "A" if token[-1] != "A" else "B"
-        document["entries"][4]["statement"] = token[:-1] + flipped
-        (OUT / "edited.ledger.json").write_text(json.dumps(document))
-        cleanroom(
-            "audit",
-            "verify",
-            "edited.ledger.json",
-            "--service-key",
-            "service-data/service/identity.json",
-            expect_failure=True,
-        )
-
-        step("13. A stranger's key gets nothing from the service")
-        cleanroom("party", "create", "stranger", "--dir", "keys/stranger")
-        cleanroom(
-            "room",
-            "show",
+            "dataset",
+            "publish",
+            f"{name}.parquet",
+            "--schema",
+            f"{name}.schema.json",
+            "--allow-insecure-virtual",
             "--room",
             room,
-            expect_failure=True,
-            env={"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/stranger"},
+            env=env,
         )
-    console.print(
-        Panel.fit(
-            "Done. Files are in ./demo-output.\n"
-            "Next: attested enclave jobs that run the approved SQL.",
-            title="cleanroom demo",
-        )
+    approve_all(room, bank, merchant, analyst)
+
+    step("5. The room approves the enclave runtime it trusts (its measurement)")
+    cleanroom("enclave", "measure")
+    cleanroom(
+        "enclave",
+        "approve",
+        "--this-install",
+        "--allow-insecure-virtual",
+        "--room",
+        room,
+        env=analyst,
     )
+    approve_all(room, bank, merchant, analyst)
+
+    step("6. The analyst proposes the offers analysis; both data owners approve it")
+    console.print(OFFERS_SQL, highlight=False, markup=False)
+    cleanroom(
+        "analysis",
+        "propose",
+        "offers",
+        "--sql",
+        "offers.sql",
+        "--input",
+        "transactions",
+        "--input",
+        "customers",
+        "--recipient",
+        "bank",
+        "--room",
+        room,
+        env=analyst,
+    )
+    approve_all(room, bank, merchant, analyst)
+    cleanroom("room", "show", "--room", room, env=bank)
+
+    step("7. The analyst runs it: the enclave attests, gets keys, runs the approved SQL")
+    cleanroom("job", "run", "offers", "--room", room, env=analyst)
+    job = job_id(room, analyst)
+
+    step("8. Only the bank can decrypt the result")
+    cleanroom("job", "result", job, "-o", "offers.csv", "--room", room, env=bank)
+    rows = (OUT / "offers.csv").read_text().splitlines()
+    console.print("\n".join(rows[:8]) + f"\n... ({len(rows) - 1} rows)", highlight=False)
+    cleanroom(
+        "job", "result", job, "-o", "stolen.csv", "--room", room, env=merchant, expect_failure=True
+    )
+    operator_view(room, analyst)
+
+    step("9. The merchant revokes consent: the next run is refused at once, no vote")
+    cleanroom("consent", "revoke", "customers", "--room", room, env=merchant)
+    cleanroom("job", "run", "offers", "--room", room, env=analyst, expect_failure=True)
+
+    step("10. Anyone in the room verifies the whole history offline")
+    cleanroom("audit", "export", "--room", room, "-o", "room.ledger.json", env=merchant)
+    key = "service-data/service/identity.json"
+    cleanroom("audit", "verify", "room.ledger.json", "--service-key", key)
+    cleanroom("audit", "log", "room.ledger.json", "--service-key", key)
+
+
+def approve_all(room: str, *envs: dict[str, str]) -> None:
+    for env in envs:
+        for proposal in open_proposals(room, env):
+            cleanroom("proposal", "approve", proposal, "--room", room, env=env)
+
+
+def open_proposals(room: str, env: dict[str, str]) -> list[str]:
+    """Open proposals this party can still vote on, read through the SDK."""
+    with sdk(env) as client:
+        party = client.party
+        return [
+            p["id"][:16]
+            for p in client.room(room).proposals()
+            if p["status"] == "open"
+            and party.name in p["approvers"]
+            and party.name not in p["approvals"]
+        ]
+
+
+@contextmanager
+def sdk(env: dict[str, str]) -> Iterator[Client]:
+    party_dir = OUT / env["CLEANROOM_KEYSTORE"]
+    with Client(
+        env["CLEANROOM_SERVICE"], Party.load(party_dir), state_dir=party_dir / "state"
+    ) as client:
+        yield client
+
+
+def job_id(room: str, env: dict[str, str]) -> str:
+    with sdk(env) as client:
+        jobs = client.room(room).jobs()
+    return str(jobs[-1]["id"][:16])
+
+
+def operator_view(room: str, env: dict[str, str]) -> None:
+    """What the operator holds: the result's ciphertext, unreadable without a key."""
+    with sdk(env) as client:
+        output = client.room(room).jobs()[-1]["output"]
+    blob = next((OUT / "service-data" / "blobs").rglob(output["sha256"]))
+    console.print(f"[dim]the operator's copy of the result: {blob.relative_to(OUT)}[/]")
+    try:
+        duckdb.sql(f"SELECT * FROM read_parquet('{blob}')").fetchall()
+        console.print("[red]the operator could read the result[/]")
+        sys.exit(1)
+    except duckdb.Error as exc:
+        console.print(f"plain DuckDB on it: [green]{str(exc).splitlines()[0]}[/]")
 
 
 @contextmanager
@@ -312,14 +333,8 @@ def running_service() -> Iterator[str]:
     log = (OUT / "service.log").open("w")
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "cleanroom",
-            "serve",
-            "--data-dir",
-            "service-data",
-            "--port",
-            str(port),
+            *(sys.executable, "-m", "cleanroom", "serve"),
+            *("--data-dir", "service-data", "--port", str(port)),
         ],
         cwd=OUT,
         stdout=log,
@@ -338,97 +353,6 @@ def running_service() -> Iterator[str]:
         process.terminate()
         process.wait()
         log.close()
-
-
-def govern(url: str) -> str:
-    """Steps 7-10: a room on the service, driven by each party through the CLI."""
-    bank = {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/bank"}
-    merchant = {"CLEANROOM_SERVICE": url, "CLEANROOM_KEYSTORE": "keys/merchant"}
-
-    step("7. The bank creates a room on the service; the merchant joins")
-    cleanroom("party", "export", "--dir", "keys/merchant", "-o", "merchant.identity.json")
-    created = cleanroom(
-        "room",
-        "create",
-        "personalised-offers",
-        "--roles",
-        "data_provider,result_recipient",
-        "--member",
-        "merchant.identity.json:data_provider,analyst",
-        env=bank,
-    )
-    room = created.split("Created room personalised-offers: ")[1].split()[0]
-    cleanroom("room", "join", "--room", room, env=merchant)
-
-    step("8. Each owner publishes its dataset: sealed locally, only ciphertext uploaded")
-    cleanroom(
-        "dataset",
-        "publish",
-        "transactions.csv",
-        "--schema",
-        "transactions.schema.json",
-        "--room",
-        room,
-        env=bank,
-    )
-    cleanroom(
-        "dataset",
-        "publish",
-        "customers.csv",
-        "--schema",
-        "customers.schema.json",
-        "--room",
-        room,
-        env=merchant,
-    )
-    cleanroom("proposal", "list", "--room", room, env=bank)
-    for proposal in _open_proposals(room, bank):
-        cleanroom("proposal", "approve", proposal, "--room", room, env=bank)
-    for proposal in _open_proposals(room, merchant):
-        cleanroom("proposal", "approve", proposal, "--room", room, env=merchant)
-    cleanroom("dataset", "list", "--room", room, env=bank)
-
-    step("9. The merchant proposes an analysis; both owners approve it")
-    sql = (
-        "SELECT c.loyalty_tier, t.category, count(DISTINCT t.card_id) AS cards "
-        "FROM transactions t JOIN customers c USING (card_id) GROUP BY ALL"
-    )
-    party = Party.load(OUT / "keys" / "merchant")
-    with Client(url, party, state_dir=OUT / "keys" / "merchant" / "state") as client:
-        bank_fp = Party.load(OUT / "keys" / "bank").fingerprint
-        console.print("[dim]>>> room.propose({'type': 'add_analysis', ...})  # from Python[/]")
-        client.room(room).propose(
-            {
-                "type": "add_analysis",
-                "name": "offer-segments",
-                "language": "sql",
-                "text": sql,
-                "inputs": ["transactions", "customers"],
-                "recipients": [bank_fp],
-            }
-        )
-    for env in (bank, merchant):
-        for proposal in _open_proposals(room, env):
-            cleanroom("proposal", "approve", proposal, "--room", room, env=env)
-
-    step("10. The merchant stops its data being used at once: no vote needed")
-    cleanroom("consent", "revoke", "customers", "--room", room, env=merchant)
-    cleanroom("room", "show", "--room", room, env=bank)
-    return room
-
-
-def _open_proposals(room: str, env: dict[str, str]) -> list[str]:
-    """Open proposals this party can still vote on, read through the SDK."""
-    party_dir = OUT / env["CLEANROOM_KEYSTORE"]
-    party = Party.load(party_dir)
-    with Client(env["CLEANROOM_SERVICE"], party, state_dir=party_dir / "state") as client:
-        return [
-            p["id"][:16]
-            for p in client.room(room).proposals()
-            if p["status"] == "open"
-            and party.name in p["approvers"]
-            and party.name not in p["approvals"]
-        ]
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ operational failure (disk, network).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from cleanroom import __version__
-from cleanroom.cli import rooms
+from cleanroom.cli import jobs, rooms
 from cleanroom.cli.common import PASSPHRASE_ENV, load_party, passphrase
 from cleanroom.cli.ui import RichProgress, console, err_console
 from cleanroom.datasets import Schema, decrypt_dataset, load_manifest, open_dataset, seal_dataset
@@ -34,6 +36,7 @@ from cleanroom.errors import (
     ValidationError,
 )
 from cleanroom.fs import write_file
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import Statement
 from cleanroom.identities import Party, PublicIdentity, format_fingerprint
 from cleanroom.identities.keystore import IDENTITY_FILE
@@ -60,6 +63,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(rooms.room_app, name="room")
 app.add_typer(rooms.proposal_app, name="proposal")
 app.add_typer(rooms.consent_app, name="consent")
+app.add_typer(jobs.analysis_app, name="analysis")
+app.add_typer(jobs.enclave_app, name="enclave")
+app.add_typer(jobs.job_app, name="job")
 dataset_app.command("publish")(rooms.dataset_publish)
 dataset_app.command("list")(rooms.dataset_list)
 dataset_app.command("download")(rooms.dataset_download)
@@ -395,7 +401,37 @@ def _describe(statement: Statement) -> str:
         return f"revoke consent for {body.dataset}"
     if statement.kind == "room.create":
         return f"create room {body.name!r} with {len(body.members)} members"
-    return ""
+    return _describe_job(statement)
+
+
+_JOB_ACTS: dict[str, Callable[[Any], str]] = {
+    "key.deposit": lambda b: f"deposit key for {b.dataset} (to {', '.join(b.policy.platforms)})",
+    "job.request": lambda b: f"run {b.analysis}",
+    "key.release": lambda b: (
+        f"release {', '.join(i.dataset for i in b.inputs)} to the enclave of job {b.job[:12]} "
+        f"({b.evidence['format']})"
+    ),
+    "key.deny": lambda b: f"deny job {b.job[:12]}: {b.reason}",
+    "job.complete": lambda b: (
+        f"job {b.job[:12]}: {b.output.rows} rows sealed to {len(b.sealed_keys)} recipient(s)"
+    ),
+    "job.fail": lambda b: f"job {b.job[:12]} failed: {b.reason}",
+}
+
+
+def _describe_job(statement: Statement) -> str:
+    describe = _JOB_ACTS.get(statement.kind)
+    return describe(statement.body) if describe else ""
+
+
+def _author_name(state: RoomState, fingerprint: str) -> str:
+    if fingerprint in state.members:
+        return state.members[fingerprint].identity.name
+    if state.service is not None and fingerprint == state.service.fingerprint:
+        return "(service)"
+    if any(j.enclave and j.enclave.fingerprint == fingerprint for j in state.jobs.values()):
+        return "(enclave)"
+    return "?"
 
 
 @audit_app.command("log")
@@ -410,7 +446,6 @@ def audit_log(
     Example: cleanroom audit log room.ledger.json --service-key ledger.identity.json
     """
     verified = _verified(export, service_key, None)
-    members = verified.state.members
     table = Table(
         "seq",
         "time (UTC)",
@@ -421,7 +456,7 @@ def audit_log(
         title=f"room {verified.state.name}",
     )
     for entry, statement in zip(verified.entries, verified.statements, strict=True):
-        author = members[statement.author].identity.name if statement.author in members else "?"
+        author = _author_name(verified.state, statement.author)
         when = datetime.fromtimestamp(entry.time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(str(entry.seq), when, author, statement.kind, _describe(statement))
     console.print(table)

@@ -275,19 +275,38 @@ def dataset_publish(
     name: str | None = typer.Option(
         None, "--name", "-n", help="Dataset name (default: file stem)."
     ),
+    release_to: str = typer.Option(
+        "sev-snp,tdx",
+        "--release-to",
+        help="Platforms whose attested enclaves may get the data key (comma separated).",
+    ),
+    allow_insecure_virtual: bool = typer.Option(
+        False,
+        "--allow-insecure-virtual",
+        help="Also release the key to the insecure virtual platform (development only: "
+        "no hardware protects the data there).",
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
 ) -> None:
-    """Seal a dataset on this machine, propose its registration, upload the ciphertext.
+    """Seal a dataset on this machine, propose its registration, upload the ciphertext,
+    and deposit its key with the key broker for attested enclaves only.
 
     Example: cleanroom dataset publish cards.csv --schema cards.schema.json --room 3f2a...
     --service http://127.0.0.1:8321 --as keys/bank
     """
     handle = _room(service, keystore, room)
+    platforms = [p.strip() for p in release_to.split(",") if p.strip()]
+    if allow_insecure_virtual and "insecure-virtual" not in platforms:
+        platforms.append("insecure-virtual")
     with RichProgress() as progress:
         proposal = handle.publish_dataset(
-            source, schema=schema, name=name or source.stem, progress=progress
+            source,
+            schema=schema,
+            name=name or source.stem,
+            progress=progress,
+            release_to=platforms,
         )
     console.print(f"Published {name or source.stem}: proposal {proposal[:16]} awaits approval")
 
