@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from cleanroom import Client, Party
 from cleanroom.attestation import measure
 from cleanroom.client import Room
 from cleanroom.datasets.schema import Schema
-from cleanroom.errors import AuthorizationError, NotFoundError
+from cleanroom.errors import AuthorizationError
 from tests.service_fixture import running_service
 
 SCHEMA_BANK = Schema.from_json(
@@ -102,8 +101,8 @@ def _room(
             "allow_insecure_virtual": True,
         }
     )
-    for name in rooms:
-        _approve_if_needed(rooms[name], measurements)
+    for approver in rooms.values():
+        _approve_if_needed(approver, measurements)
     analysis = rooms["analyst"].propose(
         {
             "type": "add_analysis",
@@ -147,4 +146,5 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(service: str, tmp_path:
     assert not (tmp_path / "stolen.parquet").exists()
     entries = rooms["bank"].audit.verify().statements
     kinds = [s.kind for s in entries]
-    assert kinds.count("key.release") == 1 and kinds.count("job.complete") == 1
+    assert kinds.count("key.release") == 1
+    assert kinds.count("job.complete") == 1

@@ -47,7 +47,7 @@ from cleanroom.errors import (
 from cleanroom.governance.statements import sign_statement
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
-from cleanroom.ledger.log import Ledger, now_ms
+from cleanroom.ledger.log import Ledger
 
 DEPOSIT_PURPOSE = "cleanroom key deposit"
 RELEASE_PURPOSE = "cleanroom key release"
@@ -90,10 +90,14 @@ class _Nonce:
 
 class KeyBroker:
     def __init__(
-        self, ledger: Ledger, *, clock: Callable[[], int] = now_ms, ttl_ms: int = NONCE_TTL_MS
+        self,
+        ledger: Ledger,
+        *,
+        clock: Callable[[], int] | None = None,
+        ttl_ms: int = NONCE_TTL_MS,
     ) -> None:
         self.ledger = ledger
-        self.clock = clock
+        self.clock = clock or ledger.clock
         self.ttl_ms = ttl_ms
         self._launches: dict[tuple[str, str], bytes] = {}
         self._nonces: dict[str, _Nonce] = {}
@@ -168,7 +172,7 @@ class KeyBroker:
                 "evidence": evidence,
                 "inputs": [{"dataset": name, "manifest": m} for name, m in inputs],
             }
-            statement = sign_statement(self.party, room, "key.release", body)
+            statement = sign_statement(self.party, room, "key.release", body, now=self.clock)
             (entry,) = self.ledger.submit(room, [statement], with_receipts=True)
         except CleanroomError as exc:
             self._deny(room, job, str(exc))
@@ -201,9 +205,8 @@ class KeyBroker:
         return key
 
     def _deny(self, room: str, job: str, reason: str) -> None:
-        statement = sign_statement(
-            self.party, room, "key.deny", {"job": job, "reason": reason[:2000]}
-        )
+        body = {"job": job, "reason": reason[:2000]}
+        statement = sign_statement(self.party, room, "key.deny", body, now=self.clock)
         # if the job is no longer waiting for keys, there is nothing to deny on the ledger
         with contextlib.suppress(CleanroomError):
             self.ledger.submit(room, [statement], with_receipts=True)

@@ -108,6 +108,9 @@ class JobRunner:
             return
         body = {"job": job, "reason": reason[:2000]}
         try:
-            self.ledger.submit(room, [sign_statement(self.ledger.service, room, "job.fail", body)])
+            statement = sign_statement(
+                self.ledger.service, room, "job.fail", body, now=self.ledger.clock
+            )
+            self.ledger.submit(room, [statement])
         except CleanroomError as exc:
             log.warning("could not record the failure of job %s: %s", job[:12], exc)

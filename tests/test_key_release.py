@@ -1,0 +1,491 @@
+"""The key broker and the ledger rules for key release and jobs, as attacks.
+
+A real ledger (SQLite) and a real broker in process; enclaves are ephemeral
+parties attesting with the virtual platform at an injected clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cleanroom import Party, Schema, seal_dataset
+from cleanroom.attestation import VirtualPlatform, binding, measure, verify_evidence
+from cleanroom.attestation.virtual import EVIDENCE_TYP, KEY_ID
+from cleanroom.broker import KeyBroker, open_released, seal_deposit
+from cleanroom.crypto import jws
+from cleanroom.crypto.canonical import canonical_digest, canonical_json
+from cleanroom.crypto.encoding import b64url_encode
+from cleanroom.datasets.seal import unseal_key
+from cleanroom.errors import (
+    AttestationError,
+    AuthenticationError,
+    AuthorizationError,
+    GovernanceError,
+)
+from cleanroom.governance import parse_statement, sign_statement
+from cleanroom.governance.statements import request_job
+from cleanroom.ledger import verify_export
+from tests.rooms import Clock, RoomFixture, make_ledger
+from tests.test_ledger import resign, tokens_of
+
+CODE = measure()
+OTHER_CODE = "insecure-virtual:" + "ab" * 48
+SQL = "SELECT count(*) FROM transactions JOIN customers USING (id)"
+SCHEMA = Schema.from_json(
+    {"identity_column": "id", "columns": [{"name": "id", "type": "string", "nullable": False}]}
+)
+VIRTUAL = ["sev-snp", "insecure-virtual"]
+
+
+class JobRoom:
+    """A room with two datasets, keys deposited, a measurement and an analysis approved."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        approved: list[dict[str, str]] | None = None,
+        allow_virtual: bool = True,
+        platforms: list[str] | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.room = RoomFixture(make_ledger(tmp / "ledger", self.clock), self.clock)
+        self.ledger = self.room.ledger
+        self.keys: dict[str, bytes] = {}
+        for owner, name in (("bank", "transactions"), ("merchant", "customers")):
+            self._publish(owner, name, tmp, platforms or VIRTUAL)
+        measurements = approved or [{"platform": "insecure-virtual", "value": CODE}]
+        pid = self.room.propose(
+            "analyst",
+            {
+                "type": "set_measurements",
+                "measurements": measurements,
+                "allow_insecure_virtual": allow_virtual,
+            },
+        )
+        for voter in ("bank", "merchant", "analyst"):
+            self.room.vote(voter, pid)
+        pid = self.room.propose(
+            "analyst",
+            {
+                "type": "add_analysis",
+                "name": "count",
+                "language": "sql",
+                "text": SQL,
+                "inputs": ["transactions", "customers"],
+                "recipients": [self.room.fp("bank")],
+            },
+        )
+        for voter in ("bank", "merchant"):
+            self.room.vote(voter, pid)
+        self.broker = KeyBroker(self.ledger, clock=self.clock)
+
+    def _publish(self, owner: str, name: str, tmp: Path, platforms: list[str]) -> None:
+        party = self.room.parties[owner]
+        out = tmp / name
+        sealed = seal_dataset(
+            pa.table({"id": ["a", "b"]}), schema=SCHEMA, owner=party, output=out, name=name
+        )
+        manifest = json.loads((out / "manifest.json").read_text())
+        self.room.register(owner, name, tmp / "again", [])  # a second version, never approved
+        pid = self.room.propose(owner, {"type": "register_dataset", "manifest": manifest})
+        for voter in {owner, "bank"}:
+            self.room.vote(voter, pid)
+        key = unseal_key(out, sealed.manifest, party)
+        self.keys[name] = key
+        self.deposit(owner, name, manifest, key, platforms)
+
+    def deposit(
+        self, owner: str, name: str, manifest: dict[str, Any], key: bytes, platforms: list[str]
+    ) -> None:
+        digest = canonical_digest(manifest)
+        body = {
+            "dataset": name,
+            "manifest": digest,
+            "sealed_key": seal_deposit(
+                key,
+                self.ledger.service.identity,
+                room=self.room.room,
+                dataset=name,
+                manifest=digest,
+            ),
+            "policy": {"platforms": platforms, "measurements": None},
+        }
+        self.room.submit(
+            sign_statement(
+                self.room.parties[owner], self.room.room, "key.deposit", body, now=self.clock
+            )
+        )
+
+    @property
+    def state(self) -> Any:
+        return self.ledger.state(self.room.room)
+
+    def request(self) -> str:
+        digest = hashlib.sha256(SQL.encode()).hexdigest()
+        return self.room.submit(
+            request_job(
+                self.room.parties["analyst"], self.room.room, "count", digest, now=self.clock
+            )
+        )
+
+    def attempt(
+        self,
+        job: str,
+        *,
+        measurement: str = CODE,
+        enclave: Party | None = None,
+        evidence: dict[str, Any] | None = None,
+        nonce: str | None = None,
+        bind_nonce: str | None = None,
+    ) -> tuple[Party, dict[str, Any]]:
+        token = self.broker.launch(self.room.room, job)
+        nonce = nonce or self.broker.challenge(self.room.room, job, token)
+        enclave = enclave or Party.create("enclave")
+        report = binding(nonce=bind_nonce or nonce, tee_pubkey=enclave.fingerprint, job=job)
+        evidence = evidence or VirtualPlatform(measurement, now=self.clock).attest(report)
+        released = self.broker.release(
+            self.room.room,
+            job,
+            token=token,
+            nonce=nonce,
+            enclave=enclave.identity_document(),
+            evidence=evidence,
+        )
+        return enclave, released
+
+
+def kinds(job_room: JobRoom) -> list[str]:
+    return [parse_statement(e.statement).kind for e in job_room.ledger.entries(job_room.room.room)]
+
+
+@pytest.fixture
+def jr(tmp_path: Path) -> JobRoom:
+    return JobRoom(tmp_path)
+
+
+def test_an_attested_enclave_gets_exactly_the_deposited_keys(jr: JobRoom) -> None:
+    job = jr.request()
+    enclave, released = jr.attempt(job)
+    assert kinds(jr)[-1] == "key.release"
+    state = jr.state
+    assert state.jobs[job].status == "running"
+    assert state.jobs[job].enclave.fingerprint == enclave.fingerprint
+    assert state.jobs[job].assurance == "insecure-virtual"
+    for item in released["keys"]:
+        key = open_released(
+            enclave,
+            item["sealed"],
+            room=jr.room.room,
+            job=job,
+            dataset=item["dataset"],
+            manifest=item["manifest"],
+        )
+        assert key == jr.keys[item["dataset"]]
+    # the released key is bound to its job: it does not open for another
+    with pytest.raises(Exception, match="decryption failed"):
+        open_released(
+            enclave,
+            released["keys"][0]["sealed"],
+            room=jr.room.room,
+            job="0" * 64,
+            dataset=released["keys"][0]["dataset"],
+            manifest=released["keys"][0]["manifest"],
+        )
+
+
+def _forged_evidence(clock: Clock, report: bytes) -> dict[str, Any]:
+    payload = {
+        "platform": "insecure-virtual",
+        "measurement": CODE,
+        "report_data": b64url_encode(report),
+        "host_data": "",
+        "created_at": clock(),
+    }
+    token = jws.sign(
+        canonical_json(payload), Ed25519PrivateKey.generate(), kid=KEY_ID, typ=EVIDENCE_TYP
+    )
+    return {"format": "insecure-virtual", "token": token}
+
+
+DENIALS: dict[str, tuple[Any, str]] = {
+    "measurement of other code": (
+        lambda jr, job: jr.attempt(job, measurement=OTHER_CODE),
+        "not approved",
+    ),
+    "evidence binding another nonce": (
+        lambda jr, job: jr.attempt(job, bind_nonce=b64url_encode(b"\x01" * 32)),
+        "does not bind",
+    ),
+    "evidence signed by another key": (
+        lambda jr, job: jr.attempt(job, evidence=_forged_evidence(jr.clock, bytes(64))),
+        "does not verify",
+    ),
+    "evidence of an unknown format": (
+        lambda jr, job: jr.attempt(job, evidence={"format": "sgx-epid", "quote": "AA"}),
+        "unknown evidence format",
+    ),
+    "a nonce never issued": (
+        lambda jr, job: jr.attempt(job, nonce=b64url_encode(b"\x02" * 32)),
+        "not issued",
+    ),
+    "an enclave key that is a member's": (
+        lambda jr, job: jr.attempt(job, enclave=jr.room.parties["analyst"]),
+        "fresh",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DENIALS))
+def test_denials_release_nothing_and_are_recorded(jr: JobRoom, case: str) -> None:
+    attack, reason = DENIALS[case]
+    job = jr.request()
+    with pytest.raises(AuthorizationError, match=reason):
+        attack(jr, job)
+    assert kinds(jr)[-1] == "key.deny"
+    state = jr.state
+    assert state.jobs[job].status == "failed"
+    assert reason in state.jobs[job].reason
+    assert "key.release" not in kinds(jr)
+
+
+def test_stale_evidence_and_expired_nonces_are_denied(jr: JobRoom) -> None:
+    job = jr.request()
+    token = jr.broker.launch(jr.room.room, job)
+    nonce = jr.broker.challenge(jr.room.room, job, token)
+    jr.clock.advance(61_000)
+    enclave = Party.create("enclave")
+    evidence = VirtualPlatform(CODE, now=jr.clock).attest(
+        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
+    )
+    with pytest.raises(AuthorizationError, match="nonce expired"):
+        jr.broker.release(
+            jr.room.room,
+            job,
+            token=token,
+            nonce=nonce,
+            enclave=enclave.identity_document(),
+            evidence=evidence,
+        )
+    job = jr.request()
+    old = Clock(jr.clock() - 11 * 60_000)
+    token = jr.broker.launch(jr.room.room, job)
+    nonce = jr.broker.challenge(jr.room.room, job, token)
+    evidence = VirtualPlatform(CODE, now=old).attest(
+        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
+    )
+    with pytest.raises(AuthorizationError, match="stale"):
+        jr.broker.release(
+            jr.room.room,
+            job,
+            token=token,
+            nonce=nonce,
+            enclave=enclave.identity_document(),
+            evidence=evidence,
+        )
+
+
+def test_a_wrong_launch_token_gets_no_nonce_and_leaves_no_entry(jr: JobRoom) -> None:
+    job = jr.request()
+    jr.broker.launch(jr.room.room, job)
+    size = jr.ledger.size(jr.room.room)
+    with pytest.raises(AuthenticationError, match="launch"):
+        jr.broker.challenge(jr.room.room, job, "not-the-token-at-all")
+    with pytest.raises(AuthenticationError, match="launch"):
+        jr.broker.release(
+            jr.room.room, job, token="guess" * 8, nonce="n" * 43, enclave={}, evidence={}
+        )
+    assert jr.ledger.size(jr.room.room) == size
+    assert jr.state.jobs[job].status == "requested"
+
+
+def test_a_nonce_is_single_use_and_a_running_job_gets_no_second_release(jr: JobRoom) -> None:
+    job = jr.request()
+    token = jr.broker.launch(jr.room.room, job)
+    nonce = jr.broker.challenge(jr.room.room, job, token)
+    enclave = Party.create("enclave")
+    evidence = VirtualPlatform(CODE, now=jr.clock).attest(
+        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
+    )
+    args = {
+        "token": token,
+        "nonce": nonce,
+        "enclave": enclave.identity_document(),
+        "evidence": evidence,
+    }
+    jr.broker.release(jr.room.room, job, **args)
+    token = jr.broker.launch(jr.room.room, job)
+    with pytest.raises(AuthorizationError, match="not issued"):
+        jr.broker.release(jr.room.room, job, **{**args, "token": token})
+    assert kinds(jr).count("key.release") == 1
+    assert jr.state.jobs[job].status == "running"
+
+
+def test_without_explicit_consent_the_virtual_platform_is_refused(tmp_path: Path) -> None:
+    hardware_only = JobRoom(
+        tmp_path, approved=[{"platform": "sev-snp", "value": "cd" * 48}], allow_virtual=False
+    )
+    job = hardware_only.request()
+    with pytest.raises(AuthorizationError, match="insecure virtual platform"):
+        hardware_only.attempt(job)
+    assert hardware_only.state.jobs[job].status == "failed"
+
+
+def test_an_owner_policy_without_the_platform_keeps_its_key(tmp_path: Path) -> None:
+    strict = JobRoom(tmp_path, platforms=["sev-snp", "tdx"])
+    job = strict.request()
+    with pytest.raises(AuthorizationError, match="releases its key to"):
+        strict.attempt(job)
+
+
+def test_consent_revoked_after_the_request_denies_the_release(jr: JobRoom) -> None:
+    job = jr.request()
+    jr.room.revoke("merchant", "customers")
+    with pytest.raises(AuthorizationError, match="revoked consent"):
+        jr.attempt(job)
+    with pytest.raises(GovernanceError, match="revoked consent"):
+        jr.request()  # new jobs are refused at once
+
+
+def _complete(jr: JobRoom, job: str, enclave: Party, **changes: Any) -> str:
+    state = jr.state
+    body = {
+        "job": job,
+        "output": {
+            "sha256": "0" * 64,
+            "bytes": 10,
+            "rows": 1,
+            "columns": [{"name": "n", "type": "int64"}],
+            "key_id": "k",
+        },
+        "sealed_keys": [{"recipient": jr.room.fp("bank"), "sealed": "A" * 60}],
+        "inputs": [
+            {
+                "dataset": name,
+                "sha256": next(
+                    v.manifest.sha256 for v in state.datasets[name].versions if v.digest == m
+                ),
+            }
+            for name, m in state.jobs[job].released
+        ],
+        "duration_ms": 5,
+        **changes,
+    }
+    return jr.room.submit(sign_statement(enclave, jr.room.room, "job.complete", body, now=jr.clock))
+
+
+def test_only_the_attested_enclave_reports_a_result_to_the_recipients(jr: JobRoom) -> None:
+    job = jr.request()
+    enclave, _ = jr.attempt(job)
+    impostor = Party.create("enclave")
+    with pytest.raises(GovernanceError, match="not a member"):
+        _complete(jr, job, impostor)
+    with pytest.raises(GovernanceError, match="exactly the analysis's recipients"):
+        _complete(
+            jr,
+            job,
+            enclave,
+            sealed_keys=[{"recipient": jr.room.fp("merchant"), "sealed": "A" * 60}],
+        )
+    with pytest.raises(GovernanceError, match="other inputs"):
+        _complete(jr, job, enclave, inputs=[{"dataset": "customers", "sha256": "1" * 64}])
+    with pytest.raises(GovernanceError, match=r"an enclave cannot make key\.deny"):
+        jr.room.submit(
+            sign_statement(
+                enclave, jr.room.room, "key.deny", {"job": job, "reason": "x"}, now=jr.clock
+            )
+        )
+    _complete(jr, job, enclave)
+    assert jr.state.jobs[job].status == "succeeded"
+    with pytest.raises(GovernanceError, match="succeeded"):
+        _complete(jr, job, enclave)
+
+
+def test_a_result_is_not_released_once_consent_is_revoked(jr: JobRoom) -> None:
+    job = jr.request()
+    enclave, _ = jr.attempt(job)
+    jr.room.revoke("bank", "transactions")
+    with pytest.raises(GovernanceError, match="cannot be released"):
+        _complete(jr, job, enclave)
+    assert jr.state.jobs[job].status == "running"
+
+
+def test_members_cannot_make_service_statements(jr: JobRoom) -> None:
+    job = jr.request()
+    with pytest.raises(GovernanceError, match="not allowed"):
+        jr.room.submit(
+            sign_statement(
+                jr.room.parties["bank"],
+                jr.room.room,
+                "key.deny",
+                {"job": job, "reason": "x"},
+                now=jr.clock,
+            )
+        )
+
+
+def test_an_operator_forging_a_release_for_other_code_is_caught_offline(jr: JobRoom) -> None:
+    """The operator holds the service key and writes the ledger itself: the fold
+    re-verifies the evidence and the contract, so auditors refuse the export."""
+    job = jr.request()
+    document = jr.ledger.export(jr.room.room)
+    enclave = Party.create("enclave")
+    nonce = b64url_encode(b"\x03" * 32)
+    evidence = VirtualPlatform(OTHER_CODE, now=jr.clock).attest(
+        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
+    )
+    body = {
+        "job": job,
+        "enclave": enclave.identity_document(),
+        "nonce": nonce,
+        "evidence": evidence,
+        "inputs": [{"dataset": n, "manifest": m} for n, m in jr.state.job_inputs(job)],
+    }
+    forged = sign_statement(jr.ledger.service, jr.room.room, "key.release", body, now=jr.clock)
+    with pytest.raises(AttestationError, match="not approved"):
+        verify_export(
+            resign(jr.room, document, [*tokens_of(document), forged]), jr.ledger.service.identity
+        )
+
+
+def test_a_release_replaying_a_used_nonce_is_caught_offline(jr: JobRoom) -> None:
+    job = jr.request()
+    enclave, _ = jr.attempt(job)
+    del enclave
+    second = jr.request()
+    document = jr.ledger.export(jr.room.room)
+    release = next(
+        parse_statement(t) for t in tokens_of(document) if parse_statement(t).kind == "key.release"
+    )
+    # the operator re-uses the first release's nonce and evidence for the second job
+    replay = sign_statement(
+        jr.ledger.service,
+        jr.room.room,
+        "key.release",
+        {**release.body.model_dump(), "job": second},
+        now=jr.clock,
+    )
+    with pytest.raises(GovernanceError, match=r"fresh|nonce was used before"):
+        verify_export(
+            resign(jr.room, document, [*tokens_of(document), replay]), jr.ledger.service.identity
+        )
+
+
+def test_evidence_envelope_is_checked_before_any_verifier_runs() -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(AttestationError, match="unknown evidence format"):
+        verify_evidence([], now=now)
+    with pytest.raises(AttestationError, match="malformed evidence"):
+        verify_evidence(
+            {"format": "sev-snp", "report": "!!", "vek": "", "generation": "milan"}, now=now
+        )
+    with pytest.raises(AttestationError, match="malformed evidence"):
+        verify_evidence({"format": "insecure-virtual", "token": "x", "extra": 1}, now=now)
