@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from cleanroom import Client, Party
 from cleanroom.attestation import measure
 from cleanroom.client import Room
 from cleanroom.datasets.schema import Schema
-from cleanroom.errors import AuthorizationError
+from cleanroom.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    GovernanceError,
+    IntegrityError,
+    NotFoundError,
+)
 from tests.service_fixture import running_service
 
 SCHEMA_BANK = Schema.from_json(
@@ -51,9 +58,15 @@ def _close_clients() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_service(tmp_path_factory.mktemp("jobs") / "data") as url:
-        yield url
+def service_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    data = tmp_path_factory.mktemp("jobs") / "data"
+    with running_service(data) as url:
+        yield url, data
+
+
+@pytest.fixture
+def service(service_dir: tuple[str, Path]) -> str:
+    return service_dir[0]
 
 
 def _client(url: str, party: Party, tmp: Path) -> Client:
@@ -68,6 +81,7 @@ def _room(
     *,
     measurement: str | None = None,
     release_to: list[str] | None = None,
+    sql: str = SQL,
 ) -> dict[str, Room]:
     parties = {n: Party.create(n) for n in ("bank", "merchant", "analyst")}
     roles = {
@@ -108,7 +122,7 @@ def _room(
             "type": "add_analysis",
             "name": "offers",
             "language": "sql",
-            "text": SQL,
+            "text": sql,
             "inputs": ["transactions", "customers"],
             "recipients": [parties["bank"].fingerprint],
         }
@@ -148,3 +162,113 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(service: str, tmp_path:
     kinds = [s.kind for s in entries]
     assert kinds.count("key.release") == 1
     assert kinds.count("job.complete") == 1
+
+
+def _blob(data_dir: Path, digest: str) -> Path:
+    return data_dir / "blobs" / digest
+
+
+def test_an_operator_swapping_input_ciphertext_fails_the_job(
+    service_dir: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, data = service_dir
+    rooms = _room(url, tmp_path)
+    digest = next(d for d in rooms["bank"].state()["datasets"] if d["name"] == "customers")[
+        "versions"
+    ][-1]["sha256"]
+    blob = _blob(data, digest)
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        job = rooms["analyst"].run_job("offers")
+        view = rooms["analyst"].wait_job(job, timeout=120)
+    finally:
+        blob.write_bytes(original)
+    assert view["status"] == "failed"
+    assert "does not match its digest" in view["reason"]
+    statements = rooms["bank"].audit.verify().statements
+    assert statements[-1].kind == "job.fail"  # reported by the enclave itself
+    assert statements[-1].author == view["enclave"]
+
+
+def test_an_operator_tampering_with_the_result_is_caught_by_the_recipient(
+    service_dir: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, data = service_dir
+    rooms = _room(url, tmp_path)
+    job = rooms["analyst"].run_job("offers")
+    view = rooms["analyst"].wait_job(job, timeout=120)
+    assert view["status"] == "succeeded", view["reason"]
+    blob = _blob(data, view["output"]["sha256"])
+    blob.write_bytes(blob.read_bytes()[:-3])
+    out = tmp_path / "result.csv"
+    with pytest.raises(IntegrityError, match="does not match its digest"):
+        rooms["bank"].job_result(job, out)
+    assert not out.exists()
+
+
+def test_a_failing_query_is_reported_with_its_reason(
+    service_dir: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = service_dir
+    rooms = _room(url, tmp_path, sql="SELECT error('refused by the analyst') AS x")
+    job = rooms["analyst"].run_job("offers")
+    view = rooms["analyst"].wait_job(job, timeout=120)
+    assert view["status"] == "failed"
+    assert "refused by the analyst" in view["reason"]
+    with pytest.raises(NotFoundError, match="no result"):
+        rooms["bank"].job_result(job, tmp_path / "none.csv")
+
+
+def test_changed_enclave_code_gets_no_keys_until_the_room_approves_it(tmp_path: Path) -> None:
+    """The runtime's measurement is a hash of its code: a service whose enclave
+    runs modified code is refused keys (recorded on the ledger), until the room
+    approves the new measurement."""
+    import cleanroom  # noqa: PLC0415
+
+    site = tmp_path / "modified"
+    copy = site / "cleanroom"
+    shutil.copytree(
+        Path(cleanroom.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    runtime = copy / "enclave" / "runtime.py"
+    runtime.write_text(runtime.read_text() + "\n# a change nobody approved\n")
+    modified = measure(copy)
+    assert modified != measure()
+    with running_service(tmp_path / "data", env={"PYTHONPATH": str(site)}) as url:
+        rooms = _room(url, tmp_path)  # the room approves the original code only
+        job = rooms["analyst"].run_job("offers")
+        view = rooms["analyst"].wait_job(job, timeout=120)
+        assert view["status"] == "failed"
+        assert "not approved" in view["reason"]
+        assert rooms["bank"].audit.verify().statements[-1].kind == "key.deny"
+        update = rooms["analyst"].propose(
+            {
+                "type": "set_measurements",
+                "measurements": [{"platform": "insecure-virtual", "value": modified}],
+                "allow_insecure_virtual": True,
+            }
+        )
+        for approver in rooms.values():
+            _approve_if_needed(approver, update)
+        job = rooms["analyst"].run_job("offers")
+        view = rooms["analyst"].wait_job(job, timeout=120)
+        assert view["status"] == "succeeded", view["reason"]
+        assert view["measurement"] == modified
+
+
+def test_only_members_see_jobs_and_only_recipients_fetch_results(
+    service: str, tmp_path: Path
+) -> None:
+    rooms = _room(service, tmp_path)
+    job = rooms["analyst"].run_job("offers")
+    assert rooms["analyst"].wait_job(job, timeout=120)["status"] == "succeeded"
+    stranger = _client(service, Party.create("stranger"), tmp_path).room(rooms["bank"].id)
+    with pytest.raises(AuthenticationError, match="unknown key"):
+        stranger.jobs()
+    with pytest.raises(AuthorizationError, match="recipients"):
+        rooms["merchant"].download(
+            "0" * 64, tmp_path / "x", route=f"/v1/rooms/{rooms['bank'].id}/jobs/{job}/result"
+        )
+    with pytest.raises(GovernanceError, match="only analysts and result recipients"):
+        rooms["merchant"].run_job("offers")

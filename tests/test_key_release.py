@@ -33,6 +33,7 @@ from cleanroom.errors import (
 from cleanroom.governance import parse_statement, sign_statement
 from cleanroom.governance.statements import request_job
 from cleanroom.ledger import verify_export
+from cleanroom.service.jobs import JobRunner, RunnerSettings
 from tests.rooms import Clock, RoomFixture, make_ledger
 from tests.test_ledger import resign, tokens_of
 
@@ -489,3 +490,28 @@ def test_evidence_envelope_is_checked_before_any_verifier_runs() -> None:
         )
     with pytest.raises(AttestationError, match="malformed evidence"):
         verify_evidence({"format": "insecure-virtual", "token": "x", "extra": 1}, now=now)
+
+
+def test_jobs_left_running_by_a_previous_service_are_failed_at_start(jr: JobRoom) -> None:
+    requested, running = jr.request(), jr.request()
+    jr.attempt(running)
+    runner = JobRunner(jr.ledger, jr.broker, RunnerSettings(url="http://127.0.0.1:9"))
+    try:
+        runner.fail_unfinished()
+    finally:
+        runner.close()
+    for job in (requested, running):
+        assert jr.state.jobs[job].status == "failed"
+        assert "restarted" in jr.state.jobs[job].reason
+
+
+def test_an_enclave_that_cannot_start_its_job_fails_it_with_the_reason(jr: JobRoom) -> None:
+    job = jr.request()
+    runner = JobRunner(jr.ledger, jr.broker, RunnerSettings(url="http://127.0.0.1:9"))
+    try:
+        runner._run(jr.room.room, job)  # the enclave process runs, finds no service, exits 1
+    finally:
+        runner.close()
+    assert jr.state.jobs[job].status == "failed"
+    assert "exited with code 1" in jr.state.jobs[job].reason
+    assert "cannot reach the service" in jr.state.jobs[job].reason

@@ -327,19 +327,25 @@ def test_receipts_verify_offline(room: RoomFixture) -> None:
         assert verify_receipt(receipt, service).entry.seq == seq
 
 
+def _flip_last(value: str) -> str:
+    return value[:-1] + ("A" if value[-1] != "A" else "B")
+
+
 def _flip_hex(value: str) -> str:
     return ("0" if value[0] != "0" else "1") + value[1:]
 
 
 RECEIPT_TAMPER: dict[str, Callable[[dict[str, Any]], None]] = {
-    "entry statement": lambda r: r["entry"].update(statement=r["entry"]["statement"][:-1] + "A"),
+    "entry statement": lambda r: r["entry"].update(statement=_flip_last(r["entry"]["statement"])),
     "entry seq": lambda r: r["entry"].update(seq=r["entry"]["seq"] + 1),
     "entry time": lambda r: r["entry"].update(time=r["entry"]["time"] + 1),
     "proof element": lambda r: r["inclusion"].__setitem__(0, _flip_hex(r["inclusion"][0])),
     "proof truncated": lambda r: r["inclusion"].pop(),
     "proof extended": lambda r: r["inclusion"].append("00" * 32),
     "tree head from another room": lambda r: r.update(room="0" * 32),
-    "tree head token": lambda r: r.update(tree_head=r["tree_head"][:-3] + "AAA"),
+    "tree head token": lambda r: r.update(
+        tree_head=_flip_last(r["tree_head"][:-3]) + r["tree_head"][-3:]
+    ),
     "not hex": lambda r: r["inclusion"].__setitem__(0, "zz" * 32),
 }
 

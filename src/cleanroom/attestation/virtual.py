@@ -20,7 +20,6 @@ import hashlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ def _package_root() -> Path:
     return Path(__file__).resolve().parent.parent  # cleanroom/, this file's grandparent
 
 
-@lru_cache(maxsize=8)
 def measure(root: Path | None = None) -> str:
     """The measurement of the cleanroom code installed at ``root`` (default: this one)."""
     root = root or _package_root()

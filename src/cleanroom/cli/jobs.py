@@ -87,6 +87,8 @@ def enclave_measure() -> None:
 
     It is a hash of every file of the installed cleanroom package and the
     engines it runs on: any change to the code gives a new measurement.
+
+    Example: cleanroom enclave measure
     """
     console.print(measure(), highlight=False, soft_wrap=True)
 
@@ -196,7 +198,10 @@ def job_status(
     keystore: Path = KEYSTORE,
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
 ) -> None:
-    """Show one job: status, enclave, measurement, result size or failure reason."""
+    """Show one job: status, enclave, measurement, result size or failure reason.
+
+    Example: cleanroom job status 5d1c --room 3f2a... --service ... --as keys/analyst
+    """
     found = _find_job(_room(service, keystore, room), job)
     if as_json:
         console.print_json(json.dumps(found))
@@ -206,7 +211,10 @@ def job_status(
 
 @job_app.command("list")
 def job_list(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
-    """List the room's jobs, oldest first."""
+    """List the room's jobs, oldest first.
+
+    Example: cleanroom job list --room 3f2a... --service http://127.0.0.1:8321 --as keys/bank
+    """
     table = Table("id", "analysis", "by", "status", "assurance", "rows", title_justify="left")
     for j in _room(service, keystore, room).jobs():
         rows = f"{j['output']['rows']:,}" if j["output"] else ""
@@ -229,6 +237,8 @@ def job_result(
     The ciphertext digest and the key come from the verified ledger, recorded
     by the attested enclave; anyone else, the operator included, has
     ciphertext only.
+
+    Example: cleanroom job result 5d1c -o offers.csv --room 3f2a... --service ... --as keys/bank
     """
     handle = _room(service, keystore, room)
     found = _find_job(handle, job)

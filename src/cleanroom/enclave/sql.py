@@ -11,6 +11,7 @@ result refused beyond the row and byte limits.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,11 @@ class Input:
     key: bytes
 
 
+_QUERY_START = re.compile(
+    r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/|\()*(SELECT|WITH|FROM|VALUES)\b", re.IGNORECASE | re.DOTALL
+)
+
+
 def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -52,7 +58,12 @@ def check_single_select(con: duckdb.DuckDBPyConnection, text: str) -> None:
         statements = con.extract_statements(text)
     except duckdb.Error as exc:
         raise QueryError(f"the analysis is not valid SQL: {exc}") from exc
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+    # DuckDB rewrites some PRAGMAs and SHOWs into SELECTs: check the written keyword too
+    if (
+        len(statements) != 1
+        or statements[0].type != duckdb.StatementType.SELECT
+        or not _QUERY_START.match(text)
+    ):
         raise QueryError("an SQL analysis must be exactly one SELECT statement")
 
 
@@ -65,9 +76,11 @@ def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> pa.Ta
         check_single_select(con, text)
         for item in inputs:
             name = add_key(con, item.key)
-            con.execute(
+            _execute(
+                con,
                 f"CREATE VIEW {_identifier(item.name)} AS SELECT * FROM read_parquet("  # noqa: S608
-                f"'{sql_string(str(item.path))}', encryption_config={{footer_key: '{name}'}})"
+                f"'{sql_string(str(item.path))}', encryption_config={{footer_key: '{name}'}})",
+                f"input {item.name!r} cannot be opened with its key",
             )
         paths = ", ".join(f"'{sql_string(str(item.path))}'" for item in inputs)
         con.execute(f"SET allowed_paths = [{paths}]")
@@ -81,11 +94,18 @@ def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> pa.Ta
         con.close()
 
 
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
+    try:
+        con.execute(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"{what}: {exc}") from exc
+
+
 def _fetch(con: duckdb.DuckDBPyConnection, text: str, limits: Limits) -> pa.Table:
     timer = threading.Timer(limits.time_s, con.interrupt)
     timer.start()
     try:
-        reader = con.execute(text).fetch_record_batch(65_536)
+        reader = con.execute(text).to_arrow_reader(65_536)
         batches: list[pa.RecordBatch] = []
         rows = size = 0
         for batch in reader:
