@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/envelope_throughput.py
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/service.py
+	$(BIN)/python benchmarks/tpch_jobs.py
 
 # Refresh the constraints file after changing dependency ranges in pyproject.toml.
 lock:

@@ -29,7 +29,9 @@ def inputs(tmp_path: Path) -> list[Input]:
 
 
 def run(sql: str, inputs: list[Input], tmp: Path, **limits: object) -> pa.Table:
-    return run_sql(sql, inputs, Limits(**limits), tmp)  # type: ignore[arg-type]
+    result = run_sql(sql, inputs, Limits(**limits), tmp)  # type: ignore[arg-type]
+    assert set(result.phases) == {"prepare_ms", "query_ms"}
+    return result.table
 
 
 def test_an_approved_join_runs_over_encrypted_inputs(inputs: list[Input], tmp_path: Path) -> None:

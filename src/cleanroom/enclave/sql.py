@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,17 @@ def check_single_select(con: duckdb.DuckDBPyConnection, text: str) -> None:
         raise QueryError("an SQL analysis must be exactly one SELECT statement")
 
 
-def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> pa.Table:
+@dataclass(frozen=True)
+class JobResult:
+    """What a job kind produces: the rows to seal, and how long its phases took."""
+
+    table: pa.Table
+    phases: dict[str, int]
+
+
+def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
     """Run ``text`` over ``inputs`` inside the sandbox; returns the result rows."""
+    started = time.perf_counter()
     spill = work / "spill"
     spill.mkdir(mode=0o700, exist_ok=True)
     con = connect(threads=limits.threads, temp_directory=spill)
@@ -89,7 +99,16 @@ def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> pa.Ta
         con.execute(f"SET max_temp_directory_size = '{sql_string(limits.max_temp)}'")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        return _fetch(con, text, limits)
+        prepared = time.perf_counter()
+        table = _fetch(con, text, limits)
+        done = time.perf_counter()
+        return JobResult(
+            table,
+            {
+                "prepare_ms": round((prepared - started) * 1000),
+                "query_ms": round((done - prepared) * 1000),
+            },
+        )
     finally:
         con.close()
 

@@ -593,7 +593,11 @@ class RoomState:
         except GovernanceError as exc:
             raise GovernanceError(f"{exc}: the result cannot be released") from exc
         job.status, job.finished_at = "succeeded", time_ms
-        job.output = {**body.output.model_dump(), "duration_ms": body.duration_ms}
+        job.output = {
+            **body.output.model_dump(),
+            "duration_ms": body.duration_ms,
+            "phases": dict(body.phases),
+        }
         job.sealed_keys = {k.recipient: k.sealed for k in body.sealed_keys}
 
     def _version(self, name: str, digest: str) -> DatasetVersion:

@@ -1,4 +1,5 @@
-"""Signed statements: every act of a party in a room.
+"""Signed statements: every act in a room, by a member, the ledger service
+(key releases, denials, failed jobs) or a job's attested enclave (its result).
 
 A statement is a compact JWS (``typ: cleanroom-statement+jws``) signed by its
 author, over the RFC 8785 form of::
