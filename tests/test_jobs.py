@@ -21,7 +21,7 @@ from cleanroom.errors import (
     IntegrityError,
     NotFoundError,
 )
-from tests.service_fixture import running_service
+from tests.service_fixture import postgres_schema, running_service
 
 SCHEMA_BANK = Schema.from_json(
     {
@@ -139,8 +139,25 @@ def _approve_if_needed(room: Room, proposal: str) -> None:
         room.approve(proposal)
 
 
-def test_offers_job_runs_and_only_the_recipient_reads_it(service: str, tmp_path: Path) -> None:
-    rooms = _room(service, tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, service: str, tmp_path: Path) -> Iterator[str]:
+    """The module's SQLite service, then a service keeping its ledger in PostgreSQL."""
+    if request.param == "sqlite":
+        yield service
+        return
+    with (
+        postgres_schema() as (database_url, schema),
+        running_service(
+            tmp_path / "pg-data",
+            database_url=database_url,
+            env={"CLEANROOM_DATABASE_SCHEMA": schema},
+        ) as url,
+    ):
+        yield url
+
+
+def test_offers_job_runs_and_only_the_recipient_reads_it(any_store: str, tmp_path: Path) -> None:
+    rooms = _room(any_store, tmp_path)
     assert rooms["bank"].state()["analyses"][0]["status"] == "active"
     job = rooms["analyst"].run_job("offers")
     view = rooms["analyst"].wait_job(job, timeout=120)
@@ -150,6 +167,9 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(service: str, tmp_path:
     out = tmp_path / "result.parquet"
     verified = rooms["bank"].job_result(job, out)
     assert verified["assurance"] == "insecure-virtual"
+    metadata = pq.read_schema(out).metadata
+    assert metadata[b"cleanroom.assurance"] == b"insecure-virtual"
+    assert metadata[b"cleanroom.job"] == job.encode()
     result = pq.read_table(out).to_pylist()
     assert result == [
         {"segment": "a", "n": 250, "total": sum(a for a in range(500) if (a % 50) % 2 == 0)},

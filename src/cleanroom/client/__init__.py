@@ -454,8 +454,18 @@ class Room:
             table = read_encrypted(ciphertext, key)
         if table.num_rows != job.output["rows"]:
             raise IntegrityError("the decrypted result does not match the enclave's record")
+        # a Parquet result carries where it came from, the assurance included
+        marked = table.replace_schema_metadata(
+            {
+                "cleanroom.room": self.id,
+                "cleanroom.job": job_id,
+                "cleanroom.analysis": job.analysis,
+                "cleanroom.assurance": job.assurance,
+                "cleanroom.measurement": job.measurement,
+            }
+        )
         with atomic_path(output) as tmp:
-            write_plain(table, tmp, file_format)
+            write_plain(marked, tmp, file_format)
         names = {fp: m.identity.name for fp, m in state.members.items()}
         return job.view(names)
 
