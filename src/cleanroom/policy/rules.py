@@ -1,0 +1,133 @@
+"""Analysis rules: what a data owner lets leave the enclave from its dataset.
+
+Three kinds, after the vocabulary of AWS Clean Rooms:
+
+- ``aggregation``: only aggregates leave. The rule lists which aggregate
+  functions may run on which columns, the dimension columns (usable in
+  SELECT, WHERE, GROUP BY, ORDER BY), the join columns (only in join
+  conditions, never output, never compared with literals), the scalar
+  functions allowed on dimensions, and the minimum number of distinct
+  identities (the schema's identity column) behind every output row, with
+  optional per-column overrides. Rows under the minimum are suppressed.
+- ``list``: row-level overlap, limited to the declared list columns, joined
+  only on the declared join columns.
+- ``custom``: only analyses whose exact SQL the owner approved (by voting for
+  it), optionally with a threshold and columns that may never be output.
+
+Every rule may also restrict who can receive results (``recipients``). When
+several datasets meet in one query the strictest wins: the highest threshold,
+the union of disallowed columns, the intersection of recipients.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictInt, StrictStr
+
+from cleanroom.datasets.schema import Schema
+from cleanroom.errors import GovernanceError
+from cleanroom.wire import WireModel
+
+Column = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+AggregateName = Literal["count", "count_distinct", "sum", "avg", "min", "max"]
+
+# Scalar functions a rule may allow on dimension columns. Functions that encode
+# or reveal values (hashes, substrings, JSON, string splitting...) are not in
+# this catalogue, so no rule can allow them.
+SCALAR_FUNCTIONS = frozenset(
+    {
+        "abs",
+        "ceil",
+        "date_trunc",
+        "extract",
+        "floor",
+        "greatest",
+        "least",
+        "lower",
+        "month",
+        "round",
+        "upper",
+        "year",
+    }
+)
+
+
+class AggregateAllowance(WireModel):
+    function: AggregateName
+    columns: list[Column] = Field(min_length=1, max_length=1024)
+
+
+class AggregationRule(WireModel):
+    type: Literal["aggregation"]
+    aggregates: list[AggregateAllowance] = Field(default_factory=list, max_length=16)
+    dimensions: list[Column] = Field(default_factory=list, max_length=1024)
+    join_columns: list[Column] = Field(default_factory=list, max_length=64)
+    scalar_functions: list[StrictStr] = Field(default_factory=list, max_length=64)
+    min_distinct: StrictInt = Field(ge=1, le=1_000_000)
+    column_thresholds: dict[Column, StrictInt] = Field(default_factory=dict, max_length=1024)
+    recipients: list[Fingerprint] | None = Field(default=None, max_length=200)
+
+    def allows(self, function: str, column: str) -> bool:
+        return any(a.function == function and column in a.columns for a in self.aggregates)
+
+
+class ListRule(WireModel):
+    type: Literal["list"]
+    list_columns: list[Column] = Field(min_length=1, max_length=1024)
+    join_columns: list[Column] = Field(default_factory=list, max_length=64)
+    scalar_functions: list[StrictStr] = Field(default_factory=list, max_length=64)
+    recipients: list[Fingerprint] | None = Field(default=None, max_length=200)
+
+
+class CustomRule(WireModel):
+    type: Literal["custom"]
+    min_distinct: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    disallowed_columns: list[Column] = Field(default_factory=list, max_length=1024)
+    recipients: list[Fingerprint] | None = Field(default=None, max_length=200)
+
+
+Rule = Annotated[AggregationRule | ListRule | CustomRule, Field(discriminator="type")]
+
+
+def check_rule(rule: AggregationRule | ListRule | CustomRule, schema: Schema) -> None:
+    """Refuse a rule that names unknown columns or allows what no rule may."""
+    names = set(schema.names)
+    identity = schema.identity_column
+
+    def known(columns: list[str], what: str) -> None:
+        for column in columns:
+            if column not in names:
+                raise GovernanceError(f"the rule's {what} names {column!r}, not in the schema")
+
+    if isinstance(rule, CustomRule):
+        known(rule.disallowed_columns, "disallowed columns")
+        return
+    known(rule.join_columns, "join columns")
+    for function in rule.scalar_functions:
+        if function not in SCALAR_FUNCTIONS:
+            raise GovernanceError(
+                f"scalar function {function!r} cannot be allowed; choose from "
+                f"{', '.join(sorted(SCALAR_FUNCTIONS))}"
+            )
+    if isinstance(rule, ListRule):
+        known(rule.list_columns, "list columns")
+        overlap = set(rule.list_columns) & set(rule.join_columns)
+        if overlap:
+            raise GovernanceError(f"join columns are never output: {sorted(overlap)} are both")
+        return
+    known(rule.dimensions, "dimensions")
+    known(list(rule.column_thresholds), "column thresholds")
+    for allowance in rule.aggregates:
+        known(allowance.columns, f"{allowance.function} columns")
+        if identity in allowance.columns and allowance.function != "count_distinct":
+            raise GovernanceError(
+                f"{allowance.function} on the identity column {identity!r} would reveal "
+                "identities; only count_distinct is allowed on it"
+            )
+    if identity in rule.dimensions:
+        raise GovernanceError(f"the identity column {identity!r} cannot be a dimension")
+    both = set(rule.dimensions) & set(rule.join_columns)
+    if both:
+        raise GovernanceError(f"join columns are never output: {sorted(both)} are dimensions")
