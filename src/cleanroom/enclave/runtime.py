@@ -30,6 +30,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,10 +44,10 @@ from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.datasets.parquet import connect, write_encrypted
 from cleanroom.datasets.seal import sha256_file
-from cleanroom.enclave.sql import Input, JobResult, Limits, run_sql
+from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
 from cleanroom.errors import CleanroomError, IntegrityError
 from cleanroom.governance.state import Job, RoomState
-from cleanroom.governance.statements import sign_statement
+from cleanroom.governance.statements import SetLimits, sign_statement
 from cleanroom.identities.keystore import Party
 
 JobKind = Callable[[str, list[Input], Limits, Path], JobResult]
@@ -128,6 +129,32 @@ def run_job(
         return body
 
 
+def dp_kind(spec: Any) -> JobKind:
+    """The DP variant of the SQL kind: bounded, clamped aggregates, then noise."""
+    from cleanroom.policy import dp  # noqa: PLC0415 - OpenDP loads only for DP jobs (0.2 s)
+
+    def run(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
+        exact = run_sql(dp.aggregate_sql(text, spec), inputs, limits, work)
+        started = time.perf_counter()
+        table = dp.release(exact.table, spec)
+        noise_ms = round((time.perf_counter() - started) * 1000)
+        return JobResult(table, {**exact.phases, "noise_ms": noise_ms})
+
+    return run
+
+
+def room_limits(service: Limits, room: SetLimits | None) -> Limits:
+    """The stricter of the service's limits and the room's."""
+    if room is None:
+        return service
+    return replace(
+        service,
+        time_s=min(service.time_s, float(room.time_s)),
+        memory=f"{min(memory_mb(service.memory), room.memory_mb)}MB",
+        max_result_rows=min(service.max_result_rows, room.max_result_rows),
+    )
+
+
 def _warm_sealer() -> Any:
     """A connection for sealing the result, opened and used once at start-up, so
     that engine start-up (extension load, lazy imports) is not counted as sealing."""
@@ -164,6 +191,13 @@ def _execute(
     kind = KINDS.get(analysis.language)
     if kind is None:
         raise IntegrityError(f"this runtime cannot run {analysis.language!r} analyses")
+    # the enclave trusts no check done outside it: the rules come from the verified ledger
+    text = state.check_policy(
+        analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
+    )
+    if analysis.dp is not None:
+        kind = dp_kind(analysis.dp)
+    limits = room_limits(limits, state.limits)
     clock.lap("ledger_verify_ms")
     sealed = {(k["dataset"], k["manifest"]): k["sealed"] for k in keys}
     with tempfile.TemporaryDirectory(prefix="cleanroom-enclave-") as tmp:
@@ -189,7 +223,7 @@ def _execute(
             inputs.append(Input(name, path, key))
             digests.append({"dataset": name, "sha256": manifest.sha256})
         clock.lap("inputs_ms")
-        result = kind(analysis.text, inputs, limits, work)
+        result = kind(text, inputs, limits, work)
         clock.lap("run_ms")
         clock.phases.update(result.phases)
         output, sealed_keys, result_path = _seal_result(state, job, result.table, work, sealer)

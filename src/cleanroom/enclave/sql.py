@@ -50,6 +50,16 @@ _QUERY_START = re.compile(
 )
 
 
+def memory_mb(text: str) -> int:
+    """A DuckDB memory size (``"4GB"``, ``"512MiB"``) in MB of 1,000,000 bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT])(i?)B\s*", text)
+    if match is None:
+        raise ValueError(f"not a memory size: {text!r}")
+    number, unit, binary = match.groups()
+    size = float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1)
+    return max(1, int(size // 1_000_000))
+
+
 def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

@@ -25,9 +25,18 @@ from cleanroom.governance.statements import ConstitutionBody
 
 Outcome = Literal["accepted", "rejected", "open"]
 DATASET_ACTIONS = frozenset(
-    {"register_dataset", "add_analysis", "retire_analysis", "set_privacy_budget", "restore_consent"}
+    {
+        "register_dataset",
+        "add_analysis",
+        "retire_analysis",
+        "set_privacy_budget",
+        "set_analysis_rule",
+        "restore_consent",
+    }
 )
-ROOM_ACTIONS = frozenset({"add_member", "remove_member", "change_constitution", "set_measurements"})
+ROOM_ACTIONS = frozenset(
+    {"add_member", "remove_member", "change_constitution", "set_measurements", "set_limits"}
+)
 
 
 @dataclass(frozen=True)

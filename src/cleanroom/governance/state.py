@@ -52,6 +52,7 @@ from cleanroom.governance.statements import (
     Ballot,
     ChangeConstitution,
     ConsentRevoke,
+    DpSpec,
     JobComplete,
     JobFail,
     JobRequest,
@@ -66,11 +67,15 @@ from cleanroom.governance.statements import (
     RestoreConsent,
     RetireAnalysis,
     RoomCreate,
+    SetAnalysisRule,
+    SetLimits,
     SetMeasurements,
     SetPrivacyBudget,
     Statement,
 )
 from cleanroom.identities.identity import PublicIdentity
+from cleanroom.policy.check import Source, check_dp, check_query
+from cleanroom.policy.rules import Rule, check_rule
 
 SignatureCheck = Callable[[jws.ParsedToken, Ed25519PublicKey], None]
 
@@ -105,6 +110,12 @@ class Dataset:
     versions: list[DatasetVersion]
     consent: bool = True
     budget: tuple[float, float] | None = None
+    spent: float = 0.0  # epsilon charged by key releases of DP analyses
+    rule: Rule | None = None
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.budget[0] - self.spent) if self.budget else 0.0
 
 
 @dataclass
@@ -116,6 +127,8 @@ class Analysis:
     inputs: tuple[str, ...]
     recipients: tuple[str, ...]
     status: str = "active"
+    dp: DpSpec | None = None
+    approved_by: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -212,6 +225,7 @@ class RoomState:
     analyses: dict[str, Analysis] = field(default_factory=dict)
     measurements: tuple[tuple[str, str], ...] = ()
     allow_insecure_virtual: bool = False
+    limits: SetLimits | None = None
     proposals: dict[str, Proposal] = field(default_factory=dict)
     service: PublicIdentity | None = None
     deposits: dict[str, Deposit] = field(default_factory=dict)  # by manifest digest
@@ -411,7 +425,7 @@ class RoomState:
             proposal.status, proposal.note = "rejected", f"no longer applicable: {exc}"
             return
         proposal.status = "accepted"
-        self._apply_action(proposal.action, proposal.id)
+        self._apply_action(proposal.action, proposal)
         self.contract_version += 1
 
     def _withdraw(self, statement: Statement, author: Member, time_ms: int) -> None:
@@ -506,6 +520,17 @@ class RoomState:
         if analysis.status != "active" or analysis.digest != job.analysis_digest:
             raise GovernanceError(f"analysis {job.analysis!r} is no longer approved")
         self._consenting(job.inputs)
+        self.check_policy(
+            analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
+        )
+        if analysis.dp is not None:
+            for name in analysis.inputs:
+                dataset = self.datasets[name]
+                if dataset.remaining + 1e-12 < analysis.dp.epsilon:
+                    raise GovernanceError(
+                        f"the privacy budget of {name!r} is exhausted: {dataset.remaining:g} "
+                        f"epsilon left, the analysis needs {analysis.dp.epsilon:g}"
+                    )
         inputs = self.job_inputs(job.id)
         for name, manifest in inputs:
             deposit = self.deposits.get(manifest)
@@ -545,6 +570,10 @@ class RoomState:
             claims.assurance,
         )
         job.released = tuple(inputs)
+        dp = self.analyses[job.analysis].dp
+        if dp is not None:  # the release is the charge: no charge, no key, no result
+            for name in job.inputs:
+                self.datasets[name].spent += float(dp.epsilon)
         self._enclaves[enclave.fingerprint] = job.id
         self._nonces.add(body.nonce)
 
@@ -677,8 +706,11 @@ class RoomState:
         """Preconditions of an action; checked when proposed and again when accepted."""
         getattr(self, f"_check_{action.type}")(action, proposer)
 
-    def _apply_action(self, action: Any, proposal_id: str) -> None:
-        getattr(self, f"_apply_{action.type}")(action, proposal_id)
+    def _apply_action(self, action: Any, proposal: Proposal) -> None:
+        if isinstance(action, AddAnalysis):
+            self._apply_add_analysis(action, proposal)
+        else:
+            getattr(self, f"_apply_{action.type}")(action, proposal.id)
 
     def _check_add_member(self, action: AddMember, proposer: str) -> None:
         member = _member_from_body(action, "")
@@ -699,6 +731,8 @@ class RoomState:
 
     def _check_register_dataset(self, action: RegisterDataset, proposer: str) -> None:
         manifest = self._manifest(action)
+        if action.rule is not None:
+            check_rule(action.rule, manifest.schema)
         if manifest.owner_fingerprint != proposer:
             raise GovernanceError("only a dataset's owner can register it")
         existing = self.datasets.get(manifest.name)
@@ -717,6 +751,8 @@ class RoomState:
         dataset.versions.append(
             DatasetVersion(len(dataset.versions) + 1, manifest, canonical_digest(action.manifest))
         )
+        if action.rule is not None:
+            dataset.rule = action.rule
 
     def _check_add_analysis(self, action: AddAnalysis, proposer: str) -> None:
         self._active(proposer, "analyst")
@@ -727,8 +763,48 @@ class RoomState:
                 raise GovernanceError(f"the owner of {name!r} has revoked consent")
         for fingerprint in action.recipients:
             self._active(fingerprint, "result_recipient")
+        # owners approve by voting; a custom rule's approval is checked again at release
+        self.check_policy(action.text, action.inputs, action.recipients, action.dp, None)
 
-    def _apply_add_analysis(self, action: AddAnalysis, proposal_id: str) -> None:
+    def check_policy(
+        self,
+        text: str,
+        inputs: Iterable[str],
+        recipients: Iterable[str],
+        dp: DpSpec | None,
+        approved_by: frozenset[str] | None,
+    ) -> str:
+        """Check an analysis against its inputs' current rules and budgets; returns
+        the SQL to run (thresholds injected). ``approved_by`` None: assume the
+        owners approve (the proposal is still open)."""
+        sources = {}
+        for name in inputs:
+            dataset = self._dataset(name)
+            if not dataset.versions:
+                raise GovernanceError(f"dataset {name!r} has no registered version")
+            for fingerprint in recipients:
+                allowed = dataset.rule.recipients if dataset.rule is not None else None
+                if allowed is not None and fingerprint not in allowed:
+                    raise GovernanceError(
+                        f"the rule of {name!r} does not allow {fingerprint[:12]}... to receive "
+                        "results (strictest wins: the intersection of allowed recipients)"
+                    )
+            if dataset.budget is not None and dp is None:
+                raise GovernanceError(
+                    f"{name!r} has a privacy budget: only differentially private analyses "
+                    "may read it"
+                )
+            if dp is not None and dataset.budget is None:
+                raise GovernanceError(f"{name!r} has no privacy budget for a DP analysis")
+            approved = approved_by is None or dataset.owner in approved_by
+            sources[name] = Source(
+                name, dataset.versions[-1].manifest.schema, dataset.rule, approved
+            )
+        if dp is not None:
+            return check_dp(text, sources, dp).sql
+        return check_query(text, sources).sql
+
+    def _apply_add_analysis(self, action: AddAnalysis, proposal: Proposal) -> None:
         self.analyses[action.name] = Analysis(
             action.name,
             action.language,
@@ -736,6 +812,8 @@ class RoomState:
             hashlib.sha256(action.text.encode("utf-8")).hexdigest(),
             tuple(action.inputs),
             tuple(action.recipients),
+            dp=action.dp,
+            approved_by=frozenset(proposal.approvals),
         )
 
     def _check_retire_analysis(self, action: RetireAnalysis, proposer: str) -> None:
@@ -757,6 +835,20 @@ class RoomState:
         if dataset.owner != proposer:
             raise GovernanceError("only the dataset's owner can propose this")
         return dataset
+
+    def _check_set_analysis_rule(self, action: SetAnalysisRule, proposer: str) -> None:
+        dataset = self._owned(action.dataset, proposer)
+        if dataset.versions:
+            check_rule(action.rule, dataset.versions[-1].manifest.schema)
+
+    def _apply_set_analysis_rule(self, action: SetAnalysisRule, proposal_id: str) -> None:
+        self.datasets[action.dataset].rule = action.rule
+
+    def _check_set_limits(self, action: SetLimits, proposer: str) -> None:
+        return None
+
+    def _apply_set_limits(self, action: SetLimits, proposal_id: str) -> None:
+        self.limits = action
 
     def _check_set_privacy_budget(self, action: SetPrivacyBudget, proposer: str) -> None:
         self._owned(action.dataset, proposer)
@@ -806,7 +898,15 @@ class RoomState:
                         {"version": v.version, "sha256": v.manifest.sha256, "rows": v.manifest.rows}
                         for v in d.versions
                     ],
-                    "budget": list(d.budget) if d.budget else None,
+                    "budget": {
+                        "epsilon": d.budget[0],
+                        "delta": d.budget[1],
+                        "spent": d.spent,
+                        "remaining": d.remaining,
+                    }
+                    if d.budget
+                    else None,
+                    "rule": d.rule.type if d.rule else None,
                 }
                 for d in sorted(self.datasets.values(), key=lambda d: d.name)
             ],
@@ -817,11 +917,13 @@ class RoomState:
                     "inputs": list(a.inputs),
                     "recipients": list(a.recipients),
                     "status": a.status,
+                    "dp_epsilon": a.dp.epsilon if a.dp else None,
                 }
                 for a in sorted(self.analyses.values(), key=lambda a: a.name)
             ],
             "measurements": [{"platform": p, "value": v} for p, v in self.measurements],
             "allow_insecure_virtual": self.allow_insecure_virtual,
+            "limits": self.limits.model_dump() if self.limits else None,
             "jobs": {
                 status: sum(1 for j in self.jobs.values() if j.status == status)
                 for status in ("requested", "running", "succeeded", "failed")

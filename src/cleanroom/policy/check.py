@@ -257,7 +257,7 @@ class _Checker:
             condition = join.args.get("on")
             if condition is None or join.args.get("kind") == "CROSS" or join.method:
                 raise PolicyError(f"cross and natural joins are not allowed: {_sql(join)}")
-            for part in condition.flatten() if isinstance(condition, exp.And) else [condition]:
+            for part in _conjuncts(condition):
                 if not (
                     isinstance(part, exp.EQ)
                     and isinstance(part.this, exp.Column)
@@ -418,6 +418,12 @@ class _Checker:
                     )
 
 
+def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
 def _inside(node: exp.Expr, kinds: tuple[type[exp.Expr], ...], stop: exp.Expr) -> bool:
     parent = node.parent
     while parent is not None and parent is not stop:
@@ -457,3 +463,108 @@ def check_query(text: str, sources: dict[str, Source]) -> Checked:
     if checked.mode == "custom" and not checked.threshold:
         return Checked(text, checked.mode, 0, checked.columns)  # run exactly what was approved
     return checked
+
+
+def check_dp(text: str, sources: dict[str, Source], spec: Any) -> Checked:
+    """Check the row query of a differentially private analysis.
+
+    The query must be one plain SELECT (no CTEs, subqueries, aggregates,
+    DISTINCT, ordering or limits) whose output columns are exactly the privacy
+    unit, the declared group keys and the aggregated values. The unit must be
+    the identity column of a protected input, and every protected input's
+    identity must be joined to it, so each person's contributions can be
+    bounded. Group keys must be dimensions; values must be columns the rules
+    let be summed. Its rows never leave the enclave: only noisy aggregates do.
+    """
+    query = parse(text, sources)
+    read = {t.name for t in query.find_all(exp.Table)}
+    checker = _Checker({n: s for n, s in sources.items() if n in read})
+    if checker.mode == "list":
+        raise PolicyError("list rules allow no aggregates, differentially private or not")
+    scope, select = _dp_select(query)
+    checker.joins(scope)
+    outputs = _dp_outputs(select, spec)
+    unit = outputs[spec.unit]
+    unit_table = checker.table_of(scope, unit)
+    if unit_table is None or unit.name != unit_table.schema.identity_column:
+        raise PolicyError(f"the privacy unit {spec.unit!r} must be an input's identity column")
+    _units_joined(scope, checker, unit)
+    _dp_columns(scope, checker, outputs, spec)
+    where = select.args.get("where")
+    if where is not None:
+        checker.functions_in(where, scope)
+        for column in where.find_all(exp.Column):
+            table = checker.table_of(scope, column)
+            if table is not None and isinstance(table.rule, AggregationRule):
+                checker.dimension(table, table.rule, column)
+    return Checked(query.sql(dialect=DIALECT), "dp", 0, list(outputs))
+
+
+def _dp_select(query: exp.Query) -> tuple[Scope, exp.Select]:
+    scopes = traverse_scope(query)
+    if len(scopes) != 1 or not isinstance(query, exp.Select):
+        raise PolicyError("a DP analysis is one plain SELECT with no CTEs or subqueries")
+    for clause in ("distinct", "group", "having", "order", "limit", "offset"):
+        if query.args.get(clause):
+            raise PolicyError(f"a DP row query takes no {clause.upper()}: the enclave aggregates")
+    if query.find(exp.AggFunc) or query.find(exp.Window):
+        raise PolicyError("a DP row query has no aggregates or windows: the enclave aggregates")
+    return scopes[0], query
+
+
+def _dp_outputs(select: exp.Select, spec: Any) -> dict[str, exp.Column]:
+    outputs: dict[str, exp.Column] = {}
+    for projection in select.expressions:
+        column = projection.this if isinstance(projection, exp.Alias) else projection
+        if not isinstance(column, exp.Column):
+            raise PolicyError(f"DP row query outputs must be plain columns: {_sql(projection)}")
+        outputs[projection.alias_or_name] = column
+    values = {a.column for a in spec.aggregates if a.column is not None}
+    expected = {spec.unit, *spec.group_by, *values}
+    if set(outputs) != expected:
+        raise PolicyError(
+            f"the DP row query must output exactly {sorted(expected)}, not {sorted(outputs)}"
+        )
+    return outputs
+
+
+def _dp_columns(scope: Scope, checker: _Checker, outputs: dict[str, exp.Column], spec: Any) -> None:
+    values = {a.column for a in spec.aggregates if a.column is not None}
+    for name, column in outputs.items():
+        table = checker.table_of(scope, column)
+        rule = table.rule if table is not None else None
+        if table is None or not isinstance(rule, AggregationRule) or name == spec.unit:
+            continue
+        if name in spec.group_by and column.name not in rule.dimensions:
+            raise PolicyError(f"group key {name!r} is not a dimension of {table.name!r}")
+        summable = rule.allows("sum", column.name) or rule.allows("avg", column.name)
+        if name in values and not summable:
+            raise PolicyError(f"{table.name}.{column.name} may not be summed under its rule")
+
+
+def _units_joined(scope: Scope, checker: _Checker, unit: exp.Column) -> None:
+    """Every protected input's identity must equal the unit through join equalities."""
+    parts = [
+        part
+        for join in scope.expression.args.get("joins") or []
+        for part in _conjuncts(join.args.get("on"))
+        if isinstance(part, exp.EQ)
+    ]
+    edges = [((p.this.table, p.this.name), (p.expression.table, p.expression.name)) for p in parts]
+    linked = {(unit.table, unit.name)}
+    changed = True
+    while changed:
+        changed = False
+        for a, b in edges:
+            if (a in linked) != (b in linked):
+                linked |= {a, b}
+                changed = True
+    for alias, source in scope.sources.items():
+        table = checker.table_of_source(source)
+        if table is None or not table.protected:
+            continue
+        if (alias, table.schema.identity_column) not in linked:
+            raise PolicyError(
+                f"{table.name!r} is not joined to the privacy unit on its identity column, so "
+                "its people's contributions could not be bounded"
+            )
