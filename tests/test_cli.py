@@ -91,6 +91,8 @@ COMMANDS = [
     ["job", "status"],
     ["job", "list"],
     ["job", "result"],
+    ["budget"],
+    ["budget", "show"],
     ["serve"],
     ["version"],
 ]

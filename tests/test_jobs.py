@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,6 +83,9 @@ def _room(
     measurement: str | None = None,
     release_to: list[str] | None = None,
     sql: str = SQL,
+    rules: dict[str, dict[str, Any]] | None = None,
+    budget: float | None = None,
+    dp: dict[str, Any] | None = None,
 ) -> dict[str, Room]:
     parties = {n: Party.create(n) for n in ("bank", "merchant", "analyst")}
     roles = {
@@ -104,10 +108,17 @@ def _room(
         ("merchant", merchant, SCHEMA_MERCHANT, "customers"),
     ):
         proposal = rooms[owner].publish_dataset(
-            data, schema=schema, name=name, release_to=platforms
+            data, schema=schema, name=name, release_to=platforms, rule=(rules or {}).get(name)
         )
         for approver in rooms.values():
             _approve_if_needed(approver, proposal)
+    if budget is not None:
+        for owner, name in (("bank", "transactions"), ("merchant", "customers")):
+            pid = rooms[owner].propose(
+                {"type": "set_privacy_budget", "dataset": name, "epsilon": budget}
+            )
+            for approver in rooms.values():
+                _approve_if_needed(approver, pid)
     measurements = rooms["analyst"].propose(
         {
             "type": "set_measurements",
@@ -125,6 +136,7 @@ def _room(
             "text": sql,
             "inputs": ["transactions", "customers"],
             "recipients": [parties["bank"].fingerprint],
+            **({"dp": dp} if dp is not None else {}),
         }
     )
     for approver in rooms.values():
@@ -292,3 +304,80 @@ def test_only_members_see_jobs_and_only_recipients_fetch_results(
         )
     with pytest.raises(GovernanceError, match="only analysts and result recipients"):
         rooms["merchant"].run_job("offers")
+
+
+BANK_RULE = {
+    "type": "aggregation",
+    "aggregates": [
+        {"function": "sum", "columns": ["amount"]},
+        {"function": "count_distinct", "columns": ["customer"]},
+    ],
+    "join_columns": ["customer"],
+    "min_distinct": 30,
+}
+MERCHANT_RULE = {
+    "type": "aggregation",
+    "aggregates": [{"function": "count_distinct", "columns": ["customer"]}],
+    "dimensions": ["segment"],
+    "join_columns": ["customer"],
+    "min_distinct": 5,
+}
+
+
+def test_thresholds_are_enforced_inside_the_enclave(service: str, tmp_path: Path) -> None:
+    """The bank's rule wants 30 distinct customers behind every row; each segment
+    has 25: the enclave suppresses both rows, whatever the analyst hoped."""
+    rules = {"transactions": BANK_RULE, "customers": MERCHANT_RULE}
+    rooms = _room(service, tmp_path, rules=rules)
+    job = rooms["analyst"].run_job("offers")
+    view = rooms["analyst"].wait_job(job, timeout=120)
+    assert view["status"] == "succeeded", view["reason"]
+    assert view["output"]["rows"] == 0
+    with pytest.raises(GovernanceError, match="identity column"):
+        rooms["analyst"].propose(
+            {
+                "type": "add_analysis",
+                "name": "leak",
+                "language": "sql",
+                "text": "SELECT customer, SUM(amount) FROM transactions GROUP BY customer",
+                "inputs": ["transactions"],
+                "recipients": [rooms["bank"].client.party.fingerprint],
+            }
+        )
+
+
+DP = {
+    "epsilon": 1.0,
+    "unit": "person",
+    "max_contributions": 10,
+    "group_by": {"segment": ["a", "b", "z"]},
+    "aggregates": [
+        {"name": "n", "function": "count"},
+        {"name": "spend", "function": "mean", "column": "amount", "lower": 0, "upper": 500},
+    ],
+}
+DP_SQL = (
+    "SELECT t.customer AS person, m.segment AS segment, t.amount AS amount "
+    "FROM transactions t JOIN customers m ON t.customer = m.customer"
+)
+
+
+def test_a_dp_job_releases_noisy_aggregates_and_charges_the_budget(
+    service: str, tmp_path: Path
+) -> None:
+    rules = {"transactions": BANK_RULE, "customers": MERCHANT_RULE}
+    rooms = _room(service, tmp_path, rules=rules, budget=1.5, sql=DP_SQL, dp=DP)
+    job = rooms["analyst"].run_job("offers")
+    view = rooms["analyst"].wait_job(job, timeout=120)
+    assert view["status"] == "succeeded", view["reason"]
+    out = tmp_path / "dp.parquet"
+    rooms["bank"].job_result(job, out)
+    rows = {r["segment"]: r for r in pq.read_table(out).to_pylist()}
+    assert set(rows) == {"a", "b", "z"}  # every declared key, the empty one included
+    assert 0 <= rows["a"]["spend"] <= 500
+    budgets = rooms["bank"].budgets()
+    assert budgets["transactions"]["spent"] == 1.0
+    job = rooms["analyst"].run_job("offers")
+    view = rooms["analyst"].wait_job(job, timeout=120)
+    assert view["status"] == "failed"
+    assert "exhausted" in view["reason"]

@@ -22,6 +22,7 @@ from cleanroom.cli.rooms import KEYSTORE, ROOM, SERVICE, _room
 from cleanroom.cli.ui import RichProgress, console, err_console
 from cleanroom.client import Room
 from cleanroom.errors import GovernanceError, NotFoundError, OperationalError
+from cleanroom.wire import read_json_file
 
 analysis_app = typer.Typer(help="Propose analyses (SQL run in an enclave).", no_args_is_help=True)
 enclave_app = typer.Typer(
@@ -29,6 +30,7 @@ enclave_app = typer.Typer(
     no_args_is_help=True,
 )
 job_app = typer.Typer(help="Run approved analyses in an attested enclave.", no_args_is_help=True)
+budget_app = typer.Typer(help="Privacy budgets of the room's datasets.", no_args_is_help=True)
 
 INSECURE_WARNING = (
     "[bold yellow]warning:[/] this job ran on the insecure virtual platform: "
@@ -58,6 +60,12 @@ def analysis_propose(
     recipients: list[str] = typer.Option(
         ..., "--recipient", help="Who receives the result: a member name or fingerprint (repeat)."
     ),
+    dp: Path | None = typer.Option(
+        None,
+        "--dp",
+        help="Make it a differentially private release: a JSON file with epsilon, unit, "
+        "max_contributions, group_by and aggregates (see docs/privacy.md).",
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -77,6 +85,8 @@ def analysis_propose(
         "inputs": inputs,
         "recipients": [_member(handle, r) for r in recipients],
     }
+    if dp is not None:
+        action["dp"] = read_json_file(dp, what="DP specification")
     proposal = handle.propose(action)
     console.print(f"Proposed analysis {name}: proposal {proposal[:16]} awaits approval")
 
@@ -249,3 +259,41 @@ def job_result(
     console.print(f"Decrypted {view['output']['rows']:,} rows to {output}")
     if view["assurance"] == "insecure-virtual":
         err_console.print(INSECURE_WARNING)
+
+
+@budget_app.command("show")
+def budget_show(
+    analysis: str | None = typer.Option(
+        None, "--analysis", "-a", help="Also preview whether this DP analysis can run now."
+    ),
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+) -> None:
+    """Show each dataset's privacy budget: epsilon, spent by releases, remaining.
+
+    Example: cleanroom budget show --analysis spend-dp --room 3f2a... --service ... --as keys/bank
+    """
+    state = _room(service, keystore, room).state()
+    table = Table("dataset", "epsilon", "spent", "remaining", title_justify="left")
+    for d in state["datasets"]:
+        b = d["budget"]
+        if b is None:
+            table.add_row(d["name"], "no budget", "", "")
+        else:
+            table.add_row(d["name"], f"{b['epsilon']:g}", f"{b['spent']:g}", f"{b['remaining']:g}")
+    console.print(table)
+    if analysis is None:
+        return
+    found = next((a for a in state["analyses"] if a["name"] == analysis), None)
+    if found is None or found["dp_epsilon"] is None:
+        raise NotFoundError(f"no DP analysis {analysis!r} in this room")
+    budgets = {d["name"]: d["budget"] for d in state["datasets"]}
+    short = [n for n in found["inputs"] if budgets[n]["remaining"] < found["dp_epsilon"]]
+    if short:
+        console.print(
+            f"{analysis} needs epsilon {found['dp_epsilon']:g}: [red]not enough left[/] in "
+            f"{', '.join(short)}"
+        )
+        raise typer.Exit(1)
+    console.print(f"{analysis} needs epsilon {found['dp_epsilon']:g}: [green]it can run[/]")

@@ -22,7 +22,7 @@ from cleanroom.errors import GovernanceError
 from cleanroom.fs import write_file
 from cleanroom.identities import format_fingerprint
 from cleanroom.identities.keystore import IDENTITY_FILE
-from cleanroom.wire import pretty_json
+from cleanroom.wire import pretty_json, read_json_file
 
 SERVICE = typer.Option(
     ...,
@@ -286,6 +286,12 @@ def dataset_publish(
         help="Also release the key to the insecure virtual platform (development only: "
         "no hardware protects the data there).",
     ),
+    rule: Path | None = typer.Option(
+        None,
+        "--rule",
+        help="The dataset's analysis rule (JSON: aggregation, list or custom; see "
+        "docs/privacy.md). Without one, only analyses you approve by vote may read it.",
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -307,6 +313,7 @@ def dataset_publish(
             name=name or source.stem,
             progress=progress,
             release_to=platforms,
+            rule=read_json_file(rule, what="rule file") if rule is not None else None,
         )
     console.print(f"Published {name or source.stem}: proposal {proposal[:16]} awaits approval")
 

@@ -281,6 +281,7 @@ class Room:
         progress: Progress | None = None,
         release_to: Sequence[str] = ("sev-snp", "tdx"),
         measurements: Sequence[str] | None = None,
+        rule: dict[str, Any] | None = None,
     ) -> str:
         """Seal ``source`` locally, propose its registration, upload the ciphertext,
         and deposit its data key with the key broker.
@@ -291,6 +292,8 @@ class Room:
         only to enclaves on the ``release_to`` platforms (add
         ``"insecure-virtual"`` explicitly for development rooms) whose
         measurement the room approved (and, if given, is in ``measurements``).
+        ``rule`` is the dataset's analysis rule (see docs/privacy.md); without
+        one, only analyses its owner approves by vote may read it.
         """
         declared = schema if isinstance(schema, Schema) else Schema.load(schema)
         with tempfile.TemporaryDirectory(prefix="cleanroom-publish-") as work:
@@ -304,7 +307,10 @@ class Room:
             )
             manifest = json.loads((sealed.directory / MANIFEST_FILE).read_text())
             key = unseal_key(sealed.directory, sealed.manifest, self.client.party)
-            proposal = self.propose({"type": "register_dataset", "manifest": manifest})
+            action: dict[str, Any] = {"type": "register_dataset", "manifest": manifest}
+            if rule is not None:
+                action["rule"] = rule
+            proposal = self.propose(action)
             self.upload(sealed.directory / DATA_FILE, progress=progress)
             self.deposit_key(name, manifest, key, release_to, measurements)
         return proposal
@@ -390,6 +396,10 @@ class Room:
                 response.close()
             if sha256_file(tmp)[0] != digest:
                 raise IntegrityError("the downloaded ciphertext does not match its digest")
+
+    def budgets(self) -> dict[str, dict[str, float] | None]:
+        """Each dataset's privacy budget: epsilon, delta, spent, remaining (None: no budget)."""
+        return {d["name"]: d["budget"] for d in self.state()["datasets"]}
 
     # -- jobs ----------------------------------------------------------------------------
 
