@@ -60,6 +60,36 @@ ORDER BY spend DESC
 """
 
 
+# What each owner lets leave the enclave: aggregates only, over at least N customers.
+RULES = {
+    "transactions": {
+        "type": "aggregation",
+        "aggregates": [
+            {"function": "count_distinct", "columns": ["customer_hash"]},
+            {"function": "sum", "columns": ["amount"]},
+            {"function": "avg", "columns": ["amount"]},
+        ],
+        "dimensions": ["category"],
+        "join_columns": ["customer_hash"],
+        "scalar_functions": ["round"],
+        "min_distinct": 100,
+    },
+    "customers": {
+        "type": "aggregation",
+        "aggregates": [{"function": "count_distinct", "columns": ["customer_hash"]}],
+        "dimensions": ["segment", "region", "opted_in"],
+        "join_columns": ["customer_hash"],
+        "scalar_functions": ["round"],
+        "min_distinct": 50,
+    },
+}
+LEAK_SQL = """\
+SELECT t.customer_hash, SUM(t.amount) AS spend
+FROM transactions t
+GROUP BY t.customer_hash
+"""
+
+
 def step(title: str) -> None:
     console.print()
     console.rule(f"[bold cyan]{title}")
@@ -136,6 +166,9 @@ def make_data() -> None:
     }
     for name, schema in schemas.items():
         (Path(f"{name}.schema.json")).write_text(json.dumps(schema, indent=2))
+    for name, rule in RULES.items():
+        (Path(f"{name}.rule.json")).write_text(json.dumps(rule, indent=2))
+    (Path("leak.sql")).write_text(LEAK_SQL)
     (Path("offers.sql")).write_text(OFFERS_SQL)
 
 
@@ -211,6 +244,8 @@ def scenario(url: str) -> None:
             "--schema",
             f"{name}.schema.json",
             "--allow-insecure-virtual",
+            "--rule",
+            f"{name}.rule.json",
             "--room",
             room,
             env=env,
@@ -230,7 +265,25 @@ def scenario(url: str) -> None:
     )
     approve_all(room, bank, merchant, analyst)
 
-    step("6. The analyst proposes the offers analysis; both data owners approve it")
+    step("6. A query that would leak one customer's spending is refused at once")
+    console.print(LEAK_SQL, highlight=False, markup=False)
+    cleanroom(
+        "analysis",
+        "propose",
+        "leak",
+        "--sql",
+        "leak.sql",
+        "--input",
+        "transactions",
+        "--recipient",
+        "bank",
+        "--room",
+        room,
+        env=analyst,
+        expect_failure=True,
+    )
+
+    step("7. The analyst proposes the offers analysis; both data owners approve it")
     console.print(OFFERS_SQL, highlight=False, markup=False)
     cleanroom(
         "analysis",
@@ -251,11 +304,11 @@ def scenario(url: str) -> None:
     approve_all(room, bank, merchant, analyst)
     cleanroom("room", "show", "--room", room, env=bank)
 
-    step("7. The analyst runs it: the enclave attests, gets keys, runs the approved SQL")
+    step("8. The analyst runs it: the enclave attests, gets keys, runs the approved SQL")
     cleanroom("job", "run", "offers", "--room", room, env=analyst)
     job = job_id(room, analyst)
 
-    step("8. Only the bank can decrypt the result")
+    step("9. Only the bank can decrypt the result")
     cleanroom("job", "result", job, "-o", "offers.csv", "--room", room, env=bank)
     rows = (OUT / "offers.csv").read_text().splitlines()
     console.print("\n".join(rows[:8]) + f"\n... ({len(rows) - 1} rows)", highlight=False)
@@ -264,11 +317,11 @@ def scenario(url: str) -> None:
     )
     operator_view(room, analyst)
 
-    step("9. The merchant revokes consent: the next run is refused at once, no vote")
+    step("10. The merchant revokes consent: the next run is refused at once, no vote")
     cleanroom("consent", "revoke", "customers", "--room", room, env=merchant)
     cleanroom("job", "run", "offers", "--room", room, env=analyst, expect_failure=True)
 
-    step("10. Anyone in the room verifies the whole history offline")
+    step("11. Anyone in the room verifies the whole history offline")
     cleanroom("audit", "export", "--room", room, "-o", "room.ledger.json", env=merchant)
     key = "service-data/service/identity.json"
     cleanroom("audit", "verify", "room.ledger.json", "--service-key", key)

@@ -43,6 +43,7 @@ from cleanroom.identities.keystore import IDENTITY_FILE
 from cleanroom.ledger import TreeHeadTracker, VerifiedLedger, open_ledger, verify_export
 from cleanroom.ledger.local import service_identity_file
 from cleanroom.ledger.verify import load_export
+from cleanroom.policy.check import PolicyError
 from cleanroom.wire import pretty_json
 
 app = typer.Typer(
@@ -78,6 +79,7 @@ _HINTS: list[tuple[type[CleanroomError], str]] = [
     (ForkError, "the ledger showed two different histories; keep both exports as evidence"),
     (RollbackError, "the ledger lost entries it had shown before; keep both exports as evidence"),
     (IntegrityError, "the files were modified, or belong to another party or dataset"),
+    (PolicyError, "the datasets' analysis rules refuse it; see docs/privacy.md for each rule"),
     (GovernanceError, "the room's rules do not allow this; see `cleanroom audit log`"),
     (AuthenticationError, "check --as (your keystore), your clock, and that you belong to a room"),
     (AuthorizationError, "only members of the room (with the right role) may do this"),
