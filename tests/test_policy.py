@@ -638,3 +638,14 @@ def test_checks_are_fast_enough_to_run_on_every_proposal() -> None:
         check_query(sql, SOURCES)
     per_query = (time.perf_counter() - started) / len(ALLOWED)
     assert per_query < 0.5  # generous: the benchmark measures the real figure
+
+
+def test_identities_equated_by_an_inner_join_are_counted_once() -> None:
+    inner = check_query(f"SELECT c.segment, SUM(t.amount) {JOIN} GROUP BY 1", SOURCES).sql
+    assert inner.count("COUNT(DISTINCT") == 1
+    left = check_query(
+        "SELECT c.region, COUNT(t.txn_id) FROM customers c LEFT JOIN transactions t "
+        "ON c.customer_hash = t.customer_hash GROUP BY 1",
+        SOURCES,
+    ).sql
+    assert left.count("COUNT(DISTINCT") == 2  # outer joins keep both: their counts differ

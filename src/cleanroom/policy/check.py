@@ -241,11 +241,19 @@ class _Checker:
         select = scope.expression
         if not isinstance(select, exp.Select):
             raise PolicyError(f"a threshold needs a plain SELECT: {_sql(select)}")
+        counted: list[tuple[str, str]] = []
+        equal = _inner_equalities(select)
         for alias, source in scope.sources.items():
             table = self.table_of_source(source)
             if table is None:
                 continue
-            identity = exp.column(table.schema.identity_column, table=alias, quoted=True)
+            column = (alias, table.schema.identity_column)
+            # an inner join on two identity columns makes their distinct counts equal:
+            # count one of them (distinct counting is the threshold's whole cost)
+            if any(_linked(column, other, equal) for other in counted):
+                continue
+            counted.append(column)
+            identity = exp.column(column[1], table=alias, quoted=True)
             count = exp.Count(this=exp.Distinct(expressions=[identity]))
             select.having(exp.GTE(this=count, expression=exp.Literal.number(k)), copy=False)
 
@@ -416,6 +424,38 @@ class _Checker:
                     raise PolicyError(
                         f"{base[0]}.{base[1]} may never be output (custom rule): {_sql(projection)}"
                     )
+
+
+Ref = tuple[str, str]
+
+
+def _inner_equalities(select: exp.Expr) -> list[tuple[Ref, Ref]]:
+    """Column equalities of inner joins' ON conditions: (alias, column) pairs."""
+    inner = [
+        join
+        for join in select.args.get("joins") or []
+        if not join.side and join.args.get("kind") in (None, "INNER")
+    ]
+    return [
+        ((part.this.table, part.this.name), (part.expression.table, part.expression.name))
+        for join in inner
+        for part in _conjuncts(join.args.get("on"))
+        if isinstance(part, exp.EQ)
+        and isinstance(part.this, exp.Column)
+        and isinstance(part.expression, exp.Column)
+    ]
+
+
+def _linked(a: Ref, b: Ref, edges: list[tuple[Ref, Ref]]) -> bool:
+    reached, frontier = {a}, [a]
+    while frontier:
+        node = frontier.pop()
+        for x, y in edges:
+            for here, there in ((x, y), (y, x)):
+                if here == node and there not in reached:
+                    reached.add(there)
+                    frontier.append(there)
+    return b in reached
 
 
 def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:

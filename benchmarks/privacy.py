@@ -1,0 +1,239 @@
+"""Privacy controls: the cost of the static check, of thresholds and of DP release.
+
+Targets: the policy check (parse, qualify, check every rule, inject thresholds)
+takes < 20 ms per query; threshold enforcement and DP release cost <= 1.3x the
+same TPC-H-style aggregate without controls. Both sides run in the same
+process over the same TPC-H SF1 tables (from the tpch extension package),
+alternating, 5 runs each; medians. Encryption is left out on purpose (its cost
+is measured by benchmarks/tpch_jobs.py): this isolates what the controls add.
+
+    .venv/bin/python benchmarks/privacy.py [--sf 1] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import duckdb_extension_tpch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, median
+from cleanroom.datasets.schema import Schema
+from cleanroom.governance.statements import DpSpec
+from cleanroom.policy import dp
+from cleanroom.policy.check import Source, check_dp, check_query
+from cleanroom.policy.rules import AggregationRule
+
+# Each table carries the customer it is about, as a clean room dataset would:
+# line items get their order's customer (l_custkey), the identity of every table.
+LINEITEM = Schema.from_json(
+    {
+        "identity_column": "l_custkey",
+        "columns": [
+            {"name": n, "type": t, "nullable": False}
+            for n, t in (
+                ("l_orderkey", "int64"),
+                ("l_custkey", "int64"),
+                ("l_quantity", "decimal(15,2)"),
+                ("l_extendedprice", "decimal(15,2)"),
+                ("l_discount", "decimal(15,2)"),
+                ("l_returnflag", "string"),
+                ("l_linestatus", "string"),
+                ("l_shipmode", "string"),
+                ("l_shipdate", "date"),
+            )
+        ],
+    }
+)
+ORDERS = Schema.from_json(
+    {
+        "identity_column": "o_custkey",
+        "columns": [
+            {"name": n, "type": t, "nullable": False}
+            for n, t in (
+                ("o_orderkey", "int64"),
+                ("o_custkey", "int64"),
+                ("o_orderpriority", "string"),
+                ("o_orderstatus", "string"),
+                ("o_orderdate", "date"),
+                ("o_totalprice", "decimal(15,2)"),
+            )
+        ],
+    }
+)
+CUSTOMER = Schema.from_json(
+    {
+        "identity_column": "c_custkey",
+        "columns": [
+            {"name": n, "type": t, "nullable": False}
+            for n, t in (("c_custkey", "int64"), ("c_mktsegment", "string"))
+        ],
+    }
+)
+RULES = {
+    "lineitem": AggregationRule.model_validate(
+        {
+            "type": "aggregation",
+            "aggregates": [
+                {"function": f, "columns": ["l_quantity", "l_extendedprice", "l_discount"]}
+                for f in ("sum", "avg", "count")
+            ],
+            "dimensions": ["l_returnflag", "l_linestatus", "l_shipmode", "l_shipdate"],
+            "join_columns": ["l_orderkey", "l_custkey"],
+            "scalar_functions": ["year", "date_trunc", "round"],
+            "min_distinct": 10,
+        }
+    ),
+    "orders": AggregationRule.model_validate(
+        {
+            "type": "aggregation",
+            "aggregates": [
+                {"function": "sum", "columns": ["o_totalprice"]},
+                {"function": "count_distinct", "columns": ["o_custkey"]},
+            ],
+            "dimensions": ["o_orderpriority", "o_orderstatus", "o_orderdate"],
+            "join_columns": ["o_orderkey", "o_custkey"],
+            "scalar_functions": ["year", "date_trunc", "round"],
+            "min_distinct": 10,
+        }
+    ),
+    "customer": AggregationRule.model_validate(
+        {
+            "type": "aggregation",
+            "dimensions": ["c_mktsegment"],
+            "join_columns": ["c_custkey"],
+            "scalar_functions": ["year", "date_trunc", "round"],
+            "min_distinct": 10,
+        }
+    ),
+}
+SOURCES = {
+    "lineitem": Source("lineitem", LINEITEM, RULES["lineitem"]),
+    "orders": Source("orders", ORDERS, RULES["orders"]),
+    "customer": Source("customer", CUSTOMER, RULES["customer"]),
+}
+QUERIES = {
+    "q1 pricing summary": (
+        "SELECT l_returnflag, l_linestatus, SUM(l_quantity) AS sum_qty, "
+        "SUM(l_extendedprice) AS sum_price, AVG(l_quantity) AS avg_qty, "
+        "AVG(l_discount) AS avg_disc, COUNT(*) AS count_order FROM lineitem "
+        "WHERE l_shipdate <= DATE '1998-09-02' GROUP BY l_returnflag, l_linestatus "
+        "ORDER BY l_returnflag, l_linestatus"
+    ),
+    "q4-like priority count": (
+        "SELECT o_orderpriority, COUNT(DISTINCT o_custkey) AS customers, SUM(o_totalprice) AS "
+        "total FROM orders WHERE o_orderdate >= DATE '1993-07-01' GROUP BY o_orderpriority "
+        "ORDER BY o_orderpriority"
+    ),
+    "q12-like shipmode by priority": (
+        "SELECT l.l_shipmode, o.o_orderpriority, COUNT(*) AS n, SUM(l.l_extendedprice) AS revenue "
+        "FROM lineitem l JOIN orders o ON l.l_orderkey = o.o_orderkey "
+        "GROUP BY l.l_shipmode, o.o_orderpriority ORDER BY 1, 2"
+    ),
+    "q3-like revenue by market segment": (
+        "SELECT c.c_mktsegment, SUM(o.o_totalprice) AS revenue FROM customer c "
+        "JOIN orders o ON c.c_custkey = o.o_custkey GROUP BY 1 ORDER BY 1"
+    ),
+    "yearly revenue": (
+        "SELECT year(o_orderdate) AS y, SUM(o_totalprice) AS revenue FROM orders "
+        "GROUP BY year(o_orderdate) ORDER BY 1"
+    ),
+}
+DP_SPEC = DpSpec.model_validate(
+    {
+        "epsilon": 1.0,
+        "unit": "customer",
+        "max_contributions": 100,
+        "group_by": {"flag": ["A", "N", "R"]},
+        "aggregates": [
+            {"name": "n", "function": "count"},
+            {"name": "revenue", "function": "sum", "column": "price", "lower": 0, "upper": 100000},
+        ],
+    }
+)
+DP_ROWS = (
+    "SELECT l_custkey AS customer, l_returnflag AS flag, l_extendedprice AS price FROM lineitem"
+)
+DP_PLAIN = (
+    "SELECT l_returnflag AS flag, COUNT(*) AS n, SUM(l_extendedprice) AS revenue "
+    "FROM lineitem GROUP BY 1"
+)
+
+
+def timed_ms(con: duckdb.DuckDBPyConnection, sql: str) -> float:
+    start = time.perf_counter()
+    con.execute(sql).to_arrow_table()
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sf", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{datetime.now(UTC):%Y-%m-%d} {machine()}; duckdb {duckdb.__version__}")
+
+    # 1. the static check
+    every = [*QUERIES.values(), DP_ROWS]
+    check_query(every[0], SOURCES)  # warm-up: sqlglot's first parse builds its tables
+    check_ms = []
+    for _ in range(args.repeat):
+        for sql in QUERIES.values():
+            start = time.perf_counter()
+            check_query(sql, SOURCES)
+            check_ms.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        check_dp(DP_ROWS, SOURCES, DP_SPEC)
+        check_ms.append((time.perf_counter() - start) * 1000)
+    print(
+        f"policy check: median {median(check_ms):.1f} ms, max {max(check_ms):.1f} ms "
+        f"per query over {len(check_ms)} checks (target < 20 ms)"
+    )
+
+    # 2. thresholds and DP vs no controls, same connection, alternating
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    root = Path(duckdb_extension_tpch.__file__).parent / "extensions"
+    con.execute(f"LOAD '{next(root.rglob('*.duckdb_extension'))}'")
+    con.execute(f"CALL dbgen(sf={args.sf})")
+    con.execute(
+        "CREATE OR REPLACE TABLE lineitem AS SELECT l.*, o.o_custkey AS l_custkey "
+        "FROM lineitem l JOIN orders o ON l.l_orderkey = o.o_orderkey"
+    )
+    con.execute("SELECT 1").to_arrow_table()
+    total_plain = total_controlled = 0.0
+    for name, sql in QUERIES.items():
+        checked = check_query(sql, SOURCES).sql
+        plain, controlled = [], []
+        for _ in range(args.repeat):
+            plain.append(timed_ms(con, sql))
+            controlled.append(timed_ms(con, checked))
+        p, c = median(plain), median(controlled)
+        total_plain += p
+        total_controlled += c
+        print(f"{name:32s} plain {p:7.1f} ms  with thresholds {c:7.1f} ms  {c / p:5.2f}x")
+    print(
+        f"{'thresholds, total':32s} plain {total_plain:7.1f} ms  with thresholds "
+        f"{total_controlled:7.1f} ms  {total_controlled / total_plain:5.2f}x (target <= 1.3x)"
+    )
+
+    dp_sql = dp.aggregate_sql(check_dp(DP_ROWS, SOURCES, DP_SPEC).sql, DP_SPEC)
+    plain, released = [], []
+    for _ in range(args.repeat):
+        plain.append(timed_ms(con, DP_PLAIN))
+        start = time.perf_counter()
+        dp.release(con.execute(dp_sql).to_arrow_table(), DP_SPEC)
+        released.append((time.perf_counter() - start) * 1000)
+    p, r = median(plain), median(released)
+    print(
+        f"{'DP release (bound, clamp, noise)':32s} plain {p:7.1f} ms  DP {r:7.1f} ms  "
+        f"{r / p:5.2f}x (target <= 1.3x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
