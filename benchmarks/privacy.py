@@ -24,10 +24,9 @@ import duckdb_extension_tpch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median
 from cleanroom.datasets.schema import Schema
-from cleanroom.governance.statements import DpSpec
 from cleanroom.policy import dp
 from cleanroom.policy.check import Source, check_dp, check_query
-from cleanroom.policy.rules import AggregationRule
+from cleanroom.policy.rules import AggregationRule, DpSpec
 
 # Each table carries the customer it is about, as a clean room dataset would:
 # line items get their order's customer (l_custkey), the identity of every table.

@@ -20,8 +20,9 @@ from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.datasets.seal import unseal_key
 from cleanroom.errors import AuthorizationError, GovernanceError
 from cleanroom.governance import sign_statement
-from cleanroom.governance.statements import DpSpec, request_job
+from cleanroom.governance.statements import request_job
 from cleanroom.policy import dp
+from cleanroom.policy.rules import DpSpec
 from tests.rooms import Clock, RoomFixture, make_ledger
 from tests.test_policy import BANK_RULE, CUSTOMERS, MERCHANT_RULE, TRANSACTIONS
 

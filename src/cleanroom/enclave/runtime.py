@@ -49,6 +49,7 @@ from cleanroom.errors import CleanroomError, IntegrityError
 from cleanroom.governance.state import Job, RoomState
 from cleanroom.governance.statements import SetLimits, sign_statement
 from cleanroom.identities.keystore import Party
+from cleanroom.policy.rules import DpSpec
 
 JobKind = Callable[[str, list[Input], Limits, Path], JobResult]
 KINDS: dict[str, JobKind] = {"sql": run_sql}
@@ -129,7 +130,7 @@ def run_job(
         return body
 
 
-def dp_kind(spec: Any) -> JobKind:
+def dp_kind(spec: DpSpec) -> JobKind:
     """The DP variant of the SQL kind: bounded, clamped aggregates, then noise."""
     from cleanroom.policy import dp  # noqa: PLC0415 - OpenDP loads only for DP jobs (0.2 s)
 

@@ -52,7 +52,6 @@ from cleanroom.governance.statements import (
     Ballot,
     ChangeConstitution,
     ConsentRevoke,
-    DpSpec,
     JobComplete,
     JobFail,
     JobRequest,
@@ -75,7 +74,7 @@ from cleanroom.governance.statements import (
 )
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.policy.check import Source, check_dp, check_query
-from cleanroom.policy.rules import Rule, check_rule
+from cleanroom.policy.rules import DpSpec, Rule, check_rule
 
 SignatureCheck = Callable[[jws.ParsedToken, Ed25519PublicKey], None]
 

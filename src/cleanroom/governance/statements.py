@@ -29,7 +29,7 @@ from cleanroom.crypto.canonical import canonical_json
 from cleanroom.crypto.encoding import b64url_encode, parse_json
 from cleanroom.errors import DeserializationError, IntegrityError
 from cleanroom.identities.keystore import Party
-from cleanroom.policy.rules import Rule
+from cleanroom.policy.rules import DpSpec, Rule
 from cleanroom.wire import WireModel, parse_model
 
 STATEMENT_TYP = "cleanroom-statement+jws"
@@ -88,54 +88,6 @@ class SetAnalysisRule(WireModel):
     type: Literal["set_analysis_rule"]
     dataset: Name
     rule: Rule
-
-
-Column = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
-Key = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictBool
-
-
-class DpAggregate(WireModel):
-    name: Column
-    function: Literal["count", "sum", "mean"]
-    column: Column | None = None
-    lower: StrictFloat | StrictInt | None = None
-    upper: StrictFloat | StrictInt | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> DpAggregate:
-        if self.function == "count":
-            if self.column is not None or self.lower is not None or self.upper is not None:
-                raise ValueError(f"{self.name}: a DP count takes no column or bounds")
-        elif self.column is None or self.lower is None or self.upper is None:
-            raise ValueError(
-                f"{self.name}: a DP {self.function} needs a column and clamping bounds"
-            )
-        elif self.lower >= self.upper:
-            raise ValueError(f"{self.name}: lower bound must be below upper bound")
-        return self
-
-
-class DpSpec(WireModel):
-    """A differentially private release: the SQL selects one row per contribution
-    (the privacy unit, group keys, values); the enclave bounds each unit's rows,
-    clamps values and adds Laplace noise calibrated to ``epsilon``."""
-
-    epsilon: StrictFloat | StrictInt = Field(gt=0, le=10)
-    delta: StrictFloat | StrictInt = Field(default=0.0, ge=0, le=0)  # pure DP (Laplace)
-    unit: Column
-    max_contributions: StrictInt = Field(default=1, ge=1, le=1000)
-    group_by: dict[Column, list[Key]] = Field(default_factory=dict, max_length=4)
-    aggregates: list[DpAggregate] = Field(min_length=1, max_length=16)
-
-    @model_validator(mode="after")
-    def _keys(self) -> DpSpec:
-        for column, keys in self.group_by.items():
-            if not keys or len(keys) > 10_000 or len(set(keys)) != len(keys):
-                raise ValueError(f"group {column}: declare 1 to 10,000 distinct public keys")
-        names = [a.name for a in self.aggregates]
-        if len(set(names)) != len(names) or set(names) & set(self.group_by):
-            raise ValueError("DP output names must be distinct")
-        return self
 
 
 class AddAnalysis(WireModel):

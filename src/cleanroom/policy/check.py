@@ -30,7 +30,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from cleanroom.datasets.schema import Schema
 from cleanroom.errors import GovernanceError
-from cleanroom.policy.rules import AggregationRule, CustomRule, ListRule
+from cleanroom.policy.rules import AggregationRule, CustomRule, DpSpec, ListRule
 
 Rule = AggregationRule | ListRule | CustomRule
 DIALECT = "duckdb"
@@ -171,10 +171,7 @@ class _Checker:
     # -- helpers ---------------------------------------------------------------------
 
     def table_of(self, scope: Scope, column: exp.Column) -> Source | None:
-        source = scope.sources.get(column.table)
-        if isinstance(source, exp.Table) and source.name in self.sources:
-            return self.sources[source.name]
-        return None
+        return self.table_of_source(scope.sources.get(column.table))
 
     def threshold(self, query: exp.Query) -> int:
         referenced = {c.name for c in query.find_all(exp.Column)}
@@ -505,7 +502,7 @@ def check_query(text: str, sources: dict[str, Source]) -> Checked:
     return checked
 
 
-def check_dp(text: str, sources: dict[str, Source], spec: Any) -> Checked:
+def check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:
     """Check the row query of a differentially private analysis.
 
     The query must be one plain SELECT (no CTEs, subqueries, aggregates,
@@ -552,7 +549,7 @@ def _dp_select(query: exp.Query) -> tuple[Scope, exp.Select]:
     return scopes[0], query
 
 
-def _dp_outputs(select: exp.Select, spec: Any) -> dict[str, exp.Column]:
+def _dp_outputs(select: exp.Select, spec: DpSpec) -> dict[str, exp.Column]:
     outputs: dict[str, exp.Column] = {}
     for projection in select.expressions:
         column = projection.this if isinstance(projection, exp.Alias) else projection

@@ -29,6 +29,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from cleanroom.errors import OperationalError
+from cleanroom.policy.rules import DpSpec
 
 dp.enable_features("contrib")
 
@@ -46,7 +47,7 @@ class Statistic:
         return self.sensitivity / self.epsilon
 
 
-def plan(spec: Any) -> list[Statistic]:
+def plan(spec: DpSpec) -> list[Statistic]:
     """The noisy statistics a specification needs, with their calibration."""
     k = spec.max_contributions
     needs_count = any(a.function in ("count", "mean") for a in spec.aggregates)
@@ -54,23 +55,26 @@ def plan(spec: Any) -> list[Statistic]:
     share = float(spec.epsilon) / (len(sums) + (1 if needs_count else 0))
     statistics = [Statistic("__count", float(k), share)] if needs_count else []
     for aggregate in sums:
-        bound = max(abs(float(aggregate.lower)), abs(float(aggregate.upper)))
+        bound = max(abs(x) for x in aggregate.bounds)
         statistics.append(Statistic(f"__sum_{aggregate.name}", k * bound, share))
     return statistics
 
 
-def aggregate_sql(row_sql: str, spec: Any) -> str:
+def _quoted(name: str) -> str:
+    return exp.column(name, quoted=True).sql("duckdb")
+
+
+def aggregate_sql(row_sql: str, spec: DpSpec) -> str:
     """The SQL the enclave runs: bounded contributions, exact clamped aggregates."""
-    unit = exp.to_identifier(spec.unit, quoted=True).sql("duckdb")
-    groups = [exp.to_identifier(g, quoted=True).sql("duckdb") for g in spec.group_by]
-    columns = [f"COUNT(*) AS {exp.to_identifier('__count', quoted=True).sql('duckdb')}"]
+    unit = _quoted(spec.unit)
+    groups = [_quoted(g) for g in spec.group_by]
+    columns = [f"COUNT(*) AS {_quoted('__count')}"]
     for a in spec.aggregates:
-        if a.function in ("sum", "mean"):
-            value = exp.to_identifier(a.column, quoted=True).sql("duckdb")
-            clamped = (
-                f"LEAST(GREATEST(CAST({value} AS DOUBLE), {float(a.lower)!r}), {float(a.upper)!r})"
-            )
-            name = exp.to_identifier(f"__sum_{a.name}", quoted=True).sql("duckdb")
+        if a.function in ("sum", "mean") and a.column is not None:
+            lower, upper = a.bounds
+            value = _quoted(a.column)
+            clamped = f"LEAST(GREATEST(CAST({value} AS DOUBLE), {lower!r}), {upper!r})"
+            name = _quoted(f"__sum_{a.name}")
             columns.append(f"COALESCE(SUM({clamped}), 0) AS {name}")
     filters = [
         f"{g} IN ({', '.join(exp.convert(k).sql('duckdb') for k in keys)})"
@@ -102,7 +106,7 @@ def _measurement(statistic: Statistic, integer: bool) -> Any:
     return measurement
 
 
-def release(exact: pa.Table, spec: Any) -> pa.Table:
+def release(exact: pa.Table, spec: DpSpec) -> pa.Table:
     """Noisy aggregates for every declared key combination, from the exact ones."""
     statistics = {s.name: s for s in plan(spec)}
     groups = list(spec.group_by)
@@ -124,5 +128,6 @@ def release(exact: pa.Table, spec: Any) -> pa.Table:
                 out[a.name].append(noisy[f"__sum_{a.name}"])
             else:
                 mean = noisy[f"__sum_{a.name}"] / max(noisy["__count"], 1)
-                out[a.name].append(min(max(mean, float(a.lower)), float(a.upper)))
+                lower, upper = a.bounds
+                out[a.name].append(min(max(mean, lower), upper))
     return pa.table(out)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from cleanroom.datasets.schema import Schema
 from cleanroom.errors import GovernanceError
@@ -131,3 +131,59 @@ def check_rule(rule: AggregationRule | ListRule | CustomRule, schema: Schema) ->
     both = set(rule.dimensions) & set(rule.join_columns)
     if both:
         raise GovernanceError(f"join columns are never output: {sorted(both)} are dimensions")
+
+
+# -- differential privacy ---------------------------------------------------------------
+
+Key = Annotated[StrictStr, Field(max_length=256)] | StrictInt | StrictBool
+
+
+class DpAggregate(WireModel):
+    name: Column
+    function: Literal["count", "sum", "mean"]
+    column: Column | None = None
+    lower: StrictFloat | StrictInt | None = None
+    upper: StrictFloat | StrictInt | None = None
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The clamping bounds of a sum or mean."""
+        if self.lower is None or self.upper is None:
+            raise ValueError(f"{self.name}: a DP count has no bounds")
+        return float(self.lower), float(self.upper)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DpAggregate:
+        if self.function == "count":
+            if self.column is not None or self.lower is not None or self.upper is not None:
+                raise ValueError(f"{self.name}: a DP count takes no column or bounds")
+        elif self.column is None or self.lower is None or self.upper is None:
+            raise ValueError(
+                f"{self.name}: a DP {self.function} needs a column and clamping bounds"
+            )
+        elif self.lower >= self.upper:
+            raise ValueError(f"{self.name}: lower bound must be below upper bound")
+        return self
+
+
+class DpSpec(WireModel):
+    """A differentially private release: the SQL selects one row per contribution
+    (the privacy unit, group keys, values); the enclave bounds each unit's rows,
+    clamps values and adds Laplace noise calibrated to ``epsilon``."""
+
+    epsilon: StrictFloat | StrictInt = Field(gt=0, le=10)
+    delta: StrictFloat | StrictInt = Field(default=0.0, ge=0, le=0)  # pure DP (Laplace)
+    unit: Column
+    max_contributions: StrictInt = Field(default=1, ge=1, le=1000)
+    group_by: dict[Column, list[Key]] = Field(default_factory=dict, max_length=4)
+    aggregates: list[DpAggregate] = Field(min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _keys(self) -> DpSpec:
+        for column, keys in self.group_by.items():
+            if not keys or len(keys) > 10_000 or len(set(keys)) != len(keys):
+                raise ValueError(f"group {column}: declare 1 to 10,000 distinct public keys")
+        names = [a.name for a in self.aggregates]
+        if len(set(names)) != len(names) or set(names) & set(self.group_by):
+            raise ValueError("DP output names must be distinct")
+        return self
