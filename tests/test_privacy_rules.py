@@ -416,3 +416,18 @@ def test_contributions_are_bounded_per_person_inside_the_query() -> None:
     ).fetchone()
     assert (segment, count) == ("a", 6)  # 3 people x at most 2 rows
     assert total == pytest.approx(2 * 100 + 4 * 10)  # the heavy person's 1000s clamped to 100
+
+
+def test_room_limits_are_a_contract_change_and_the_stricter_limits_win(tmp_path: Path) -> None:
+    from cleanroom.enclave.runtime import room_limits  # noqa: PLC0415
+    from cleanroom.enclave.sql import Limits  # noqa: PLC0415
+
+    room = RuleRoom(tmp_path)
+    limits = {"type": "set_limits", "time_s": 30, "memory_mb": 512, "max_result_rows": 1000}
+    room.accept("analyst", limits)
+    assert room.state.summary()["limits"] == limits
+    service = Limits(time_s=600, memory="4GB", max_result_rows=1_000_000)
+    applied = room_limits(service, room.state.limits)
+    assert (applied.time_s, applied.memory, applied.max_result_rows) == (30, "512MB", 1000)
+    looser = room_limits(Limits(time_s=10, memory="256MB"), room.state.limits)
+    assert (looser.time_s, looser.memory) == (10, "256MB")
