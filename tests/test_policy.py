@@ -275,6 +275,16 @@ ALLOWED: dict[str, tuple[str, list[str], int]] = {
         ["n"],
         1,
     ),
+    "an aggregate FILTER on a dimension": (
+        "SELECT COUNT(*) FILTER (WHERE category = 'grocery') AS n FROM transactions",
+        ["n"],
+        1,
+    ),
+    "a sample of one row is suppressed": (
+        "SELECT COUNT(*) AS n FROM transactions USING SAMPLE 1 ROWS",
+        ["n"],
+        0,
+    ),
     "a literal label column": (
         "SELECT 'all' AS scope, COUNT(*) AS n FROM customers",
         ["scope", "n"],
@@ -465,6 +475,14 @@ REFUSED: dict[str, tuple[str, str]] = {
     "join USING a column that is not a join column": (
         "SELECT COUNT(*) FROM transactions t JOIN customers c USING (customer_hash, region)",
         "does not resolve",
+    ),
+    "an aggregate FILTER that pins a person": (
+        "SELECT COUNT(*) FILTER (WHERE customer_hash = 'c1') FROM transactions",
+        "identity column",
+    ),
+    "GROUP BY ALL over a value": (
+        "SELECT amount, COUNT(*) FROM transactions GROUP BY ALL",
+        "not a dimension",
     ),
     "lateral unnest of a value": (
         "SELECT COUNT(*) FROM transactions, unnest([amount]) u(x)",
