@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from cleanroom import Party, Schema, seal_dataset
+from cleanroom.attestation import VirtualPlatform, binding
+from cleanroom.broker import KeyBroker, seal_deposit
+from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.governance import (
     member_accept,
     new_room_id,
     propose,
     revoke_consent,
     room_create,
+    sign_statement,
     statement_digest,
     vote,
 )
@@ -97,6 +102,24 @@ class RoomFixture:
     def revoke(self, name: str, dataset: str) -> str:
         return self.submit(revoke_consent(self.parties[name], self.room, dataset, now=self.clock))
 
+    def deposit(
+        self, owner: str, name: str, manifest: dict[str, Any], key: bytes, platforms: list[str]
+    ) -> str:
+        """Deposit a dataset version's key with the ledger's key broker."""
+        digest = canonical_digest(manifest)
+        body = {
+            "dataset": name,
+            "manifest": digest,
+            "sealed_key": seal_deposit(
+                key, self.ledger.service.identity, room=self.room, dataset=name, manifest=digest
+            ),
+            "policy": {"platforms": platforms},
+        }
+        statement = sign_statement(
+            self.parties[owner], self.room, "key.deposit", body, now=self.clock
+        )
+        return self.submit(statement)
+
     def status(self, proposal: str) -> str:
         return self.ledger.state(self.room).proposals[proposal].status
 
@@ -135,3 +158,45 @@ def make_ledger(path: Path, clock: Clock, **policy: int) -> Ledger:
         policy=TreeHeadPolicy(**policy),
         clock=clock,
     )
+
+
+@dataclass
+class Attempt:
+    """One enclave's try at a key release, step by step: a launch token and a
+    nonce from the broker, then evidence and the release, each of which a test
+    may replace to attack that step."""
+
+    broker: KeyBroker
+    room: str
+    job: str
+    clock: Clock
+    enclave: Party = field(default_factory=lambda: Party.create("enclave"))
+
+    def __post_init__(self) -> None:
+        self.token = self.broker.launch(self.room, self.job)
+        self.nonce = self.broker.challenge(self.room, self.job, self.token)
+
+    def evidence(
+        self, measurement: str | None = None, *, at: Clock | None = None, nonce: str | None = None
+    ) -> dict[str, Any]:
+        """Virtual evidence binding ``nonce`` (default: the broker's), this enclave and job."""
+        report = binding(
+            nonce=nonce or self.nonce, tee_pubkey=self.enclave.fingerprint, job=self.job
+        )
+        return VirtualPlatform(measurement, now=at or self.clock).attest(report)
+
+    def release(
+        self,
+        evidence: dict[str, Any] | None = None,
+        *,
+        nonce: str | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        return self.broker.release(
+            self.room,
+            self.job,
+            token=token or self.token,
+            nonce=nonce or self.nonce,
+            enclave=self.enclave.identity_document(),
+            evidence=evidence or self.evidence(),
+        )

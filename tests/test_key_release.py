@@ -6,12 +6,15 @@ parties attesting with the virtual platform at an injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cleanroom import Party, Schema, seal_dataset
 from cleanroom.attestation import VirtualPlatform, binding, measure, verify_evidence
 from cleanroom.attestation.virtual import EVIDENCE_TYP, KEY_ID
-from cleanroom.broker import KeyBroker, open_released, seal_deposit
+from cleanroom.broker import KeyBroker, open_released
 from cleanroom.crypto import jws
-from cleanroom.crypto.canonical import canonical_digest, canonical_json
+from cleanroom.crypto.canonical import canonical_json
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.datasets.seal import unseal_key
 from cleanroom.errors import (
@@ -33,8 +36,11 @@ from cleanroom.errors import (
 from cleanroom.governance import parse_statement, sign_statement
 from cleanroom.governance.statements import request_job
 from cleanroom.ledger import verify_export
+from cleanroom.service.app import Service, create_app
+from cleanroom.service.auth import sign_request
+from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
-from tests.rooms import Clock, RoomFixture, make_ledger
+from tests.rooms import Attempt, Clock, RoomFixture, make_ledger
 from tests.test_ledger import resign, tokens_of
 
 CODE = measure()
@@ -102,29 +108,7 @@ class JobRoom:
             self.room.vote(voter, pid)
         key = unseal_key(out, sealed.manifest, party)
         self.keys[name] = key
-        self.deposit(owner, name, manifest, key, platforms)
-
-    def deposit(
-        self, owner: str, name: str, manifest: dict[str, Any], key: bytes, platforms: list[str]
-    ) -> None:
-        digest = canonical_digest(manifest)
-        body = {
-            "dataset": name,
-            "manifest": digest,
-            "sealed_key": seal_deposit(
-                key,
-                self.ledger.service.identity,
-                room=self.room.room,
-                dataset=name,
-                manifest=digest,
-            ),
-            "policy": {"platforms": platforms, "measurements": None},
-        }
-        self.room.submit(
-            sign_statement(
-                self.room.parties[owner], self.room.room, "key.deposit", body, now=self.clock
-            )
-        )
+        self.room.deposit(owner, name, manifest, key, platforms)
 
     @property
     def state(self) -> Any:
@@ -148,20 +132,11 @@ class JobRoom:
         nonce: str | None = None,
         bind_nonce: str | None = None,
     ) -> tuple[Party, dict[str, Any]]:
-        token = self.broker.launch(self.room.room, job)
-        nonce = nonce or self.broker.challenge(self.room.room, job, token)
-        enclave = enclave or Party.create("enclave")
-        report = binding(nonce=bind_nonce or nonce, tee_pubkey=enclave.fingerprint, job=job)
-        evidence = evidence or VirtualPlatform(measurement, now=self.clock).attest(report)
-        released = self.broker.release(
-            self.room.room,
-            job,
-            token=token,
-            nonce=nonce,
-            enclave=enclave.identity_document(),
-            evidence=evidence,
-        )
-        return enclave, released
+        attempt = Attempt(self.broker, self.room.room, job, self.clock)
+        if enclave is not None:
+            attempt.enclave = enclave
+        evidence = evidence or attempt.evidence(measurement, nonce=bind_nonce)
+        return attempt.enclave, attempt.release(evidence, nonce=nonce)
 
 
 def kinds(job_room: JobRoom) -> list[str]:
@@ -259,39 +234,13 @@ def test_denials_release_nothing_and_are_recorded(jr: JobRoom, case: str) -> Non
 
 
 def test_stale_evidence_and_expired_nonces_are_denied(jr: JobRoom) -> None:
-    job = jr.request()
-    token = jr.broker.launch(jr.room.room, job)
-    nonce = jr.broker.challenge(jr.room.room, job, token)
+    late = Attempt(jr.broker, jr.room.room, jr.request(), jr.clock)
     jr.clock.advance(61_000)
-    enclave = Party.create("enclave")
-    evidence = VirtualPlatform(CODE, now=jr.clock).attest(
-        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
-    )
     with pytest.raises(AuthorizationError, match="nonce expired"):
-        jr.broker.release(
-            jr.room.room,
-            job,
-            token=token,
-            nonce=nonce,
-            enclave=enclave.identity_document(),
-            evidence=evidence,
-        )
-    job = jr.request()
-    old = Clock(jr.clock() - 11 * 60_000)
-    token = jr.broker.launch(jr.room.room, job)
-    nonce = jr.broker.challenge(jr.room.room, job, token)
-    evidence = VirtualPlatform(CODE, now=old).attest(
-        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
-    )
+        late.release()
+    stale = Attempt(jr.broker, jr.room.room, jr.request(), jr.clock)
     with pytest.raises(AuthorizationError, match="stale"):
-        jr.broker.release(
-            jr.room.room,
-            job,
-            token=token,
-            nonce=nonce,
-            enclave=enclave.identity_document(),
-            evidence=evidence,
-        )
+        stale.release(stale.evidence(at=Clock(jr.clock() - 11 * 60_000)))
 
 
 def test_a_wrong_launch_token_gets_no_nonce_and_leaves_no_entry(jr: JobRoom) -> None:
@@ -310,22 +259,11 @@ def test_a_wrong_launch_token_gets_no_nonce_and_leaves_no_entry(jr: JobRoom) -> 
 
 def test_a_nonce_is_single_use_and_a_running_job_gets_no_second_release(jr: JobRoom) -> None:
     job = jr.request()
-    token = jr.broker.launch(jr.room.room, job)
-    nonce = jr.broker.challenge(jr.room.room, job, token)
-    enclave = Party.create("enclave")
-    evidence = VirtualPlatform(CODE, now=jr.clock).attest(
-        binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
-    )
-    args = {
-        "token": token,
-        "nonce": nonce,
-        "enclave": enclave.identity_document(),
-        "evidence": evidence,
-    }
-    jr.broker.release(jr.room.room, job, **args)
-    token = jr.broker.launch(jr.room.room, job)
+    attempt = Attempt(jr.broker, jr.room.room, job, jr.clock)
+    attempt.release()
+    second_token = jr.broker.launch(jr.room.room, job)
     with pytest.raises(AuthorizationError, match="not issued"):
-        jr.broker.release(jr.room.room, job, **{**args, "token": token})
+        attempt.release(token=second_token)
     assert kinds(jr).count("key.release") == 1
     assert jr.state.jobs[job].status == "running"
 
@@ -515,3 +453,51 @@ def test_an_enclave_that_cannot_start_its_job_fails_it_with_the_reason(jr: JobRo
     assert jr.state.jobs[job].status == "failed"
     assert "exited with code 1" in jr.state.jobs[job].reason
     assert "cannot reach the service" in jr.state.jobs[job].reason
+
+
+def test_an_enclave_reads_only_its_own_inputs_and_nothing_once_its_job_ends(
+    jr: JobRoom, tmp_path: Path
+) -> None:
+    """The service's routes, in process over the real ledger: an attested enclave
+    signs with its ephemeral key; what it may read is decided on every request."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    state = jr.state
+    for name, dataset in state.datasets.items():  # the ciphertext JobRoom sealed
+        shutil.copy(tmp_path / name / "data.parquet", blobs / dataset.versions[-1].manifest.sha256)
+    job = jr.request()
+    enclave, _ = jr.attempt(job)
+    own = [state.version(n, m).manifest.sha256 for n, m in jr.state.jobs[job].released]
+    unapproved = next(
+        p.action.manifest["payload"]["ciphertext"]["sha256"]
+        for p in state.proposals.values()
+        if p.action.type == "register_dataset" and p.status == "open"
+    )
+    service = Service(jr.ledger, LocalBlobStore(blobs))
+    service.trust_enclave(jr.state.jobs[job])
+    room = jr.room.room
+
+    app = create_app(service)
+
+    def get(path: str) -> int:
+        async def send() -> int:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cleanroom") as http:
+                request = http.build_request("GET", path)
+                sign_request(request, b"", enclave)
+                answer = await http.send(request)
+                if answer.status_code == 200 and "/blobs/" in path:
+                    assert hashlib.sha256(answer.content).hexdigest() == path.rsplit("/", 1)[1]
+                return answer.status_code
+
+        return asyncio.run(send())
+
+    assert get(f"/v1/rooms/{room}/export") == 200
+    for digest in own:
+        assert get(f"/v1/rooms/{room}/blobs/{digest}") == 200  # its content checked above
+    assert get(f"/v1/rooms/{room}/blobs/{unapproved}") == 403
+    assert get(f"/v1/rooms/{room}") == 403  # a member route
+    assert get(f"/v1/rooms/{room}/jobs") == 403
+    _complete(jr, job, enclave)
+    assert get(f"/v1/rooms/{room}/export") == 403
+    assert get(f"/v1/rooms/{room}/blobs/{own[0]}") == 403

@@ -14,16 +14,14 @@ import pyarrow as pa
 import pytest
 
 from cleanroom import Party, seal_dataset
-from cleanroom.attestation import VirtualPlatform, binding, measure
-from cleanroom.broker import KeyBroker, seal_deposit
-from cleanroom.crypto.canonical import canonical_digest
+from cleanroom.attestation import measure
+from cleanroom.broker import KeyBroker
 from cleanroom.datasets.seal import unseal_key
 from cleanroom.errors import AuthorizationError, GovernanceError
-from cleanroom.governance import sign_statement
 from cleanroom.governance.statements import request_job
 from cleanroom.policy import dp
 from cleanroom.policy.rules import DpSpec
-from tests.rooms import Clock, RoomFixture, make_ledger
+from tests.rooms import Attempt, Clock, RoomFixture, make_ledger
 from tests.test_policy import BANK_RULE, CUSTOMERS, MERCHANT_RULE, TRANSACTIONS
 
 JOIN = "FROM transactions t JOIN customers c ON t.customer_hash = c.customer_hash"
@@ -85,21 +83,8 @@ class RuleRoom:
             pid = self.fx.propose(owner, action)
             for voter in {owner, "bank"}:
                 self.fx.vote(voter, pid)
-            digest = canonical_digest(manifest)
             key = unseal_key(tmp / name, sealed.manifest, party)
-            body = {
-                "dataset": name,
-                "manifest": digest,
-                "sealed_key": seal_deposit(
-                    key,
-                    self.ledger.service.identity,
-                    room=self.fx.room,
-                    dataset=name,
-                    manifest=digest,
-                ),
-                "policy": {"platforms": ["insecure-virtual"]},
-            }
-            self.fx.submit(sign_statement(party, self.fx.room, "key.deposit", body, now=self.clock))
+            self.fx.deposit(owner, name, manifest, key, ["insecure-virtual"])
             if budget is not None:
                 self.accept(
                     owner, {"type": "set_privacy_budget", "dataset": name, "epsilon": budget}
@@ -148,20 +133,7 @@ class RuleRoom:
         )
 
     def release(self, job: str) -> dict[str, Any]:
-        token = self.broker.launch(self.fx.room, job)
-        nonce = self.broker.challenge(self.fx.room, job, token)
-        enclave = Party.create("enclave")
-        evidence = VirtualPlatform(now=self.clock).attest(
-            binding(nonce=nonce, tee_pubkey=enclave.fingerprint, job=job)
-        )
-        return self.broker.release(
-            self.fx.room,
-            job,
-            token=token,
-            nonce=nonce,
-            enclave=enclave.identity_document(),
-            evidence=evidence,
-        )
+        return Attempt(self.broker, self.fx.room, job, self.clock).release()
 
 
 def test_a_leaking_analysis_is_refused_at_proposal_naming_the_rule(tmp_path: Path) -> None:

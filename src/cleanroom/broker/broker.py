@@ -44,6 +44,7 @@ from cleanroom.errors import (
     CleanroomError,
     GovernanceError,
 )
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import sign_statement
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
@@ -164,7 +165,7 @@ class KeyBroker:
             identity = PublicIdentity.from_document(enclave)
             state = self.ledger.state(room)
             inputs = state.job_inputs(job)
-            keys = {m: self._open_deposit(room, name, m) for name, m in inputs}
+            keys = {m: self._open_deposit(state, name, m) for name, m in inputs}
             body = {
                 "job": job,
                 "enclave": enclave,
@@ -189,18 +190,15 @@ class KeyBroker:
         ]
         return {"seq": entry.seq, "keys": released}
 
-    def _open_deposit(self, room: str, dataset: str, manifest: str) -> bytes:
-        deposit = self.ledger.state(room).deposits.get(manifest)
+    def _open_deposit(self, state: RoomState, dataset: str, manifest: str) -> bytes:
+        deposit = state.deposits.get(manifest)
         if deposit is None:
             raise GovernanceError(f"the owner of {dataset!r} has deposited no key for it")
         sealed = b64url_decode(deposit.sealed_key, what="deposited key")
         key = open_sealed(
-            sealed, self.party.encryption_private, deposit_context(room, dataset, manifest)
+            sealed, self.party.encryption_private, deposit_context(state.room, dataset, manifest)
         )
-        version = next(
-            v for v in self.ledger.state(room).datasets[dataset].versions if v.digest == manifest
-        )
-        if key_id_of(key) != version.manifest.key_id:
+        if key_id_of(key) != state.version(dataset, manifest).manifest.key_id:
             raise GovernanceError(f"the key deposited for {dataset!r} is not the manifest's key")
         return key
 

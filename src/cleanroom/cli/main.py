@@ -432,7 +432,7 @@ def _author_name(state: RoomState, fingerprint: str) -> str:
         return state.members[fingerprint].identity.name
     if state.service is not None and fingerprint == state.service.fingerprint:
         return "(service)"
-    if any(j.enclave and j.enclave.fingerprint == fingerprint for j in state.jobs.values()):
+    if state.enclave_job(fingerprint) is not None:
         return "(enclave)"
     return "?"
 

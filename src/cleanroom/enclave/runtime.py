@@ -206,9 +206,7 @@ def _execute(
         inputs = []
         digests = []
         for index, (name, manifest_digest) in enumerate(job.released):
-            manifest = next(
-                v.manifest for v in state.datasets[name].versions if v.digest == manifest_digest
-            )
+            manifest = state.version(name, manifest_digest).manifest
             path = work / f"input-{index}.parquet"
             room.download(manifest.sha256, path)  # refused unless the digest matches
             key = open_released(

@@ -488,6 +488,11 @@ class RoomState:
             if not self._dataset(name).consent:
                 raise GovernanceError(f"the owner of {name!r} has revoked consent")
 
+    def enclave_job(self, fingerprint: str) -> Job | None:
+        """The job whose keys were released to the enclave with this key, if any."""
+        job_id = self._enclaves.get(fingerprint)
+        return self.jobs[job_id] if job_id is not None else None
+
     def job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
@@ -612,7 +617,7 @@ class RoomState:
         ):
             raise GovernanceError("the result must be sealed to exactly the analysis's recipients")
         expected = [
-            (name, self._version(name, manifest).manifest.sha256) for name, manifest in job.released
+            (name, self.version(name, manifest).manifest.sha256) for name, manifest in job.released
         ]
         if [(i.dataset, i.sha256) for i in body.inputs] != expected:
             raise GovernanceError("the job reports other inputs than the ones released to it")
@@ -628,7 +633,8 @@ class RoomState:
         }
         job.sealed_keys = {k.recipient: k.sealed for k in body.sealed_keys}
 
-    def _version(self, name: str, digest: str) -> DatasetVersion:
+    def version(self, name: str, digest: str) -> DatasetVersion:
+        """The version of dataset ``name`` whose manifest has ``digest``."""
         for version in self._dataset(name).versions:
             if version.digest == digest:
                 return version

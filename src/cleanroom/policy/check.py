@@ -284,7 +284,7 @@ class _Checker:
                             f"{table.name!r} ({rule.type} rule): {_sql(part)}"
                         )
 
-    def functions_in(self, node: exp.Expr, scope: Scope) -> None:
+    def functions_in(self, node: exp.Expr) -> None:
         for function in node.find_all(exp.Func):
             if isinstance(function, (exp.AggFunc, *_STRUCTURAL)):
                 if isinstance(function, (exp.Cast, exp.TryCast)):
@@ -313,10 +313,8 @@ class _Checker:
             raise PolicyError(f"only plain SELECTs may read protected data: {_sql(select)}")
         if select.args.get("distinct"):
             raise PolicyError(f"SELECT DISTINCT emits rows; use GROUP BY: {_sql(select)}")
-        for clause in ("expressions", "where", "group", "having", "order"):
-            value = select.args.get(clause)
-            for node in value if isinstance(value, list) else [value] if value else []:
-                self.functions_in(node, scope)
+        for node in _clause_nodes(select, ("expressions", "where", "group", "having", "order")):
+            self.functions_in(node)
         self.require_aggregate(scope, "aggregation rule")
         self.joins(scope)
         for aggregate in select.find_all(exp.AggFunc):
@@ -400,10 +398,8 @@ class _Checker:
                     f"{table.name}.{column.name} is not a list column of its list rule: "
                     f"{_sql(column.parent or column)}"
                 )
-        for clause in ("expressions", "where", "order"):
-            value = select.args.get(clause)
-            for node in value if isinstance(value, list) else [value] if value else []:
-                self.functions_in(node, scope)
+        for node in _clause_nodes(select, ("expressions", "where", "order")):
+            self.functions_in(node)
 
     def disallowed_outputs(self, query: exp.Query) -> None:
         banned = {
@@ -453,6 +449,15 @@ def _linked(a: Ref, b: Ref, edges: list[tuple[Ref, Ref]]) -> bool:
                     reached.add(there)
                     frontier.append(there)
     return b in reached
+
+
+def _clause_nodes(select: exp.Expr, clauses: tuple[str, ...]) -> list[exp.Expr]:
+    """The expressions of these clauses of a SELECT (projections, WHERE, ...)."""
+    nodes: list[exp.Expr] = []
+    for clause in clauses:
+        value = select.args.get(clause)
+        nodes += value if isinstance(value, list) else [value] if value is not None else []
+    return nodes
 
 
 def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
@@ -529,7 +534,7 @@ def check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:
     _dp_columns(scope, checker, outputs, spec)
     where = select.args.get("where")
     if where is not None:
-        checker.functions_in(where, scope)
+        checker.functions_in(where)
         for column in where.find_all(exp.Column):
             table = checker.table_of(scope, column)
             if table is not None and isinstance(table.rule, AggregationRule):

@@ -159,9 +159,13 @@ class Service:
         with self._lock:
             for fingerprint, member in state.members.items():
                 self._keys[fingerprint] = member.identity.signing_key
-            for job in state.jobs.values():
-                if job.enclave is not None:
-                    self._keys[job.enclave.fingerprint] = job.enclave.signing_key
+
+    def trust_enclave(self, job: Job) -> None:
+        """Accept request signatures by a job's attested enclave (authorization
+        still checks, on each request, that its job is running)."""
+        if job.enclave is not None:
+            with self._lock:
+                self._keys[job.enclave.fingerprint] = job.enclave.signing_key
 
     def key(self, fingerprint: str) -> Ed25519PublicKey | None:
         with self._lock:
@@ -181,14 +185,10 @@ class Service:
     def enclave_job(self, room: str, fingerprint: str) -> Job | None:
         """The running job whose attested enclave has this key, if any."""
         try:
-            state = self.ledger.state(room)
+            job = self.ledger.state(room).enclave_job(fingerprint)
         except GovernanceError:
             return None
-        for job in state.jobs.values():
-            enclave = job.enclave
-            if job.status == "running" and enclave and enclave.fingerprint == fingerprint:
-                return job
-        return None
+        return job if job is not None and job.status == "running" else None
 
     def reader(self, room: str, fingerprint: str) -> tuple[RoomState, Job | None]:
         """A member, or the enclave of a running job (then its job)."""
@@ -427,12 +427,7 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
         state, job = service.reader(room, who)
         check_digest(digest)
         if job is not None:
-            released = {
-                v.manifest.sha256
-                for name, manifest in job.released
-                for v in state.datasets[name].versions
-                if v.digest == manifest
-            }
+            released = {state.version(n, m).manifest.sha256 for n, m in job.released}
             if digest not in released:
                 raise AuthorizationError("an enclave reads its own job's inputs only")
         elif _owned_manifest(state, digest, None) is None:
@@ -503,7 +498,7 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
             enclave=payload.enclave,
             evidence=payload.evidence,
         )
-        service.learn(service.ledger.state(room))
+        service.trust_enclave(service.ledger.state(room).job(job))
         return released
 
     @app.put("/v1/rooms/{room}/jobs/{job}/result/{digest}", status_code=201)
