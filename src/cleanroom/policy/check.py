@@ -11,8 +11,10 @@ Under aggregation rules, every SELECT that reads a protected table directly
 must aggregate: its columns outside aggregates must be dimensions, aggregate
 arguments must be plain columns the rule allows for that function, joins must
 be equalities of declared join columns, and functions must be in the rules'
-allow-lists. Thresholds become ``HAVING COUNT(DISTINCT identity) >= k`` on
-every such SELECT, so groups below the minimum never leave it. Window
+allow-lists. Thresholds keep only the groups of every such SELECT that have
+at least ``k`` distinct identities (``cleanroom.policy.threshold`` rewrites
+the SELECT so that DuckDB proves most groups cheaply and counts the rest
+exactly), so groups below the minimum never leave it. Window
 functions, set operations, subqueries in expressions, table functions and
 anything not recognised are refused: when in doubt, refuse.
 """
@@ -30,6 +32,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from cleanroom.datasets.schema import Schema
 from cleanroom.errors import GovernanceError
+from cleanroom.policy import threshold
 from cleanroom.policy.rules import AggregationRule, CustomRule, DpSpec, ListRule
 
 Rule = AggregationRule | ListRule | CustomRule
@@ -145,8 +148,9 @@ def parse(text: str, sources: dict[str, Source]) -> exp.Query:
 
 
 class _Checker:
-    def __init__(self, sources: dict[str, Source]) -> None:
+    def __init__(self, sources: dict[str, Source], *, bounded: bool = True) -> None:
         self.sources = sources
+        self.bounded = bounded
         kinds = {type(s.rule) for s in sources.values() if s.protected}
         if AggregationRule in kinds and ListRule in kinds:
             raise PolicyError(
@@ -167,6 +171,8 @@ class _Checker:
             if isinstance(s.rule, (AggregationRule, ListRule))
         ]
         self.functions: set[str] = set.intersection(*allowed) if allowed else set()
+        # SELECTs that get a threshold, with the identities to count, rewritten at the end
+        self.thresholds: list[tuple[exp.Select, list[threshold.Identity], int]] = []
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -216,7 +222,26 @@ class _Checker:
                 self.add_threshold(scope, k)
         self.disallowed_outputs(query)
         columns = [p.alias_or_name for p in query.selects]
+        query = self.enforce_thresholds(query)
         return Checked(query.sql(dialect=DIALECT), self.mode, k, columns)
+
+    def enforce_thresholds(self, query: exp.Query) -> exp.Query:
+        """Rewrite every SELECT that got a threshold (inner ones first); returns
+        the query, which may itself have been replaced."""
+        for n, (select, identities, k) in enumerate(self.thresholds):
+            enforced = threshold.enforce(
+                select,
+                identities,
+                k,
+                tag=f"t{n}",
+                inputs=set(self.sources),
+                bounded=self.bounded,
+            )
+            if select is query:
+                query = enforced
+            elif enforced is not select:
+                select.replace(enforced)
+        return query
 
     def table_of_source(self, source: Any) -> Source | None:
         if isinstance(source, exp.Table) and source.name in self.sources:
@@ -239,7 +264,9 @@ class _Checker:
         if not isinstance(select, exp.Select):
             raise PolicyError(f"a threshold needs a plain SELECT: {_sql(select)}")
         counted: list[tuple[str, str]] = []
+        identities: list[threshold.Identity] = []
         equal = _inner_equalities(select)
+        already = _distinct_counts(select)
         for alias, source in scope.sources.items():
             table = self.table_of_source(source)
             if table is None:
@@ -250,9 +277,17 @@ class _Checker:
             if any(_linked(column, other, equal) for other in counted):
                 continue
             counted.append(column)
-            identity = exp.column(column[1], table=alias, quoted=True)
-            count = exp.Count(this=exp.Distinct(expressions=[identity]))
-            select.having(exp.GTE(this=count, expression=exp.Literal.number(k)), copy=False)
+            # a distinct count the query computes anyway, of this identity or an equal one
+            same = [c for c in already if c == column or _linked(column, c, equal)]
+            table_alias, name = same[0] if same else column
+            identities.append(
+                threshold.Identity(
+                    column=exp.column(name, table=table_alias, quoted=True),
+                    integer=table.schema.column(column[1]).type in ("int32", "int64"),
+                    counted=bool(same),
+                )
+            )
+        self.thresholds.append((select, identities, k))
 
     def joins(self, scope: Scope) -> None:
         select = scope.expression
@@ -451,6 +486,22 @@ def _linked(a: Ref, b: Ref, edges: list[tuple[Ref, Ref]]) -> bool:
     return b in reached
 
 
+def _distinct_counts(select: exp.Select) -> list[Ref]:
+    """The columns this SELECT (not a nested one) counts with COUNT(DISTINCT column)."""
+    found: list[Ref] = []
+    for node in _clause_nodes(select, ("expressions", "having", "order")):
+        for count in node.find_all(exp.Count):
+            argument = count.this
+            if (
+                isinstance(argument, exp.Distinct)
+                and len(argument.expressions) == 1
+                and isinstance(argument.expressions[0], exp.Column)
+            ):
+                column = argument.expressions[0]
+                found.append((column.table, column.name))
+    return found
+
+
 def _clause_nodes(select: exp.Expr, clauses: tuple[str, ...]) -> list[exp.Expr]:
     """The expressions of these clauses of a SELECT (projections, WHERE, ...)."""
     nodes: list[exp.Expr] = []
@@ -497,11 +548,16 @@ def _lineage(node: exp.Expr, scope: Scope) -> set[tuple[str, str]]:
     return found
 
 
-def check_query(text: str, sources: dict[str, Source]) -> Checked:
-    """Check ``text`` against the rules of ``sources``; returns the SQL to run."""
+def check_query(text: str, sources: dict[str, Source], *, bounded: bool = True) -> Checked:
+    """Check ``text`` against the rules of ``sources``; returns the SQL to run.
+
+    ``bounded=False`` enforces every threshold with a plain ``HAVING
+    COUNT(DISTINCT ...)``: the same result, slower (for comparison).
+    """
     query = parse(text, sources)
     read = {t.name for t in query.find_all(exp.Table)}
-    checked = _Checker({n: s for n, s in sources.items() if n in read}).check(query)
+    checker = _Checker({n: s for n, s in sources.items() if n in read}, bounded=bounded)
+    checked = checker.check(query)
     if checked.mode == "custom" and not checked.threshold:
         return Checked(text, checked.mode, 0, checked.columns)  # run exactly what was approved
     return checked
