@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/service.py
 	$(BIN)/python benchmarks/tpch_jobs.py
+	$(BIN)/python benchmarks/privacy.py
 
 # Refresh the constraints file after changing dependency ranges in pyproject.toml.
 lock:

@@ -4,6 +4,7 @@ and differential privacy's calibration and noise."""
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import threading
 from pathlib import Path
@@ -340,6 +341,32 @@ def test_dp_row_queries_are_checked(tmp_path: Path, case: str) -> None:
 # -- DP mechanics: calibration, noise, contribution bounding -------------------------------
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"group_by": {"segment": []}}, "1 to 10,000 distinct public keys"),
+        ({"group_by": {"segment": ["a", "a"]}}, "1 to 10,000 distinct public keys"),
+        (
+            {"group_by": {"segment": list(range(400)), "region": list(range(400))}},
+            "more than 100,000 groups",
+        ),
+        (
+            {
+                "aggregates": [
+                    {"name": "s", "function": "sum", "column": "amount", "lower": 5, "upper": 1}
+                ]
+            },
+            "lower bound must be below upper bound",
+        ),
+        ({"epsilon": 0}, "greater than 0"),
+        ({"delta": 0.1}, "less than or equal to 0"),
+    ],
+)
+def test_dp_specifications_are_validated(change: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        DpSpec.model_validate({**DP_SPEC, **change})
+
+
 def test_noise_is_calibrated_to_epsilon_and_sensitivity() -> None:
     spec = DpSpec.model_validate({**DP_SPEC, "epsilon": 0.8, "max_contributions": 3})
     count, spend = dp.plan(spec)
@@ -347,10 +374,9 @@ def test_noise_is_calibrated_to_epsilon_and_sensitivity() -> None:
     assert count.sensitivity == 3
     assert spend.sensitivity == 3 * 100
     assert spend.scale == pytest.approx(300 / 0.4)
-    for statistic, integer in ((count, True), (spend, False)):
-        measurement = dp._measurement(statistic, integer)
-        d_in = int(statistic.sensitivity) if integer else statistic.sensitivity
-        assert measurement.map(d_in) == pytest.approx(statistic.epsilon)
+    for statistic in (count, spend):
+        measurement = dp._measurement(statistic)
+        assert measurement.map(statistic.sensitivity) == pytest.approx(statistic.epsilon)
 
 
 def test_the_noise_has_the_laplace_spread_the_plan_says() -> None:
@@ -378,7 +404,6 @@ def test_every_declared_key_is_released_and_undeclared_ones_are_not() -> None:
 def test_contributions_are_bounded_per_person_inside_the_query() -> None:
     spec = DpSpec.model_validate({**DP_SPEC, "max_contributions": 2})
     con = duckdb.connect()
-    con.execute("SELECT setseed(0.25)")  # seeded: the same rows are kept on every run
     con.execute(
         "CREATE TABLE rows AS SELECT 'p' || (i % 3) AS person, 'a' AS segment, "
         "CASE WHEN i % 3 = 0 THEN 1000 ELSE 10 END AS amount FROM range(300) r(i)"
@@ -386,8 +411,46 @@ def test_contributions_are_bounded_per_person_inside_the_query() -> None:
     (segment, count, total) = con.execute(
         dp.aggregate_sql("SELECT person, segment, amount FROM rows", spec)
     ).fetchone()
-    assert (segment, count) == ("a", 6)  # 3 people x at most 2 rows
+    assert segment == "a"
+    assert count == pytest.approx(6)  # 3 people x a weight of at most 2
     assert total == pytest.approx(2 * 100 + 4 * 10)  # the heavy person's 1000s clamped to 100
+
+
+def _exact(con: duckdb.DuckDBPyConnection, spec: DpSpec, without: str | None) -> list[float]:
+    rows = "SELECT person, segment, amount FROM people WHERE person IS DISTINCT FROM ?"
+    sql = dp.aggregate_sql(rows, spec)
+    found = {r[0]: r[1:] for r in con.execute(sql, [without]).fetchall()}
+    return [v for key in ("a", "b", "c") for v in found.get(key, (0.0, 0.0))]
+
+
+def test_one_person_moves_the_exact_aggregates_by_at_most_the_sensitivity() -> None:
+    """Neighbouring rooms (one person removed) on random data: the weighted
+    counts move by at most k in total over all groups and the clamped sums by
+    at most k * max(|lower|, |upper|), whatever that person's rows were;
+    undeclared groups use up the person's weight too."""
+    rng = random.Random(7)
+    spec = DpSpec.model_validate({**DP_SPEC, "max_contributions": 5})
+    k, bound = 5, 100
+    con = duckdb.connect()
+    for _ in range(8):
+        people = [f"p{i}" for i in range(12)]
+        rows = [
+            (person, rng.choice(["a", "b", "c", "zzz"]), rng.choice([-50, 7, 99, 5000]))
+            for person in people
+            for _ in range(rng.choice([1, 2, 5, 6, 40, 300]))
+        ]
+        con.execute("CREATE OR REPLACE TABLE people (person VARCHAR, segment VARCHAR, amount INT)")
+        con.executemany("INSERT INTO people VALUES (?, ?, ?)", rows)
+        everyone = _exact(con, spec, None)
+        for person in people:
+            neighbour = _exact(con, spec, person)
+            counts = sum(abs(x - y) for x, y in zip(everyone[0::2], neighbour[0::2], strict=True))
+            sums = sum(abs(x - y) for x, y in zip(everyone[1::2], neighbour[1::2], strict=True))
+            n = sum(1 for r in rows if r[0] == person)
+            in_declared = sum(1 for r in rows if r[0] == person and r[1] != "zzz")
+            assert counts == pytest.approx(in_declared * min(1.0, k / n))
+            assert counts <= k + 1e-9
+            assert sums <= k * bound + 1e-6
 
 
 def test_room_limits_are_a_contract_change_and_the_stricter_limits_win(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ the union of disallowed columns, the intersection of recipients.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
@@ -36,6 +37,7 @@ AggregateName = Literal["count", "count_distinct", "sum", "avg", "min", "max"]
 # Scalar functions a rule may allow on dimension columns. Functions that encode
 # or reveal values (hashes, substrings, JSON, string splitting...) are not in
 # this catalogue, so no rule can allow them.
+MAX_DP_GROUPS = 100_000
 SCALAR_FUNCTIONS = frozenset(
     {
         "abs",
@@ -183,6 +185,12 @@ class DpSpec(WireModel):
         for column, keys in self.group_by.items():
             if not keys or len(keys) > 10_000 or len(set(keys)) != len(keys):
                 raise ValueError(f"group {column}: declare 1 to 10,000 distinct public keys")
+        # every combination of keys is released, noisy, even when empty
+        if math.prod(len(keys) for keys in self.group_by.values()) > MAX_DP_GROUPS:
+            raise ValueError(
+                f"the declared keys make more than {MAX_DP_GROUPS:,} groups (every combination "
+                "is released): declare fewer keys or fewer group columns"
+            )
         names = [a.name for a in self.aggregates]
         if len(set(names)) != len(names) or set(names) & set(self.group_by):
             raise ValueError("DP output names must be distinct")
