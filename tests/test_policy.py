@@ -112,6 +112,18 @@ ALLOWED: dict[str, tuple[str, list[str], int]] = {
         ["segment", "n"],
         3,
     ),
+    "filters joined by AND": (
+        "SELECT COUNT(*) AS n FROM transactions WHERE category = 'grocery' "
+        "AND ts >= TIMESTAMP '2026-03-01'",
+        ["n"],
+        1,
+    ),
+    "filters joined by OR": (
+        "SELECT category, COUNT(*) AS n FROM transactions "
+        "WHERE category = 'grocery' OR category = 'yacht' GROUP BY category",
+        ["category", "n"],
+        1,  # yacht (1 customer) suppressed
+    ),
     "filter on a category literal": (
         "SELECT COUNT(*) AS n FROM transactions WHERE category = 'grocery'",
         ["n"],

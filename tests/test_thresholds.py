@@ -52,13 +52,20 @@ def _source(name: str, identity_type: str) -> Source:
 
 SOURCES_T = {"people": _source("people", "int64"), "other": _source("other", "int64")}
 SOURCES_S = {"people": _source("people", "string"), "other": _source("other", "string")}
-QUERIES = [
-    "SELECT grp, COUNT(*) AS n, SUM(val) AS total FROM people GROUP BY grp",
-    "SELECT COUNT(*) AS n FROM people",
-    "SELECT grp, SUM(val) AS total FROM people WHERE grp <> 'g1' GROUP BY grp",
-    "SELECT grp, COUNT(*) AS n FROM people GROUP BY grp ORDER BY n DESC, grp LIMIT 2",
+BY_GROUP = "SELECT grp, COUNT(*) AS n, SUM(val) AS total FROM people GROUP BY grp"
+GLOBAL = "SELECT COUNT(*) AS n FROM people"
+TOP_TWO = "SELECT grp, COUNT(*) AS n FROM people GROUP BY grp ORDER BY n DESC, grp LIMIT 2"
+OUTER = (
     "SELECT p.grp, COUNT(o.val) AS n FROM people p LEFT JOIN other o ON p.pid = o.pid "
-    "GROUP BY p.grp",
+    "GROUP BY p.grp"
+)
+QUERIES = [
+    BY_GROUP,
+    GLOBAL,
+    TOP_TWO,
+    OUTER,
+    "SELECT grp, SUM(val) AS total FROM people WHERE grp <> 'g1' GROUP BY grp",
+    "SELECT grp, SUM(val) AS total FROM people WHERE grp = 'g1' OR grp IS NULL GROUP BY grp",
 ]
 
 
@@ -140,7 +147,7 @@ def test_many_rows_from_too_few_people_are_suppressed() -> None:
     rows += [(100 + p, "enough", 1) for p in range(K)]
     _table(con, "people", rows)
     _table(con, "other", [])
-    got = _both(con, QUERIES[0], SOURCES_T)
+    got = _both(con, BY_GROUP, SOURCES_T)
     assert [r[0] for r in got] == ["enough"]
 
 
@@ -157,7 +164,7 @@ def test_people_in_one_bucket_are_counted_exactly() -> None:
         "FROM people GROUP BY grp"
     ).fetchall()
     assert {b for _, b in bound} == {1}  # the bound alone proves one person per group
-    assert [r[0] for r in _both(con, QUERIES[0], SOURCES_T)] == ["exactly k"]
+    assert [r[0] for r in _both(con, BY_GROUP, SOURCES_T)] == ["exactly k"]
 
 
 def test_a_null_identity_does_not_count_as_a_person() -> None:
@@ -186,7 +193,7 @@ def test_a_null_identity_does_not_count_as_a_person() -> None:
         "FROM people WHERE grp = 'short'"
     ).fetchone()
     assert bits == (K,)  # without taking the NULL's bit off, the bound would pass it
-    assert [r[0] for r in _both(con, QUERIES[0], SOURCES_S)] == ["enough"]
+    assert [r[0] for r in _both(con, BY_GROUP, SOURCES_S)] == ["enough"]
 
 
 def test_limit_applies_after_suppression() -> None:
@@ -197,7 +204,7 @@ def test_limit_applies_after_suppression() -> None:
     rows += [(64 * (50 + p), "bucketed", 1) for p in range(K)] * 2
     _table(con, "people", rows)
     _table(con, "other", [])
-    got = _both(con, QUERIES[3], SOURCES_T)
+    got = _both(con, TOP_TWO, SOURCES_T)
     assert [r[0] for r in got] == ["crowd", "bucketed"]
 
 
@@ -207,25 +214,25 @@ def test_null_group_keys_are_matched_when_counted_exactly() -> None:
     rows += [(64 * (10 + p), "short", 1) for p in range(K - 1)] * 2
     _table(con, "people", rows)
     _table(con, "other", [])
-    assert [r[0] for r in _both(con, QUERIES[0], SOURCES_T)] == [None]
+    assert [r[0] for r in _both(con, BY_GROUP, SOURCES_T)] == [None]
 
 
 def test_global_aggregates_below_and_above_the_threshold() -> None:
     con = duckdb.connect()
     _table(con, "other", [])
     _table(con, "people", [(64 * p, "g", 1) for p in range(K - 1)] * 3)
-    assert _both(con, QUERIES[1], SOURCES_T) == []
+    assert _both(con, GLOBAL, SOURCES_T) == []
     _table(con, "people", [(64 * p, "g", 1) for p in range(K)])
-    assert _both(con, QUERIES[1], SOURCES_T) == [(K,)]
+    assert _both(con, GLOBAL, SOURCES_T) == [(K,)]
 
 
 def test_an_outer_join_needs_both_identities_to_pass() -> None:
     con = duckdb.connect()
     _table(con, "people", [(p, "g", 1) for p in range(3 * K)])
     _table(con, "other", [(p, "g", 1) for p in range(K - 1)])  # too few on the joined side
-    assert _both(con, QUERIES[4], SOURCES_T) == []
+    assert _both(con, OUTER, SOURCES_T) == []
     _table(con, "other", [(p, "g", 1) for p in range(K)])
-    assert _both(con, QUERIES[4], SOURCES_T) == [("g", K)]
+    assert _both(con, OUTER, SOURCES_T) == [("g", K)]
 
 
 def test_thresholds_inside_ctes_and_derived_tables() -> None:
@@ -270,6 +277,6 @@ def test_thresholds_above_what_a_bitmap_proves_are_counted_exactly() -> None:
     sources = {
         "people": Source("people", strict.schema, rule.model_copy(update={"min_distinct": 65}))
     }
-    checked = check_query(QUERIES[0], sources).sql
+    checked = check_query(BY_GROUP, sources).sql
     assert "__cleanroom_" not in checked
     assert ">= 65" in checked

@@ -53,8 +53,9 @@ _SCALARS: dict[type[exp.Expr], str] = {
     exp.Upper: "upper",
     exp.Year: "year",
 }
-# conditionals and casts: they only rearrange what the columns inside them may show
-_STRUCTURAL = (exp.Case, exp.If, exp.Coalesce, exp.Cast, exp.TryCast)
+# conditionals, casts and AND/OR (which sqlglot models as functions): they only
+# rearrange or combine what the columns inside them may show
+_STRUCTURAL = (exp.Case, exp.If, exp.Coalesce, exp.Cast, exp.TryCast, exp.Connector)
 _AGGREGATES: dict[type[exp.Expr], str] = {
     exp.Sum: "sum",
     exp.Avg: "avg",

@@ -200,8 +200,18 @@ def _exact(
     )
     on = _all([_same(key.copy(), exp.column(f"g{j}", undecided)) for j, key in enumerate(keys)])
     exact.append("joins", exp.Join(this=exp.to_table(undecided), on=on, kind="SEMI"))
-    if select.args.get("where") is not None:
-        exact.set("where", select.args["where"].copy())
+    # the same test key by key: implied by the join above, but DuckDB pushes each one down
+    # to its table's scan, so no join builds a hash table when no group is undecided
+    conditions = [select.args["where"].this.copy()] if select.args.get("where") else []
+    for j, key in enumerate(keys):
+        match = (
+            exp.select("1")
+            .from_(undecided)
+            .where(_same(exp.column(f"g{j}", undecided), key.copy()), copy=False)
+        )
+        conditions.append(exp.Exists(this=match))
+    if conditions:
+        exact.set("where", exp.Where(this=_all(conditions)))
     if keys:
         exact.set("group", exp.Group(expressions=[key.copy() for key in keys]))
     counts = [_at_least(count_distinct(identity.column), k) for identity in identities]
