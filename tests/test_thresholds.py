@@ -253,6 +253,21 @@ def test_thresholds_inside_ctes_and_derived_tables() -> None:
     assert [r[0] for r in _both(con, derived, SOURCES_T)] == ["g0"]
 
 
+def test_a_cte_named_like_an_input_is_not_read_twice() -> None:
+    """The exact pass reads the SELECT's inputs again; a CTE could give other
+    rows the second time, so a CTE that hides an input keeps the plain HAVING."""
+    sql = (
+        "WITH other AS (SELECT 1 AS pid) "
+        "SELECT p.grp, COUNT(*) AS n FROM people p JOIN other o ON p.pid = o.pid GROUP BY p.grp"
+    )
+    checked = check_query(sql, SOURCES_T).sql
+    assert "__cleanroom_" not in checked
+    assert 'HAVING COUNT(DISTINCT "p"."pid") >= 5' in checked
+    con = duckdb.connect()
+    _table(con, "people", [(1, "g", 1)] * 10)
+    assert con.execute(checked).fetchall() == []  # one person: suppressed
+
+
 @pytest.mark.parametrize(
     "sql",
     [

@@ -229,14 +229,11 @@ class _Checker:
     def enforce_thresholds(self, query: exp.Query) -> exp.Query:
         """Rewrite every SELECT that got a threshold (inner ones first); returns
         the query, which may itself have been replaced."""
+        # a CTE named like an input hides it: such a name is never taken for an input
+        inputs = set(self.sources) - {cte.alias_or_name for cte in query.find_all(exp.CTE)}
         for n, (select, identities, k) in enumerate(self.thresholds):
             enforced = threshold.enforce(
-                select,
-                identities,
-                k,
-                tag=f"t{n}",
-                inputs=set(self.sources),
-                bounded=self.bounded,
+                select, identities, k, tag=f"t{n}", inputs=inputs, bounded=self.bounded
             )
             if select is query:
                 query = enforced

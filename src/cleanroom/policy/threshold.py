@@ -156,14 +156,17 @@ def _lower_bound(identity: Identity) -> exp.Expr:
     )
 
 
-def _unalias(node: exp.Expr, projections: dict[str, exp.Expr]) -> exp.Expr:
+def _unalias(node: exp.Expr, projections: list[exp.Expr]) -> exp.Expr:
     """``node`` with references to the SELECT's output names replaced by what they name."""
     if isinstance(node, exp.Literal) and node.is_int:  # ORDER BY 2
-        return list(projections.values())[int(node.name) - 1].copy()
+        return projections[int(node.name) - 1].unalias().copy()
+    named: dict[str, exp.Expr] = {}
+    for projection in projections:  # the first of two equal names, as DuckDB resolves it
+        named.setdefault(projection.alias_or_name, projection.unalias())
 
     def swap(part: exp.Expr) -> exp.Expr:
-        if isinstance(part, exp.Column) and not part.table and part.name in projections:
-            return projections[part.name].copy()
+        if isinstance(part, exp.Column) and not part.table and part.name in named:
+            return named[part.name].copy()
         return part
 
     return node.transform(swap)  # transform copies
@@ -222,7 +225,6 @@ def _exact(
 def _bounded(select: exp.Select, identities: list[Identity], k: int, tag: str) -> exp.Select:
     q, u, e = (f"__cleanroom_{tag}_{part}" for part in ("q", "u", "e"))
     outputs = [p.alias_or_name for p in select.expressions]
-    projections = {p.alias_or_name: p.unalias() for p in select.expressions}
     group = select.args.get("group")
     keys: list[exp.Expr] = list(group.expressions) if group is not None else []
     order = select.args.get("order")
@@ -233,7 +235,7 @@ def _bounded(select: exp.Select, identities: list[Identity], k: int, tag: str) -
     for r, identity in enumerate(identities):
         extra.append((f"low{r}", _lower_bound(identity)))
         extra.append((f"high{r}", exp.Count(this=exp.Star())))
-    extra += [(f"o{m}", _unalias(item.this, projections)) for m, item in enumerate(ordered)]
+    extra += [(f"o{m}", _unalias(item.this, select.expressions)) for m, item in enumerate(ordered)]
     inner = _with_columns(select, extra)
     columns = [f"c{i}" for i in range(len(outputs))] + [name for name, _ in extra]
     group_columns = [f"g{j}" for j in range(len(keys))]
