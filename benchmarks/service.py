@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from _common import machine, median, timed
 from cleanroom import Party, Schema
 from cleanroom.client import Client
 from cleanroom.datasets.manifest import Manifest, key_id_of
+from cleanroom.service.local import free_port, local_service
 
 PLAIN_SERVER = """
 import os, sys
@@ -53,12 +53,6 @@ async def put(request):
 uvicorn.run(Starlette(routes=[Route("/put", put, methods=["PUT"])]), host="127.0.0.1",
             port=int(sys.argv[1]), log_level="warning")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_up(url: str) -> None:
@@ -122,57 +116,45 @@ def bench_upload(work: Path, gib: float, repeat: int) -> None:
     script = work / "plain_server.py"
     script.write_text(PLAIN_SERVER)
     plain = subprocess.Popen([sys.executable, str(script), str(plain_port), str(plain_dir)])
-    port, data = free_port(), work / "service"
-    service = subprocess.Popen(
-        [sys.executable, "-m", "cleanroom", "serve", "--data-dir", str(data), "--port", str(port)]
-    )
+    data = work / "service"
     try:
         wait_up(f"http://127.0.0.1:{plain_port}/")
-        url = f"http://127.0.0.1:{port}"
-        wait_up(f"{url}/v1/health")
-        owner = Party.create("owner")
-        with Client(url, owner, timeout=600) as client:
-            room = client.create_room("bench", [(owner.identity_document(), ["data_provider"])])
-            room.propose(
-                {"type": "register_dataset", "manifest": signed_manifest(owner, digest, size)}
-            )
-            plain_times, service_times = [], []
-            with httpx.Client(timeout=600) as http:
-                for _ in range(repeat):
-                    plain_times.append(
-                        timed(
-                            lambda: http.put(
-                                f"http://127.0.0.1:{plain_port}/put",
-                                content=chunks(blob),
-                                headers={"Content-Length": str(size)},
-                            ).raise_for_status()
+        with local_service(data) as url:
+            owner = Party.create("owner")
+            with Client(url, owner, timeout=600) as client:
+                room = client.create_room("bench", [(owner.identity_document(), ["data_provider"])])
+                room.propose(
+                    {"type": "register_dataset", "manifest": signed_manifest(owner, digest, size)}
+                )
+                plain_times, service_times = [], []
+                with httpx.Client(timeout=600) as http:
+                    for _ in range(repeat):
+                        plain_times.append(
+                            timed(
+                                lambda: http.put(
+                                    f"http://127.0.0.1:{plain_port}/put",
+                                    content=chunks(blob),
+                                    headers={"Content-Length": str(size)},
+                                ).raise_for_status()
+                            )
                         )
-                    )
-                    target = data / "blobs" / digest
-                    target.unlink(missing_ok=True)  # upload it again each time
-                    service_times.append(timed(lambda: room.upload(blob)))
-        p, s = median(plain_times), median(service_times)
-        mib = size / 2**20
-        print(
-            f"upload {size / 2**30:.2f} GiB   plain streaming PUT {p:6.2f} s "
-            f"({mib / p:6.0f} MiB/s)   through the service {s:6.2f} s ({mib / s:6.0f} MiB/s)"
-            f"   ratio {s / p:4.2f}x   (target <= 1.5x)"
-        )
+                        target = data / "blobs" / digest
+                        target.unlink(missing_ok=True)  # upload it again each time
+                        service_times.append(timed(lambda: room.upload(blob)))
+            p, s = median(plain_times), median(service_times)
+            mib = size / 2**20
+            print(
+                f"upload {size / 2**30:.2f} GiB   plain streaming PUT {p:6.2f} s "
+                f"({mib / p:6.0f} MiB/s)   through the service {s:6.2f} s ({mib / s:6.0f} MiB/s)"
+                f"   ratio {s / p:4.2f}x   (target <= 1.5x)"
+            )
     finally:
         plain.terminate()
-        service.terminate()
         plain.wait()
-        service.wait()
 
 
 def bench_governance(work: Path, clients: int, ops: int) -> None:
-    port, data = free_port(), work / "gov"
-    service = subprocess.Popen(
-        [sys.executable, "-m", "cleanroom", "serve", "--data-dir", str(data), "--port", str(port)]
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_up(f"{url}/v1/health")
+    with local_service(work / "gov") as url:
         parties = [Party.create(f"member{i}") for i in range(clients)]
         members = [(p.identity_document(), ["data_provider", "analyst"]) for p in parties]
         handles = [Client(url, p) for p in parties]
@@ -207,9 +189,6 @@ def bench_governance(work: Path, clients: int, ops: int) -> None:
         )
         if errors:
             print(f"first error: {errors[0]!r}")
-    finally:
-        service.terminate()
-        service.wait()
 
 
 def main() -> None:

@@ -22,9 +22,7 @@ verification, input download, and the wall time from request to result.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +33,6 @@ from typing import Any
 
 import duckdb
 import duckdb_extension_tpch
-import httpx
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,6 +40,7 @@ from _common import machine, median
 from cleanroom import Party, Schema
 from cleanroom.attestation import measure
 from cleanroom.client import Client, Room
+from cleanroom.service.local import local_service
 
 TABLES = ["lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region"]
 
@@ -86,12 +84,6 @@ def schema_of(path: Path) -> Schema:
             raise SystemExit(f"{path.name}: no schema type for {name}")
         columns.append({"name": field.name, "type": kind, "nullable": False})
     return Schema.from_json({"identity_column": columns[0]["name"], "columns": columns})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 PLAIN = """
@@ -185,28 +177,7 @@ def main() -> None:
         queries = generate(args.sf, work)
         elapsed = time.perf_counter() - started
         print(f"TPC-H SF{args.sf:g} generated and written as Parquet in {elapsed:.1f} s")
-        port = free_port()
-        service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cleanroom",
-                "serve",
-                "--data-dir",
-                str(work / "data"),
-                "--port",
-                str(port),
-            ],
-            env={**os.environ, "CLEANROOM_JOB_PARALLELISM": "1"},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    httpx.get(f"{url}/v1/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with local_service(work / "data", env={"CLEANROOM_JOB_PARALLELISM": "1"}) as url:
             started = time.perf_counter()
             room = setup_room(url, work, queries)
             print(
@@ -225,9 +196,6 @@ def main() -> None:
                     f"q{number:02d}: plain {median(plain):8.1f} ms   enclave query {run_ms:8.1f} ms"
                     f"   ratio {run_ms / median(plain):5.2f}x"
                 )
-        finally:
-            service.terminate()
-            service.wait()
     report(rows)
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
-import httpx
 from rich.console import Console
 from rich.panel import Panel
 
 from cleanroom import Party
 from cleanroom.client import Client
+from cleanroom.service.local import free_port, local_service
 
 OUT = Path("demo-output")
 SALT = "offers-2026-shared-salt:"  # agreed by the bank and the merchant out of band
@@ -379,33 +378,10 @@ def operator_view(room: str, env: dict[str, str]) -> None:
 @contextmanager
 def running_service() -> Iterator[str]:
     """`cleanroom serve` as its own process, on a free local port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     console.print(f"[dim]$[/] [bold]cleanroom serve --data-dir service-data --port {port}[/]")
-    log = (OUT / "service.log").open("w")
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "cleanroom", "serve"),
-            *("--data-dir", "service-data", "--port", str(port)),
-        ],
-        cwd=OUT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/v1/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with local_service(OUT / "service-data", port=port, log=OUT / "service.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait()
-        log.close()
 
 
 if __name__ == "__main__":

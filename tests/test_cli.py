@@ -305,9 +305,9 @@ def test_audit_export_verify_log_rollback_and_tampering(workdir: Path) -> None:
 
 
 def test_three_parties_through_the_cli_against_a_real_service(workdir: Path) -> None:
-    from tests.service_fixture import running_service  # noqa: PLC0415
+    from cleanroom.service.local import local_service  # noqa: PLC0415
 
-    with running_service(workdir / "service-data") as url:
+    with local_service(workdir / "service-data") as url:
         for name in ("bank", "merchant", "analyst"):
             run("party", "create", name, "--dir", f"keys/{name}", cwd=workdir)
 

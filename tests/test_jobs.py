@@ -22,7 +22,8 @@ from cleanroom.errors import (
     IntegrityError,
     NotFoundError,
 )
-from tests.service_fixture import postgres_schema, running_service
+from cleanroom.service.local import local_service
+from tests.service_fixture import postgres_schema
 
 SCHEMA_BANK = Schema.from_json(
     {
@@ -61,7 +62,7 @@ def _close_clients() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def service_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     data = tmp_path_factory.mktemp("jobs") / "data"
-    with running_service(data) as url:
+    with local_service(data) as url:
         yield url, data
 
 
@@ -159,7 +160,7 @@ def any_store(request: pytest.FixtureRequest, service: str, tmp_path: Path) -> I
         return
     with (
         postgres_schema() as (database_url, schema),
-        running_service(
+        local_service(
             tmp_path / "pg-data",
             database_url=database_url,
             env={"CLEANROOM_DATABASE_SCHEMA": schema},
@@ -267,7 +268,7 @@ def test_changed_enclave_code_gets_no_keys_until_the_room_approves_it(tmp_path: 
     runtime.write_text(runtime.read_text() + "\n# a change nobody approved\n")
     modified = measure(copy)
     assert modified != measure()
-    with running_service(tmp_path / "data", env={"PYTHONPATH": str(site)}) as url:
+    with local_service(tmp_path / "data", env={"PYTHONPATH": str(site)}) as url:
         rooms = _room(url, tmp_path)  # the room approves the original code only
         job = rooms["analyst"].run_job("offers")
         view = rooms["analyst"].wait_job(job, timeout=120)

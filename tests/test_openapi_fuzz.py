@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from cleanroom import Party
 from cleanroom.client import Client
 from cleanroom.service.auth import sign_request
-from tests.service_fixture import running_service
+from cleanroom.service.local import local_service
 
 
 class Signed(requests.auth.AuthBase):
@@ -40,7 +40,7 @@ class Signed(requests.auth.AuthBase):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Party, str]]:
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    with running_service(data) as url:
+    with local_service(data) as url:
         member = Party.create("fuzzer")
         with Client(url, member) as client:
             room = client.create_room("fuzzed", [(member.identity_document(), ["analyst"])])

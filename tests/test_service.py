@@ -20,11 +20,13 @@ from cleanroom.errors import (
     AuthorizationError,
     GovernanceError,
     InvalidInputError,
+    OperationalError,
     RollbackError,
 )
 from cleanroom.service.app import ROUTES
 from cleanroom.service.auth import sign_request
-from tests.service_fixture import postgres_schema, running_service
+from cleanroom.service.local import local_service
+from tests.service_fixture import postgres_schema
 
 SCHEMA = Schema.from_json(
     {
@@ -44,12 +46,12 @@ def service(
     """The service on the embedded store, then on PostgreSQL (a fresh schema)."""
     data = tmp_path_factory.mktemp(request.param) / "data"
     if request.param == "sqlite":
-        with running_service(data) as url:
+        with local_service(data) as url:
             yield url, data
         return
     with (
         postgres_schema() as (database_url, schema),
-        running_service(
+        local_service(
             data, database_url=database_url, env={"CLEANROOM_DATABASE_SCHEMA": schema}
         ) as url,
     ):
@@ -338,12 +340,12 @@ def test_restart_keeps_everything_and_rollback_is_caught(
     tmp_path: Path, parties: dict[str, Party]
 ) -> None:
     data = tmp_path / "data"
-    with running_service(data) as url:
+    with local_service(data) as url:
         rooms = make_room(url, parties, tmp_path)
         room_id = rooms["bank"].id
     snapshot = tmp_path / "snapshot"
     shutil.copytree(data, snapshot)
-    with running_service(data) as url:
+    with local_service(data) as url:
         bank = client(url, parties["bank"], tmp_path / "bank")
         room = bank.room(room_id)
         assert room.state()["status"] == "active"
@@ -353,7 +355,7 @@ def test_restart_keeps_everything_and_rollback_is_caught(
     # the operator restores yesterday's data directory
     shutil.rmtree(data)
     shutil.copytree(snapshot, data)
-    with running_service(data) as url:
+    with local_service(data) as url:
         bank = client(url, parties["bank"], tmp_path / "bank")
         with pytest.raises(RollbackError, match="rolled back"):
             bank.room(room_id).tree_head()
@@ -378,3 +380,14 @@ def test_regression_huge_positions_are_refused_not_500(
     assert rooms["bank"].client._call(
         "GET", f"/v1/rooms/{rooms['bank'].id}/entries", params={"start": 2**53 - 1}
     ) == {"entries": []}
+
+
+def test_a_service_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("a file where the data directory should be")
+    with (
+        pytest.raises(OperationalError, match="the service exited") as caught,
+        local_service(not_a_directory, timeout_s=30),
+    ):
+        pass
+    assert "cannot create data directory" in str(caught.value)  # the log came with it
