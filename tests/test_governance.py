@@ -188,7 +188,7 @@ def test_dataset_analysis_consent_lifecycle(tmp_path: Path, clock: Clock) -> Non
         "type": "add_analysis",
         "name": "segments",
         "language": "sql",
-        "text": "SELECT 1",
+        "text": "SELECT COUNT(*) AS n FROM cards, customers",
         "inputs": ["cards", "customers"],
         "recipients": [room.fp("bank")],
     }
@@ -403,7 +403,7 @@ def test_accepted_proposal_that_no_longer_applies_is_rejected(tmp_path: Path, cl
         "type": "add_analysis",
         "name": "a1",
         "language": "sql",
-        "text": "SELECT 1",
+        "text": "SELECT COUNT(*) AS n FROM cards",
         "inputs": ["cards"],
         "recipients": [room.fp("bank")],
     }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +24,12 @@ from cleanroom.errors import (
     GovernanceError,
     IntegrityError,
     NotFoundError,
+)
+from cleanroom.governance.outcomes import (
+    BYTES_BUCKET,
+    ROWS_BUCKET,
+    TIME_BUCKET_MS,
+    is_bucket,
 )
 from cleanroom.service.local import local_service
 from tests.service_fixture import postgres_schema
@@ -101,8 +110,7 @@ def _room(
     rooms = {n: clients[n].room(created.id) for n in parties}
     rooms["merchant"].accept()
     rooms["analyst"].accept()
-    bank = pa.table({"customer": [f"c{i % 50}" for i in range(500)], "amount": list(range(500))})
-    merchant = pa.table({"customer": [f"c{i}" for i in range(50)], "segment": ["a", "b"] * 25})
+    bank, merchant = _tables()
     platforms = release_to or VIRTUAL
     for owner, data, schema, name in (
         ("bank", bank, SCHEMA_BANK, "transactions"),
@@ -145,6 +153,12 @@ def _room(
     return rooms
 
 
+def _tables() -> tuple[pa.Table, pa.Table]:
+    bank = pa.table({"customer": [f"c{i % 50}" for i in range(500)], "amount": list(range(500))})
+    merchant = pa.table({"customer": [f"c{i}" for i in range(50)], "segment": ["a", "b"] * 25})
+    return bank, merchant
+
+
 def _approve_if_needed(room: Room, proposal: str) -> None:
     view = next(p for p in room.proposals() if p["id"] == proposal)
     me = room.client.party.name
@@ -180,6 +194,7 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(any_store: str, tmp_pat
     out = tmp_path / "result.parquet"
     verified = rooms["bank"].job_result(job, out)
     assert verified["assurance"] == "insecure-virtual"
+    assert verified["rows"] == 2  # exact, for the recipient who decrypted it
     metadata = pq.read_schema(out).metadata
     assert metadata[b"cleanroom.assurance"] == b"insecure-virtual"
     assert metadata[b"cleanroom.job"] == job.encode()
@@ -195,6 +210,13 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(any_store: str, tmp_pat
     kinds = [s.kind for s in entries]
     assert kinds.count("key.release") == 1
     assert kinds.count("job.complete") == 1
+    # the public ledger shows buckets: 2 rows, a ~1 KiB file and every timing rounded up
+    output = view["output"]
+    assert output["rows"] == ROWS_BUCKET
+    assert is_bucket(output["bytes"], BYTES_BUCKET)  # the service checked the blob falls in it
+    assert is_bucket(output["duration_ms"], TIME_BUCKET_MS)
+    assert {"query_ms", "prepare_ms", "run_ms", "seal_ms"} <= set(output["phases"])
+    assert all(is_bucket(ms, TIME_BUCKET_MS) for ms in output["phases"].values())
 
 
 def _blob(data_dir: Path, digest: str) -> Path:
@@ -218,7 +240,7 @@ def test_an_operator_swapping_input_ciphertext_fails_the_job(
     finally:
         blob.write_bytes(original)
     assert view["status"] == "failed"
-    assert "does not match its digest" in view["reason"]
+    assert view["reason"] == "integrity error"
     statements = rooms["bank"].audit.verify().statements
     assert statements[-1].kind == "job.fail"  # reported by the enclave itself
     assert statements[-1].author == view["enclave"]
@@ -240,15 +262,59 @@ def test_an_operator_tampering_with_the_result_is_caught_by_the_recipient(
     assert not out.exists()
 
 
-def test_a_failing_query_is_reported_with_its_reason(
+# an approved query (both owners have custom rules and approve its exact text)
+# that fails in DuckDB with an error quoting one customer's total
+LEAKY_SQL = (
+    "SELECT CAST(SUM(t.amount) * 1000003 AS TINYINT) AS total FROM transactions t "
+    "JOIN customers m ON t.customer = m.customer WHERE t.customer = 'c7'"
+)
+CUSTOM = {"transactions": {"type": "custom"}, "customers": {"type": "custom"}}
+
+
+def _job_log(data: Path, job: str) -> str:
+    """The operator's log of a job, written once the enclave process has exited."""
+    log = data / "jobs" / f"{job}.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().endswith("\n")):
+        assert time.monotonic() < deadline, "the job runner wrote no log"
+        time.sleep(0.1)
+    return log.read_text()
+
+
+def test_a_query_error_quoting_data_publishes_only_its_category(
     service_dir: tuple[str, Path], tmp_path: Path
 ) -> None:
-    url, _ = service_dir
-    rooms = _room(url, tmp_path, sql="SELECT error('refused by the analyst') AS x")
+    """The analyst's approved query makes DuckDB fail with the value of a
+    one-person group in its message: neither the ledger, nor the operator's logs,
+    nor the enclave's standard error (which the runner reads) may carry it."""
+    url, data = service_dir
+    bank, merchant = _tables()
+    secret = str(sum(range(7, 500, 50)) * 1000003)  # customer c7's amounts, times the factor
+    plain = duckdb.connect()
+    plain.register("transactions", bank)
+    plain.register("customers", merchant)
+    with pytest.raises(duckdb.ConversionException, match=secret):  # the attack is real
+        plain.execute(LEAKY_SQL).fetchall()
+    rooms = _room(url, tmp_path, sql=LEAKY_SQL, rules=CUSTOM)
     job = rooms["analyst"].run_job("offers")
     view = rooms["analyst"].wait_job(job, timeout=120)
     assert view["status"] == "failed"
-    assert "refused by the analyst" in view["reason"]
+    assert view["reason"] == "conversion error"
+    statements = rooms["bank"].audit.verify().statements
+    failure = statements[-1]
+    assert failure.kind == "job.fail"
+    assert failure.author == view["enclave"]  # reported by the enclave itself
+    assert failure.body.reason == "conversion error"
+    for statement in statements:
+        assert secret not in statement.parsed.payload.decode()
+    export = rooms["bank"].client._call("GET", f"/v1/rooms/{rooms['bank'].id}/export")
+    assert secret not in json.dumps(export)
+    # the operator's job log: the timings line (none: it failed), exit code, category
+    log = _job_log(data, job)
+    assert log == "exit code 1, job failed: conversion error\n"
+    for path in (data / "jobs").iterdir():
+        assert secret not in path.read_text()
+    assert secret not in data.with_name(f"{data.name}.log").read_text()  # the service's log
     with pytest.raises(NotFoundError, match="no result"):
         rooms["bank"].job_result(job, tmp_path / "none.csv")
 
@@ -333,7 +399,8 @@ def test_thresholds_are_enforced_inside_the_enclave(service: str, tmp_path: Path
     job = rooms["analyst"].run_job("offers")
     view = rooms["analyst"].wait_job(job, timeout=120)
     assert view["status"] == "succeeded", view["reason"]
-    assert view["output"]["rows"] == 0
+    assert rooms["bank"].job_result(job, tmp_path / "none.parquet")["rows"] == 0
+    assert view["output"]["rows"] == ROWS_BUCKET  # the ledger shows a bucket: 0 to 16 rows
     with pytest.raises(GovernanceError, match="identity column"):
         rooms["analyst"].propose(
             {

@@ -23,7 +23,11 @@ MAX_DOCUMENT_BYTES = 16 << 20
 
 
 class WireModel(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+    # no NaN or infinity in any field, however the document was parsed (an overflowing
+    # literal such as 1e400 parses as infinity)
+    model_config = pydantic.ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False
+    )
 
 
 def _describe(exc: pydantic.ValidationError) -> str:

@@ -164,9 +164,11 @@ def _show(job: dict[str, Any]) -> None:
         console.print(f"  enclave: {job['platform']}, measurement {job['measurement'][:40]}...")
     if job["output"]:
         out = job["output"]
+        # the ledger shows coarse buckets (upper bounds), not exact sizes and times
         console.print(
-            f"  result: {out['rows']:,} rows, {out['bytes']:,} bytes encrypted, "
-            f"{out['duration_ms']} ms in the enclave; recipients: {', '.join(job['recipients'])}"
+            f"  result: up to {out['rows']:,} rows, up to {out['bytes']:,} bytes encrypted, "
+            f"up to {out['duration_ms']:,} ms in the enclave; "
+            f"recipients: {', '.join(job['recipients'])}"
         )
     if job["assurance"] == "insecure-virtual":
         err_console.print(INSECURE_WARNING)
@@ -256,7 +258,7 @@ def job_result(
         raise OperationalError(f"job {found['id'][:16]} is {found['status']}: no result")
     with RichProgress() as progress:
         view = handle.job_result(found["id"], output, progress=progress)
-    console.print(f"Decrypted {view['output']['rows']:,} rows to {output}")
+    console.print(f"Decrypted {view['rows']:,} rows to {output}")
     if view["assurance"] == "insecure-virtual":
         err_console.print(INSECURE_WARNING)
 

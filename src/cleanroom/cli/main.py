@@ -416,7 +416,7 @@ _JOB_ACTS: dict[str, Callable[[Any], str]] = {
     ),
     "key.deny": lambda b: f"deny job {b.job[:12]}: {b.reason}",
     "job.complete": lambda b: (
-        f"job {b.job[:12]}: {b.output.rows} rows sealed to {len(b.sealed_keys)} recipient(s)"
+        f"job {b.job[:12]}: up to {b.output.rows} rows sealed to {len(b.sealed_keys)} recipient(s)"
     ),
     "job.fail": lambda b: f"job {b.job[:12]} failed: {b.reason}",
 }

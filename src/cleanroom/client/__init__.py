@@ -47,6 +47,7 @@ from cleanroom.errors import (
 )
 from cleanroom.fs import atomic_path
 from cleanroom.governance import statements as st
+from cleanroom.governance.outcomes import rows_bucket
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import TreeHead, verify_receipt
@@ -441,7 +442,8 @@ class Room:
         word: the job's ``job.complete`` statement signed by the attested
         enclave names the ciphertext digest and the key sealed to this party.
         Returns the job's verified view (``assurance`` says whether hardware
-        protected the run)."""
+        protected the run), with ``rows``: the exact row count decrypted (the
+        ledger's ``output.rows`` is a bucket)."""
         output = Path(output)
         file_format = plain_format(output)
         state = self.audit.verify().state
@@ -462,7 +464,7 @@ class Room:
             route = f"/v1/rooms/{self.id}/jobs/{job_id}/result"
             self.download(digest, ciphertext, progress, route=route)
             table = read_encrypted(ciphertext, key)
-        if table.num_rows != job.output["rows"]:
+        if rows_bucket(table.num_rows) != job.output["rows"]:  # the ledger shows a bucket
             raise IntegrityError("the decrypted result does not match the enclave's record")
         # a Parquet result carries where it came from, the assurance included
         marked = table.replace_schema_metadata(
@@ -477,7 +479,7 @@ class Room:
         with atomic_path(output) as tmp:
             write_plain(marked, tmp, file_format)
         names = {fp: m.identity.name for fp, m in state.members.items()}
-        return job.view(names)
+        return {**job.view(names), "rows": table.num_rows}
 
 
 RESULT_PURPOSE = "cleanroom job result"

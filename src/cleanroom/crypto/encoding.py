@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 
@@ -55,12 +56,23 @@ def _reject_constant(name: str) -> Any:
     raise DeserializationError(f"JSON value {name} is not allowed")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity
+        raise DeserializationError(f"JSON number {text[:40]} is out of range")
+    return value
+
+
 def parse_json(data: bytes | str, *, what: str = "document") -> Any:
-    """Parse JSON strictly: UTF-8, no duplicate keys, no NaN or Infinity."""
+    """Parse JSON strictly: UTF-8, no duplicate keys, no NaN or Infinity, no
+    number that overflows to infinity."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite,
         )
     except DeserializationError as exc:
         raise DeserializationError(f"{what}: {exc}") from exc

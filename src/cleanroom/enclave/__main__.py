@@ -1,8 +1,11 @@
 """``python -m cleanroom.enclave``: run one job (started by the service's job runner).
 
 The launch token arrives on standard input, never on the command line. The
-process prints one JSON line with the job's phases on success; on failure it
-prints the reason on standard error and exits 1.
+process prints one JSON line with the job's exact duration and phases on
+success (for the operator's job log). On failure it prints only
+``job failed: <category>`` on standard error, one of the fixed categories of
+:mod:`cleanroom.governance.outcomes`, and exits 1: never the exception's text
+or a traceback, which may quote the data.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import sys
 
 from cleanroom.attestation import VirtualPlatform
 from cleanroom.attestation.tsm import TsmProvider
+from cleanroom.enclave.failures import category_of
 from cleanroom.enclave.runtime import Attester, run_job
 from cleanroom.enclave.sql import Limits
-from cleanroom.errors import CleanroomError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     attester: Attester = VirtualPlatform() if args.platform == "insecure-virtual" else TsmProvider()
     limits = Limits(time_s=args.time_limit, memory=args.memory_limit, threads=args.threads)
     try:
-        body = run_job(
+        run = run_job(
             args.service, args.room, args.job, launch_token=token, attester=attester, limits=limits
         )
-    except CleanroomError as exc:
-        sys.stderr.write(f"job failed: {exc}\n")
+    except Exception as exc:  # noqa: BLE001 - any failure becomes its category, text withheld
+        sys.stderr.write(f"job failed: {category_of(exc)}\n")
         return 1
-    sys.stdout.write(json.dumps({"duration_ms": body["duration_ms"], "phases": body["phases"]}))
+    sys.stdout.write(json.dumps(run.timings))
     return 0
 
 

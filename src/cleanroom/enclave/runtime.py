@@ -17,7 +17,16 @@ given. For one job it:
 6. seals the result as encrypted Parquet under a fresh key, that key sealed
    (HPKE) to each result recipient, uploads the ciphertext and reports a
    ``job.complete`` statement signed by its attested key; on any failure
-   after the keys arrived, a ``job.fail`` statement with the reason.
+   after the keys arrived, a ``job.fail`` statement with the failure's
+   category.
+
+What it publishes is narrow on purpose (:mod:`cleanroom.governance.outcomes`):
+a failure is a category decided by the exception's type
+(:func:`cleanroom.enclave.failures.category_of`), never the exception's text,
+which may quote data; durations, phases, result rows and bytes on
+``job.complete`` are rounded up to coarse buckets. The exact timings go only to
+the process's standard output, which the operator's job log keeps: the
+operator sees the enclave's timing anyway (its downloads and uploads).
 
 New job kinds (Python, training, inference, aggregation) add an entry to
 :data:`KINDS`; attestation, key release, inputs and result sealing are shared.
@@ -30,7 +39,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,8 +53,10 @@ from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.datasets.parquet import connect, write_encrypted
 from cleanroom.datasets.seal import sha256_file
+from cleanroom.enclave.failures import JobFailedError, category_of
 from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
-from cleanroom.errors import CleanroomError, IntegrityError
+from cleanroom.errors import AuthorizationError, GovernanceError, IntegrityError
+from cleanroom.governance.outcomes import bytes_bucket, rows_bucket, time_bucket
 from cleanroom.governance.state import Job, RoomState
 from cleanroom.governance.statements import SetLimits, sign_statement
 from cleanroom.identities.keystore import Party
@@ -76,6 +87,15 @@ class _Clock:
         return round((time.perf_counter() - self.start) * 1000)
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """A finished job: the ``job.complete`` body recorded (buckets only), and the
+    exact timings, which stay with the operator's log."""
+
+    body: dict[str, Any]
+    timings: dict[str, Any]
+
+
 def run_job(
     service_url: str,
     room_id: str,
@@ -84,8 +104,9 @@ def run_job(
     launch_token: str,
     attester: Attester,
     limits: Limits | None = None,
-) -> dict[str, Any]:
-    """Run one job end to end; returns the ``job.complete`` body it recorded."""
+) -> JobRun:
+    """Run one job end to end; returns what it recorded. Raises on failure, after
+    recording ``job.fail`` with the failure's category once the keys arrived."""
     clock = _Clock()
     party = Party.create("enclave")
     sealer = _warm_sealer()
@@ -98,17 +119,20 @@ def run_job(
         evidence = attester.attest(
             binding(nonce=nonce, tee_pubkey=party.fingerprint, job=job_id), host_data=job_id
         )
-        released = client._call(
-            "POST",
-            f"{base}/keys",
-            json_body={
-                "launch_token": launch_token,
-                "nonce": nonce,
-                "enclave": party.identity_document(),
-                "evidence": evidence,
-            },
-            auth=False,
-        )
+        try:
+            released = client._call(
+                "POST",
+                f"{base}/keys",
+                json_body={
+                    "launch_token": launch_token,
+                    "nonce": nonce,
+                    "enclave": party.identity_document(),
+                    "evidence": evidence,
+                },
+                auth=False,
+            )
+        except AuthorizationError as exc:  # the broker recorded key.deny with its reason
+            raise JobFailedError(str(exc), category="key release denied") from exc
         clock.lap("attest_and_release_ms")
         room = client.room(room_id)
         try:
@@ -120,14 +144,19 @@ def run_job(
                 clock=clock,
                 sealer=sealer,
             )
-        except CleanroomError as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:2000]
-            failure = sign_statement(party, room_id, "job.fail", {"job": job_id, "reason": reason})
+        except Exception as exc:
+            # the category only: the exception's text may quote the data
+            failed = {"job": job_id, "reason": category_of(exc)}
+            failure = sign_statement(party, room_id, "job.fail", failed)
             client._call("POST", f"{base}/report", json_body={"statement": failure})
             raise
+        total_ms = clock.total_ms
+        timings = {"duration_ms": total_ms, "phases": dict(clock.phases)}
+        body["duration_ms"] = time_bucket(total_ms)
+        body["phases"] = {name: time_bucket(ms) for name, ms in clock.phases.items()}
         statement = sign_statement(party, room_id, "job.complete", body)
         client._call("POST", f"{base}/report", json_body={"statement": statement})
-        return body
+        return JobRun(body, timings)
 
 
 def dp_kind(spec: DpSpec) -> JobKind:
@@ -193,9 +222,12 @@ def _execute(
     if kind is None:
         raise IntegrityError(f"this runtime cannot run {analysis.language!r} analyses")
     # the enclave trusts no check done outside it: the rules come from the verified ledger
-    text = state.check_policy(
-        analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
-    )
+    try:
+        text = state.check_policy(
+            analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
+        )
+    except GovernanceError as exc:
+        raise JobFailedError(str(exc), category="query refused") from exc
     if analysis.dp is not None:
         kind = dp_kind(analysis.dp)
     limits = room_limits(limits, state.limits)
@@ -229,14 +261,8 @@ def _execute(
         clock.lap("seal_ms")
         room.put_file(result_path, f"/v1/rooms/{room.id}/jobs/{job_id}/result/{output['sha256']}")
         clock.lap("upload_ms")
-    return {
-        "job": job_id,
-        "output": output,
-        "sealed_keys": sealed_keys,
-        "inputs": digests,
-        "duration_ms": clock.total_ms,
-        "phases": clock.phases,
-    }
+    # the timings are added (as buckets) by run_job, once the clock has stopped
+    return {"job": job_id, "output": output, "sealed_keys": sealed_keys, "inputs": digests}
 
 
 def _seal_result(
@@ -258,9 +284,9 @@ def _seal_result(
         for fingerprint in sorted(set(job.recipients))
     ]
     output = {
-        "sha256": digest,
-        "bytes": size,
-        "rows": table.num_rows,
+        "sha256": digest,  # binds the exact ciphertext; its size and rows are upper bounds
+        "bytes": bytes_bucket(size),
+        "rows": rows_bucket(table.num_rows),
         "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
         "key_id": key_id,
     }

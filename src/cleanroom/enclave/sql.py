@@ -7,6 +7,10 @@ directory, memory and thread limits, configuration locked so the query cannot
 undo any of it, no extension installs or loads. The query must be exactly one
 SELECT (or WITH ... SELECT); it is interrupted at the time limit and its
 result refused beyond the row and byte limits.
+
+Every :class:`QueryError` carries its failure category, decided by the
+exception's type (:mod:`cleanroom.enclave.failures`); its message may quote
+the engine (and so the data) and never leaves the enclave.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import duckdb
 import pyarrow as pa
 
 from cleanroom.datasets.parquet import add_key, connect, sql_string
-from cleanroom.errors import InvalidInputError, OperationalError
+from cleanroom.enclave.failures import JobFailedError, engine_category
+from cleanroom.errors import OperationalError
 
 
-class QueryError(InvalidInputError):
-    """The approved query cannot run: refused, failed or over a limit."""
+class QueryError(JobFailedError):
+    """The approved query cannot run: refused, failed or over a limit.
+
+    ``category`` is what may be published; the message is for inside the enclave."""
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,16 @@ def check_single_select(con: duckdb.DuckDBPyConnection, text: str) -> None:
     try:
         statements = con.extract_statements(text)
     except duckdb.Error as exc:
-        raise QueryError(f"the analysis is not valid SQL: {exc}") from exc
+        raise QueryError(f"the analysis is not valid SQL: {exc}", category="query refused") from exc
     # DuckDB rewrites some PRAGMAs and SHOWs into SELECTs: check the written keyword too
     if (
         len(statements) != 1
         or statements[0].type != duckdb.StatementType.SELECT
         or not _QUERY_START.match(text)
     ):
-        raise QueryError("an SQL analysis must be exactly one SELECT statement")
+        raise QueryError(
+            "an SQL analysis must be exactly one SELECT statement", category="query refused"
+        )
 
 
 @dataclass(frozen=True)
@@ -124,10 +133,11 @@ def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobRe
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
+    """Open an input: any failure means its ciphertext or key is not what was released."""
     try:
         con.execute(sql)
     except duckdb.Error as exc:
-        raise QueryError(f"{what}: {exc}") from exc
+        raise QueryError(f"{what}: {exc}", category="integrity error") from exc
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, text: str, limits: Limits) -> pa.Table:
@@ -141,17 +151,28 @@ def _fetch(con: duckdb.DuckDBPyConnection, text: str, limits: Limits) -> pa.Tabl
             rows += batch.num_rows
             size += batch.nbytes
             if rows > limits.max_result_rows:
-                raise QueryError(f"the result has more than {limits.max_result_rows} rows")
+                raise QueryError(
+                    f"the result has more than {limits.max_result_rows} rows",
+                    category="result too large",
+                )
             if size > limits.max_result_bytes:
-                raise QueryError(f"the result is larger than {limits.max_result_bytes} bytes")
+                raise QueryError(
+                    f"the result is larger than {limits.max_result_bytes} bytes",
+                    category="result too large",
+                )
             batches.append(batch)
         return pa.Table.from_batches(batches, schema=reader.schema)
     except duckdb.InterruptException as exc:
-        raise QueryError(f"the query ran over its time limit ({limits.time_s:g} s)") from exc
+        raise QueryError(
+            f"the query ran over its time limit ({limits.time_s:g} s)", category="time limit"
+        ) from exc
     except duckdb.OutOfMemoryException as exc:
-        raise QueryError(f"the query ran over its memory limit ({limits.memory}): {exc}") from exc
+        raise QueryError(
+            f"the query ran over its memory limit ({limits.memory}): {exc}",
+            category="memory limit",
+        ) from exc
     except duckdb.Error as exc:
-        raise QueryError(f"the query failed: {exc}") from exc
+        raise QueryError(f"the query failed: {exc}", category=engine_category(exc)) from exc
     except pa.ArrowException as exc:
         raise OperationalError(f"reading the result failed: {exc}") from exc
     finally:

@@ -741,6 +741,15 @@ class RoomState:
         if manifest.owner_fingerprint != proposer:
             raise GovernanceError("only a dataset's owner can register it")
         existing = self.datasets.get(manifest.name)
+        clash = [
+            n for n in self.datasets if n != manifest.name and n.lower() == manifest.name.lower()
+        ]
+        if clash:
+            # SQL resolves names without regard to case: the two could not be told apart
+            raise GovernanceError(
+                f"dataset {manifest.name!r} differs from {clash[0]!r} only by case; "
+                "SQL could not tell them apart"
+            )
         if existing is not None:
             if existing.owner != proposer:
                 raise GovernanceError(f"dataset {manifest.name!r} belongs to another member")

@@ -22,12 +22,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_json
 from cleanroom.crypto.encoding import b64url_encode, parse_json
 from cleanroom.errors import DeserializationError, IntegrityError
+from cleanroom.governance.outcomes import (
+    BYTES_BUCKET,
+    ROWS_BUCKET,
+    TIME_BUCKET_MS,
+    FailureCategory,
+    require_bucket,
+)
 from cleanroom.identities.keystore import Party
 from cleanroom.policy.rules import DpSpec, Rule
 from cleanroom.wire import WireModel, parse_model
@@ -41,6 +56,9 @@ Platform = Literal["sev-snp", "tdx", "sgx", "insecure-virtual"]
 VIRTUAL_PREFIX = "insecure-virtual:"
 MeasurementValue = Annotated[str, Field(pattern=r"^(insecure-virtual:)?[0-9a-f]{64,128}$")]
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+# what job.complete publishes about a run: buckets only (see cleanroom.governance.outcomes)
+Milliseconds = Annotated[StrictInt, AfterValidator(require_bucket(TIME_BUCKET_MS))]
+PhaseName = Annotated[str, Field(pattern=r"^[a-z][a-z_]{0,46}_ms$")]
 
 
 class ConstitutionBody(WireModel):
@@ -250,9 +268,12 @@ class OutputColumn(WireModel):
 
 
 class JobOutput(WireModel):
+    """The sealed result: its exact ciphertext digest, and its size and row count
+    as buckets (an upper bound each)."""
+
     sha256: Digest
-    bytes: StrictInt = Field(ge=1)
-    rows: StrictInt = Field(ge=0)
+    bytes: Annotated[StrictInt, AfterValidator(require_bucket(BYTES_BUCKET))]
+    rows: Annotated[StrictInt, AfterValidator(require_bucket(ROWS_BUCKET))]
     columns: list[OutputColumn] = Field(min_length=1, max_length=4096)
     key_id: StrictStr = Field(min_length=1, max_length=64)
 
@@ -274,13 +295,16 @@ class JobComplete(WireModel):
     output: JobOutput
     sealed_keys: list[SealedResultKey] = Field(min_length=1, max_length=32)
     inputs: list[InputDigest] = Field(min_length=1, max_length=32)
-    duration_ms: StrictInt = Field(ge=0)
-    phases: dict[str, StrictInt] = Field(default_factory=dict, max_length=32)
+    duration_ms: Milliseconds
+    phases: dict[PhaseName, Milliseconds] = Field(default_factory=dict, max_length=32)
 
 
 class JobFail(WireModel):
+    """A job ended without a result. The reason is a category from a fixed set,
+    never an error's text (which may quote data)."""
+
     job: Digest
-    reason: Reason
+    reason: FailureCategory
 
 
 BODIES: dict[str, type[WireModel]] = {

@@ -7,16 +7,23 @@ out. The service runs it when an analysis is proposed; the enclave runs it
 again before execution, on rules it read from the verified ledger, and runs
 only the SQL it returns.
 
-Under aggregation rules, every SELECT that reads a protected table directly
-must aggregate: its columns outside aggregates must be dimensions, aggregate
-arguments must be plain columns the rule allows for that function, joins must
-be equalities of declared join columns, and functions must be in the rules'
-allow-lists. Thresholds keep only the groups of every such SELECT that have
-at least ``k`` distinct identities (``cleanroom.policy.threshold`` rewrites
-the SELECT so that DuckDB proves most groups cheaply and counts the rest
-exactly), so groups below the minimum never leave it. Window
-functions, set operations, subqueries in expressions, table functions and
-anything not recognised are refused: when in doubt, refuse.
+It fails closed. The query must be in the grammar of
+:mod:`cleanroom.policy.grammar` (an allow-list of node kinds); names resolve
+as DuckDB resolves them, without regard to case; any exception while parsing
+or checking is a refusal. Under aggregation rules the query has exactly one
+*aggregating scope* over the protected inputs (one FROM with joins of inputs
+on declared join columns, filters and groups on dimensions, allowed
+aggregates of plain columns); every other scope reads exactly the one before
+it, so outer scopes can filter, project, rename, order and re-aggregate those
+groups but never combine two aggregations of the same data (the differencing
+of "everyone" and "everyone but one" in one query). Thresholds are applied
+before any expression of the analyst's runs on a group: the aggregating
+scope is split into the raw aggregates per group, thresholded
+(``cleanroom.policy.threshold``), and the analyst's projections, HAVING and
+ORDER BY over the groups that passed. Casts become ``TRY_CAST`` and
+arithmetic runs inside ``TRY``, so no value can fail a conversion, and
+comparisons between families (a string with a number) are refused, so no
+row's value is converted implicitly: nothing in an error can depend on data.
 """
 
 from __future__ import annotations
@@ -26,62 +33,27 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
-from sqlglot.optimizer.scope import Scope, traverse_scope
+from sqlglot.optimizer.scope import Scope as SqlglotScope
+from sqlglot.optimizer.scope import traverse_scope
 
 from cleanroom.datasets.schema import Schema
-from cleanroom.errors import GovernanceError
-from cleanroom.policy import threshold
-from cleanroom.policy.rules import AggregationRule, CustomRule, DpSpec, ListRule
+from cleanroom.policy import grammar, threshold
+from cleanroom.policy.grammar import AGGREGATES, ARITHMETIC, SCALARS, PolicyError, family
+from cleanroom.policy.rules import (
+    SCALAR_FUNCTIONS,
+    AggregationRule,
+    CustomRule,
+    DpSpec,
+    ListRule,
+    reserved_name,
+)
+
+__all__ = ["Checked", "PolicyError", "Source", "check_dp", "check_query"]
 
 Rule = AggregationRule | ListRule | CustomRule
 DIALECT = "duckdb"
-
-_SCALARS: dict[type[exp.Expr], str] = {
-    exp.Abs: "abs",
-    exp.Ceil: "ceil",
-    exp.DateTrunc: "date_trunc",
-    exp.TimestampTrunc: "date_trunc",
-    exp.Extract: "extract",
-    exp.Floor: "floor",
-    exp.Greatest: "greatest",
-    exp.Least: "least",
-    exp.Lower: "lower",
-    exp.Month: "month",
-    exp.Round: "round",
-    exp.Upper: "upper",
-    exp.Year: "year",
-}
-# conditionals, casts and AND/OR (which sqlglot models as functions): they only
-# rearrange or combine what the columns inside them may show
-_STRUCTURAL = (exp.Case, exp.If, exp.Coalesce, exp.Cast, exp.TryCast, exp.Connector)
-_AGGREGATES: dict[type[exp.Expr], str] = {
-    exp.Sum: "sum",
-    exp.Avg: "avg",
-    exp.Min: "min",
-    exp.Max: "max",
-}
-# casts that turn a value into bytes or a container (which other functions can take apart)
-_CAST_REFUSED = frozenset(
-    {
-        exp.DataType.Type.BINARY,
-        exp.DataType.Type.VARBINARY,
-        exp.DataType.Type.BLOB,
-        exp.DataType.Type.JSON,
-        exp.DataType.Type.BIT,
-        exp.DataType.Type.STRUCT,
-        exp.DataType.Type.ARRAY,
-        exp.DataType.Type.LIST,
-        exp.DataType.Type.MAP,
-        exp.DataType.Type.UNION,
-    }
-)
-
-
-class PolicyError(GovernanceError):
-    """An analysis that its inputs' rules do not allow; the message names the
-    expression and the rule."""
+_sql = grammar.sql
 
 
 @dataclass(frozen=True)
@@ -102,37 +74,135 @@ class Source:
 @dataclass(frozen=True)
 class Checked:
     sql: str
-    mode: str  # "aggregation" | "list" | "custom"
+    mode: str  # "aggregation" | "list" | "custom" | "dp"
     threshold: int
     columns: list[str] = field(default_factory=list)
 
 
-def _sql(node: exp.Expr) -> str:
-    text = node.sql(dialect=DIALECT)
-    return text if len(text) <= 120 else text[:117] + "..."
+@dataclass(frozen=True)
+class _Input:
+    """An input with every name lower-cased, as DuckDB compares names."""
+
+    source: Source
+    name: str
+    identity: str
+    families: dict[str, str]
+    dimensions: frozenset[str]
+    join_columns: frozenset[str]
+    list_columns: frozenset[str]
+    aggregates: frozenset[tuple[str, str]]  # (function, column)
+    disallowed: frozenset[str]
+    permissive: bool  # a custom rule: the owner approved this text, columns are not limited
+
+    @classmethod
+    def of(cls, source: Source) -> _Input:
+        rule = source.rule
+        lower = frozenset[str]
+
+        def names(values: Any) -> frozenset[str]:
+            return frozenset(v.lower() for v in values)
+
+        families = {
+            c.name.lower(): grammar.SCHEMA_FAMILIES.get(c.type, grammar.NUMBER)
+            for c in source.schema.columns
+        }
+        return cls(
+            source=source,
+            name=source.name.lower(),
+            identity=source.schema.identity_column.lower(),
+            families=families,
+            dimensions=names(rule.dimensions) if isinstance(rule, AggregationRule) else lower(),
+            join_columns=(
+                names(rule.join_columns)
+                if isinstance(rule, (AggregationRule, ListRule))
+                else lower()
+            ),
+            list_columns=names(rule.list_columns) if isinstance(rule, ListRule) else lower(),
+            aggregates=(
+                frozenset((a.function, c.lower()) for a in rule.aggregates for c in a.columns)
+                if isinstance(rule, AggregationRule)
+                else frozenset()
+            ),
+            disallowed=(
+                names(rule.disallowed_columns) if isinstance(rule, CustomRule) else lower()
+            ),
+            permissive=not source.protected,
+        )
+
+    def allows(self, function: str, column: str) -> bool:
+        return self.permissive or (function, column) in self.aggregates
 
 
-def parse(text: str, sources: dict[str, Source]) -> exp.Query:
-    """Parse and qualify ``text`` (one query over ``sources``), or raise."""
+@dataclass
+class _Scope:
+    """One SELECT of the query and what its FROM items are."""
+
+    select: exp.Select
+    sources: dict[str, _Input | _Scope]  # alias -> input or scope
+    outputs: dict[str, str] = field(default_factory=dict)  # column -> family, once checked
+
+    @property
+    def inputs(self) -> dict[str, _Input]:
+        return {a: s for a, s in self.sources.items() if isinstance(s, _Input)}
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def _parse(text: str) -> exp.Select:
+    if not isinstance(text, str) or len(text) > grammar.MAX_SQL_CHARS:
+        raise PolicyError(f"an analysis is SQL text of at most {grammar.MAX_SQL_CHARS} characters")
     try:
         statements = sqlglot.parse(text, dialect=DIALECT)
-    except SqlglotError as exc:
-        raise PolicyError(f"the analysis is not valid SQL: {str(exc).splitlines()[0]}") from exc
-    if len(statements) != 1 or not isinstance(statements[0], exp.Query):
+    except RecursionError as exc:
+        raise PolicyError("the analysis nests too deeply to check") from exc
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise PolicyError(f"the analysis is not valid SQL: {first}") from exc
+    if len(statements) == 1 and isinstance(statements[0], exp.SetOperation):
+        raise PolicyError(
+            "set operations (UNION, INTERSECT, EXCEPT) are not part of the SQL the room "
+            f"accepts: they can single out rows: {_sql(statements[0])}"
+        )
+    if len(statements) != 1 or not isinstance(statements[0], exp.Select):
         raise PolicyError("an analysis is exactly one SELECT query")
     query = statements[0]
-    ctes = {cte.alias_or_name for cte in query.find_all(exp.CTE)}
+    grammar.bounded(query)
+    return query
+
+
+def _inputs(query: exp.Select, sources: dict[str, Source]) -> dict[str, _Input]:
+    """The declared inputs this query reads, by lower-cased name."""
+    by_name: dict[str, _Input] = {}
+    for source in sources.values():
+        view = _Input.of(source)
+        if view.name in by_name:
+            raise PolicyError(
+                f"inputs {by_name[view.name].source.name!r} and {source.name!r} differ only "
+                "by case: DuckDB cannot tell them apart"
+            )
+        by_name[view.name] = view
+    ctes = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
+    clash = ctes & set(by_name)
+    if clash:
+        raise PolicyError(f"a CTE may not take the name of an input: {sorted(clash)[0]!r}")
+    read: dict[str, _Input] = {}
     for table in query.find_all(exp.Table):
-        if not isinstance(table.this, exp.Identifier):
+        if not isinstance(table.this, exp.Identifier) or table.args.get("db"):
             raise PolicyError(f"table functions are not allowed: {_sql(table)}")
-        if table.name not in sources and table.name not in ctes:
+        name = table.name.lower()
+        if name in by_name:
+            read[name] = by_name[name]
+        elif name not in ctes:
             raise PolicyError(f"{table.name!r} is not an input of this analysis")
-    for node in query.find_all(exp.Func):
-        if isinstance(node, (exp.ReadCSV, exp.ReadParquet)):
-            raise PolicyError(f"reading files is not allowed: {_sql(node)}")
-    # column names are what resolution needs; types do not change any check
+    if not read:
+        raise PolicyError("an analysis must read at least one of its inputs")
+    return read
+
+
+def _qualify(query: exp.Select, inputs: dict[str, _Input]) -> exp.Select:
     schema: dict[str, object] = {
-        name: dict.fromkeys(s.schema.names, "VARCHAR") for name, s in sources.items()
+        name: dict.fromkeys(i.families, "VARCHAR") for name, i in inputs.items()
     }
     try:
         qualified = qualify(
@@ -140,161 +210,193 @@ def parse(text: str, sources: dict[str, Source]) -> exp.Query:
             schema=schema,
             dialect=DIALECT,
             validate_qualify_columns=True,
+            quote_identifiers=True,
         )
-    except (OptimizeError, SqlglotError) as exc:
-        raise PolicyError(f"the analysis does not resolve: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(qualified, exp.Query):
+    except RecursionError as exc:
+        raise PolicyError("the analysis nests too deeply to check") from exc
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise PolicyError(f"the analysis does not resolve: {first}") from exc
+    if not isinstance(qualified, exp.Select):
         raise PolicyError("an analysis is exactly one SELECT query")
     return qualified
 
 
-class _Checker:
-    def __init__(self, sources: dict[str, Source], *, bounded: bool = True) -> None:
-        self.sources = sources
-        self.bounded = bounded
-        kinds = {type(s.rule) for s in sources.values() if s.protected}
-        if AggregationRule in kinds and ListRule in kinds:
-            raise PolicyError(
-                "datasets under aggregation rules and under list rules cannot meet in one query"
-            )
-        self.mode = (
-            "aggregation" if AggregationRule in kinds else "list" if ListRule in kinds else "custom"
+def _mode(inputs: dict[str, _Input]) -> str:
+    kinds = {type(i.source.rule) for i in inputs.values()}
+    if len(kinds) > 1:
+        named = sorted(k.__name__.replace("Rule", "").lower() for k in kinds if k is not None)
+        raise PolicyError(
+            "datasets under different kinds of rules cannot meet in one query "
+            f"({', '.join(named)}{', no rule' if type(None) in kinds else ''})"
         )
-        for source in sources.values():
-            if not source.protected and not source.owner_approved:
-                raise PolicyError(
-                    f"{source.name!r} has a custom rule: its owner must approve this exact query"
-                )
+    kind = kinds.pop()
+    if kind is AggregationRule:
+        return "aggregation"
+    if kind is ListRule:
+        return "list"
+    for item in inputs.values():
+        if not item.source.owner_approved:
+            raise PolicyError(
+                f"{item.source.name!r} has a custom rule: its owner must approve this exact query"
+            )
+    return "custom"
+
+
+# -- scopes ----------------------------------------------------------------------------
+
+
+def _scopes(root: exp.Select, inputs: dict[str, _Input]) -> list[_Scope]:
+    """Every SELECT of the query, inner ones first; refuses SELECTs anywhere
+    but the root, a CTE or a FROM item, and CTEs read other than once."""
+    ctes: dict[str, _Scope] = {}
+    uses: dict[str, int] = {}
+    order: list[_Scope] = []
+
+    def scope_of(select: exp.Expr) -> _Scope:
+        if not isinstance(select, exp.Select):
+            raise PolicyError(f"only plain SELECTs are allowed here: {_sql(select)}")
+        if select is not root and select.args.get("with_"):
+            raise PolicyError(f"WITH is allowed only at the start of the query: {_sql(select)}")
+        scope = _Scope(select, {})
+        items = [select.args.get("from_"), *(select.args.get("joins") or [])]
+        if items[0] is None:
+            raise PolicyError(
+                f"every SELECT must read from an input or a CTE: {_sql(select)}"  # noqa: S608 - a message
+            )
+        for item in items:
+            node = item.this if item is not None else None
+            alias = node.alias_or_name.lower() if node is not None else ""
+            if alias in scope.sources:
+                raise PolicyError(f"the name {alias!r} is used twice in one FROM")
+            if isinstance(node, exp.Table):
+                name = node.name.lower()
+                if name in ctes:
+                    uses[name] += 1
+                    scope.sources[alias] = ctes[name]
+                elif name in inputs:
+                    scope.sources[alias] = inputs[name]
+                else:
+                    raise PolicyError(f"{node.name!r} is not an input or an earlier CTE")
+            elif isinstance(node, exp.Subquery):
+                scope.sources[alias] = scope_of(node.this)
+            else:
+                raise PolicyError(f"only inputs, CTEs and subqueries can be read: {_sql(item)}")
+        order.append(scope)
+        return scope
+
+    with_ = root.args.get("with_")
+    for cte in with_.expressions if with_ is not None else []:
+        name = cte.alias_or_name.lower()
+        if name in ctes:
+            raise PolicyError(f"the CTE name {name!r} is used twice")
+        ctes[name] = scope_of(cte.this)
+        uses[name] = 0
+    scope_of(root)
+    for name, count in uses.items():
+        if count != 1:
+            raise PolicyError(
+                f"every CTE must be read exactly once; {name!r} is read {count} times "
+                "(two readings of one aggregation can be differenced)"
+            )
+    known = {id(s.select) for s in order}
+    for select in root.find_all(exp.Select):
+        if id(select) not in known:
+            raise PolicyError(f"subqueries in expressions are not allowed: {_sql(select)}")
+    return order
+
+
+# -- the checker -----------------------------------------------------------------------
+
+
+def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    if condition is None:
+        return []
+    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+
+
+def _inside_aggregate(node: exp.Expr, stop: exp.Expr) -> bool:
+    parent = node.parent
+    while parent is not None and parent is not stop:
+        if type(parent) in AGGREGATES:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _literal_int(node: exp.Expr | None, what: str) -> None:
+    if node is None:
+        return
+    value = node.args.get("expression") if isinstance(node, (exp.Limit, exp.Offset)) else node
+    if not (isinstance(value, exp.Literal) and value.is_int):
+        raise PolicyError(f"{what} takes a whole number: {_sql(node)}")
+
+
+class _Checker:
+    def __init__(self, inputs: dict[str, _Input], mode: str, k: int) -> None:
+        self.inputs = inputs
+        self.mode = mode
+        self.k = k
+        protected = [i for i in inputs.values() if not i.permissive]
+        rules = [i.source.rule for i in protected]
         # strictest wins: a function must be allowed by every protected rule queried
         allowed = [
-            set(s.rule.scalar_functions)
-            for s in sources.values()
-            if isinstance(s.rule, (AggregationRule, ListRule))
+            set(r.scalar_functions) for r in rules if isinstance(r, (AggregationRule, ListRule))
         ]
-        self.functions: set[str] = set.intersection(*allowed) if allowed else set()
-        # SELECTs that get a threshold, with the identities to count, rewritten at the end
-        self.thresholds: list[tuple[exp.Select, list[threshold.Identity], int]] = []
+        self.functions: set[str] = set.intersection(*allowed) if allowed else set(SCALAR_FUNCTIONS)
+        self.thresholds = 0
 
-    # -- helpers ---------------------------------------------------------------------
+    # -- names and families ----------------------------------------------------------
 
-    def table_of(self, scope: Scope, column: exp.Column) -> Source | None:
-        return self.table_of_source(scope.sources.get(column.table))
+    def resolver(self, scope: _Scope) -> grammar.Resolve:
+        def resolve(column: exp.Column) -> str:
+            source = scope.sources.get(column.table.lower())
+            name = column.name.lower()
+            if isinstance(source, _Input) and name in source.families:
+                return source.families[name]
+            if isinstance(source, _Scope) and name in source.outputs:
+                return source.outputs[name]
+            raise PolicyError(f"the column {_sql(column)} does not resolve here")
 
-    def threshold(self, query: exp.Query) -> int:
-        referenced = {c.name for c in query.find_all(exp.Column)}
-        k = 0
-        for source in self.sources.values():
-            rule = source.rule
-            if isinstance(rule, AggregationRule):
-                k = max(k, rule.min_distinct)
-                k = max([k, *(v for c, v in rule.column_thresholds.items() if c in referenced)])
-            elif isinstance(rule, CustomRule) and rule.min_distinct:
-                k = max(k, rule.min_distinct)
-        return k
+        return resolve
 
-    # -- checks ----------------------------------------------------------------------
-
-    def check(self, query: exp.Query) -> Checked:
-        if self.mode != "custom":
-            if isinstance(query, exp.SetOperation) or query.find(exp.SetOperation):
+    def functions_in(self, node: exp.Expr) -> None:
+        for function in node.walk():
+            name = SCALARS.get(type(function))
+            if name is not None and name not in self.functions:
                 raise PolicyError(
-                    f"set operations (UNION, INTERSECT, EXCEPT) can single out rows: {_sql(query)}"
+                    f"function {name} is not allowed by the rules of the datasets queried "
+                    f"(allowed: {', '.join(sorted(self.functions)) or 'none'}): {_sql(function)}"
                 )
-            window = query.find(exp.Window)
-            if window is not None:
-                raise PolicyError(f"window functions return row values: {_sql(window)}")
-        k = self.threshold(query)
-        for scope in traverse_scope(query):
-            tables = [self.table_of_source(s) for s in scope.sources.values()]
-            reads = [t for t in tables if t is not None]
-            if self.mode != "custom" and scope.is_subquery:
-                raise PolicyError(
-                    f"subqueries in expressions are not allowed: {_sql(scope.expression)}"
-                )
-            if not reads:
-                continue
-            if any(t.protected for t in reads):
-                if self.mode == "aggregation":
-                    self.aggregation_scope(scope, k)
-                else:
-                    self.list_scope(scope)
-            elif k and any(isinstance(t.rule, CustomRule) and t.rule.min_distinct for t in reads):
-                self.require_aggregate(scope, "a custom rule with a threshold")
-                self.add_threshold(scope, k)
-        self.disallowed_outputs(query)
-        columns = [p.alias_or_name for p in query.selects]
-        query = self.enforce_thresholds(query)
-        return Checked(query.sql(dialect=DIALECT), self.mode, k, columns)
 
-    def enforce_thresholds(self, query: exp.Query) -> exp.Query:
-        """Rewrite every SELECT that got a threshold (inner ones first); returns
-        the query, which may itself have been replaced."""
-        # a CTE named like an input hides it: such a name is never taken for an input
-        inputs = set(self.sources) - {cte.alias_or_name for cte in query.find_all(exp.CTE)}
-        for n, (select, identities, k) in enumerate(self.thresholds):
-            enforced = threshold.enforce(
-                select, identities, k, tag=f"t{n}", inputs=inputs, bounded=self.bounded
-            )
-            if select is query:
-                query = enforced
-            elif enforced is not select:
-                select.replace(enforced)
-        return query
+    # -- joins -----------------------------------------------------------------------
 
-    def table_of_source(self, source: Any) -> Source | None:
-        if isinstance(source, exp.Table) and source.name in self.sources:
-            return self.sources[source.name]
-        return None
-
-    def require_aggregate(self, scope: Scope, what: str) -> None:
-        select = scope.expression
-        if not isinstance(select, exp.Select):
-            raise PolicyError(f"{what} needs a plain SELECT: {_sql(select)}")
-        aggregates = [a for p in select.expressions for a in p.find_all(exp.AggFunc)]
-        if not select.args.get("group") and not aggregates:
-            raise PolicyError(
-                f"{what}: every SELECT over protected data must aggregate; this one emits "
-                f"rows: {_sql(select)}"
-            )
-
-    def add_threshold(self, scope: Scope, k: int) -> None:
-        select = scope.expression
-        if not isinstance(select, exp.Select):
-            raise PolicyError(f"a threshold needs a plain SELECT: {_sql(select)}")
-        counted: list[tuple[str, str]] = []
-        identities: list[threshold.Identity] = []
-        equal = _inner_equalities(select)
-        already = _distinct_counts(select)
-        for alias, source in scope.sources.items():
-            table = self.table_of_source(source)
-            if table is None:
-                continue
-            column = (alias, table.schema.identity_column)
-            # an inner join on two identity columns makes their distinct counts equal:
-            # count one of them (distinct counting is the threshold's whole cost)
-            if any(_linked(column, other, equal) for other in counted):
-                continue
-            counted.append(column)
-            # a distinct count the query computes anyway, of this identity or an equal one
-            same = [c for c in already if c == column or _linked(column, c, equal)]
-            table_alias, name = same[0] if same else column
-            identities.append(
-                threshold.Identity(
-                    column=exp.column(name, table=table_alias, quoted=True),
-                    integer=table.schema.column(column[1]).type in ("int32", "int64"),
-                    counted=bool(same),
-                )
-            )
-        self.thresholds.append((select, identities, k))
-
-    def joins(self, scope: Scope) -> None:
-        select = scope.expression
+    def joins(self, scope: _Scope, *, inner_only: bool = False) -> None:
+        select = scope.select
+        seen = {select.args["from_"].this.alias_or_name.lower()}
         for join in select.args.get("joins") or []:
-            if join.args.get("using"):
-                raise PolicyError(f"write join conditions with ON: {_sql(join)}")
+            alias = join.this.alias_or_name.lower()
+            kind = (join.args.get("kind") or "").upper()
+            side = (join.args.get("side") or "").upper()
+            if (
+                join.args.get("using")
+                or join.args.get("method")
+                or kind not in ("", "INNER", "OUTER")
+            ):
+                raise PolicyError(
+                    f"cross, natural, semi and anti joins are not allowed: {_sql(join)}"
+                )
+            if inner_only and side:
+                raise PolicyError(
+                    f"a DP row query joins with inner joins only (outer joins merge the "
+                    f"unmatched people into one): {_sql(join)}"
+                )
+            if kind == "OUTER" and not side:
+                raise PolicyError(f"write LEFT, RIGHT or FULL for outer joins: {_sql(join)}")
             condition = join.args.get("on")
-            if condition is None or join.args.get("kind") == "CROSS" or join.method:
-                raise PolicyError(f"cross and natural joins are not allowed: {_sql(join)}")
+            if condition is None:
+                raise PolicyError(f"cross joins are not allowed: {_sql(join)}")
+            linked = False
             for part in _conjuncts(condition):
                 if not (
                     isinstance(part, exp.EQ)
@@ -304,166 +406,424 @@ class _Checker:
                     raise PolicyError(
                         f"join conditions must be equalities of join columns: {_sql(part)}"
                     )
+                tables = {part.this.table.lower(), part.expression.table.lower()}
+                if len(tables) != 2 or not tables <= seen | {alias}:
+                    raise PolicyError(
+                        f"a join condition compares columns of two tables of the join: {_sql(part)}"
+                    )
+                linked = linked or alias in tables
                 for column in (part.this, part.expression):
-                    table = self.table_of(scope, column)
-                    rule = table.rule if table else None
-                    if (
-                        table is not None
-                        and isinstance(rule, (AggregationRule, ListRule))
-                        and column.name not in rule.join_columns
-                    ):
-                        raise PolicyError(
-                            f"join on {column.name!r}, which is not a declared join column of "
-                            f"{table.name!r} ({rule.type} rule): {_sql(part)}"
-                        )
+                    self.join_column(scope, column, part)
+            if not linked:
+                raise PolicyError(f"the join condition does not mention {alias!r}: {_sql(join)}")
+            grammar.condition(condition, self.resolver(scope))
+            seen.add(alias)
 
-    def functions_in(self, node: exp.Expr) -> None:
-        for function in node.find_all(exp.Func):
-            if isinstance(function, (exp.AggFunc, *_STRUCTURAL)):
-                if isinstance(function, (exp.Cast, exp.TryCast)):
-                    target = function.to.this
-                    if target in _CAST_REFUSED:
-                        raise PolicyError(
-                            f"casts to {target.name} are not allowed: {_sql(function)}"
-                        )
-                continue
-            name = _SCALARS.get(type(function))
-            if name is None or name not in self.functions:
-                label = (
-                    function.sql_name()
-                    if not isinstance(function, exp.Anonymous)
-                    else function.name
-                )
-                raise PolicyError(
-                    f"function {label.lower()} is not allowed by the rules of the datasets "
-                    f"queried (allowed: {', '.join(sorted(self.functions)) or 'none'}): "
-                    f"{_sql(function)}"
-                )
+    def join_column(self, scope: _Scope, column: exp.Column, part: exp.Expr) -> None:
+        source = scope.sources.get(column.table.lower())
+        if not isinstance(source, _Input):
+            raise PolicyError(f"only inputs can be joined, on their join columns: {_sql(part)}")
+        if source.permissive:
+            return
+        if column.name.lower() not in source.join_columns:
+            rule = source.source.rule
+            kind = rule.type if rule is not None else "custom"
+            raise PolicyError(
+                f"join on {column.name!r}, which is not a declared join column of "
+                f"{source.source.name!r} ({kind} rule): {_sql(part)}"
+            )
 
-    def aggregation_scope(self, scope: Scope, k: int) -> None:
-        select = scope.expression
-        if not isinstance(select, exp.Select):
-            raise PolicyError(f"only plain SELECTs may read protected data: {_sql(select)}")
-        if select.args.get("distinct"):
-            raise PolicyError(f"SELECT DISTINCT emits rows; use GROUP BY: {_sql(select)}")
-        for node in _clause_nodes(select, ("expressions", "where", "group", "having", "order")):
-            self.functions_in(node)
-        self.require_aggregate(scope, "aggregation rule")
-        self.joins(scope)
-        for aggregate in select.find_all(exp.AggFunc):
-            self.aggregate(scope, aggregate)
-        for column in scope.columns:
-            table = self.table_of(scope, column)
-            if table is None or not isinstance(table.rule, AggregationRule):
-                continue
-            if _inside(column, (exp.AggFunc,), select) or _in_join(column, select):
-                continue
-            self.dimension(table, table.rule, column)
-        if k:
-            self.add_threshold(scope, k)
+    # -- the aggregating scope --------------------------------------------------------
 
-    def aggregate(self, scope: Scope, aggregate: exp.AggFunc) -> None:
+    def row_column(self, scope: _Scope, column: exp.Column) -> None:
+        """A column used outside aggregates and joins: it must be a dimension."""
+        source = scope.sources.get(column.table.lower())
+        if not isinstance(source, _Input):
+            raise PolicyError(f"the column {_sql(column)} does not resolve here")
+        name = column.name.lower()
+        if source.permissive or name in source.dimensions:
+            return
+        table = source.source.name
+        context = _sql(column.parent or column)
+        if name == source.identity:
+            raise PolicyError(
+                f"the identity column {table}.{column.name} may appear only inside "
+                f"COUNT(DISTINCT ...) or a join condition: {context}"
+            )
+        if name in source.join_columns:
+            raise PolicyError(
+                f"join column {table}.{column.name} may be used only in join conditions: {context}"
+            )
+        raise PolicyError(
+            f"{table}.{column.name} is not a dimension of its aggregation rule: it may appear "
+            f"only inside an allowed aggregate: {context}"
+        )
+
+    def aggregate(self, scope: _Scope, aggregate: exp.Expr) -> None:
+        """An aggregate over protected rows: an allowed function of one plain column."""
+        name = AGGREGATES[type(aggregate)]
+        argument = aggregate.this
         if isinstance(aggregate, exp.Count):
-            argument = aggregate.this
             if isinstance(argument, exp.Star):
                 return
-            name = "count"
             if isinstance(argument, exp.Distinct):
                 name = "count_distinct"
-                argument = argument.expressions[0] if len(argument.expressions) == 1 else None
-        elif type(aggregate) in _AGGREGATES:
-            name = _AGGREGATES[type(aggregate)]
-            argument = aggregate.this
-            if isinstance(argument, exp.Distinct):
-                raise PolicyError(f"DISTINCT is allowed in COUNT only: {_sql(aggregate)}")
-        else:
-            raise PolicyError(
-                f"aggregate {aggregate.sql_name().lower()} is not allowed: it can return a "
-                f"row's value: {_sql(aggregate)}"
-            )
+                parts = argument.expressions
+                argument = parts[0] if len(parts) == 1 else None
+        elif isinstance(argument, exp.Distinct):
+            raise PolicyError(f"DISTINCT is allowed in COUNT only: {_sql(aggregate)}")
         if not isinstance(argument, exp.Column):
             raise PolicyError(
                 f"the argument of {name} must be a plain column (expressions can smuggle a "
                 f"row's value into an aggregate): {_sql(aggregate)}"
             )
-        table = self.table_of(scope, argument)
-        if table is None or not isinstance(table.rule, AggregationRule):
-            return
-        if not table.rule.allows(name, argument.name):
+        source = scope.sources.get(argument.table.lower())
+        if not isinstance(source, _Input):
+            raise PolicyError(f"the column {_sql(argument)} does not resolve here")
+        if not source.allows(name, argument.name.lower()):
             raise PolicyError(
-                f"{name} on {table.name}.{argument.name} is not allowed by its aggregation "
-                f"rule: {_sql(aggregate)}"
+                f"{name} on {source.source.name}.{argument.name} is not allowed by its "
+                f"aggregation rule: {_sql(aggregate)}"
             )
 
-    def dimension(self, table: Source, rule: AggregationRule, column: exp.Column) -> None:
-        name = column.name
-        if name in rule.dimensions:
-            return
-        if name == table.schema.identity_column:
+    def base(self, scope: _Scope) -> None:  # noqa: PLR0912 - numbered steps, one per rule
+        """The one scope that reads inputs: it must aggregate them."""
+        select = scope.select
+        if select.args.get("distinct"):
+            raise PolicyError(f"SELECT DISTINCT emits rows; use GROUP BY: {_sql(select)}")
+        self.joins(scope)
+        resolve = self.resolver(scope)
+        _unalias_clauses(select)
+        keys = _group_keys(select)
+        aggregates = [
+            node
+            for clause in ("expressions", "having", "order")
+            for part in _clause(select, clause)
+            for node in part.walk()
+            if type(node) in AGGREGATES
+        ]
+        if not keys and not aggregates:
             raise PolicyError(
-                f"the identity column {table.name}.{name} may appear only inside "
-                f"COUNT(DISTINCT ...) or a join condition: {_sql(column.parent or column)}"
+                "every SELECT over protected data must aggregate; this one emits rows: "
+                f"{_sql(select)}"
             )
-        if name in rule.join_columns:
-            raise PolicyError(
-                f"join column {table.name}.{name} may be used only in join conditions: "
-                f"{_sql(column.parent or column)}"
-            )
-        raise PolicyError(
-            f"{table.name}.{name} is not a dimension of its aggregation rule: it may appear "
-            f"only inside an allowed aggregate: {_sql(column.parent or column)}"
-        )
+        # (1) row-level clauses: dimensions only, no aggregates
+        row_level = [*_clause(select, "where"), *keys]
+        for aggregate in aggregates:
+            filtered = aggregate.parent
+            if isinstance(filtered, exp.Filter):
+                row_level.append(filtered.expression.this)
+        for part in row_level:
+            found = part.find(*AGGREGATES)
+            if found is not None:
+                raise PolicyError(f"aggregates are not allowed here: {_sql(part)}")
+        for node in _clause(select, "where"):
+            grammar.condition(node, resolve)
+        # (2) every column outside aggregates and join conditions is a dimension
+        for clause in ("expressions", "where", "group", "having", "order"):
+            for part in _clause(select, clause):
+                for column in part.find_all(exp.Column):
+                    if not _inside_aggregate(column, select):
+                        self.row_column(scope, column)
+        # (3) aggregates: allowed functions of plain columns, never nested
+        for aggregate in aggregates:
+            if any(type(n) in AGGREGATES for n in aggregate.walk() if n is not aggregate):
+                raise PolicyError(f"aggregates cannot be nested: {_sql(aggregate)}")
+            self.aggregate(scope, aggregate)
+            filtered = aggregate.parent
+            if isinstance(filtered, exp.Filter):
+                for column in filtered.expression.find_all(exp.Column):
+                    self.row_column(scope, column)
+        # (4) values and functions: families agree, every function in the catalogue
+        for clause in ("expressions", "where", "group", "having", "order"):
+            for part in _clause(select, clause):
+                self.functions_in(part)
+                family(part, resolve)
+        for node in _clause(select, "having"):
+            grammar.condition(node, resolve)
+        for clause in ("limit", "offset"):
+            _literal_int(select.args.get(clause), clause.upper())
+        scope.outputs = _outputs(select, resolve)
 
-    def list_scope(self, scope: Scope) -> None:
-        select = scope.expression
-        if not isinstance(select, exp.Select):
-            raise PolicyError(f"only plain SELECTs may read protected data: {_sql(select)}")
-        aggregate = select.find(exp.AggFunc)
-        if aggregate is not None or select.args.get("group") or select.args.get("having"):
+    def after(self, scope: _Scope) -> None:
+        """A scope over the aggregating one: filters, projects, orders, re-aggregates."""
+        select = scope.select
+        if select.args.get("joins") or len(scope.sources) != 1:
+            raise PolicyError(
+                "a query over an aggregation reads it alone: joining two aggregations of the "
+                f"same data can difference them: {_sql(select)}"
+            )
+        if select.args.get("distinct"):
+            raise PolicyError(f"use GROUP BY instead of SELECT DISTINCT: {_sql(select)}")
+        resolve = self.resolver(scope)
+        _unalias_clauses(select)
+        own = [
+            node
+            for clause in ("expressions", "having", "order")
+            for part in _clause(select, clause)
+            for node in part.walk()
+        ]
+        for aggregate in (n for n in own if type(n) in AGGREGATES):
+            if isinstance(aggregate.parent, exp.Filter):
+                raise PolicyError(f"FILTER applies to aggregates of inputs only: {_sql(aggregate)}")
+            argument = aggregate.this
+            if isinstance(argument, exp.Distinct) or not isinstance(
+                argument, (exp.Column, exp.Star)
+            ):
+                raise PolicyError(
+                    f"aggregates over groups take one plain column: {_sql(aggregate)}"
+                )
+        for part in [*_clause(select, "where"), *_group_keys(select)]:
+            if part.find(*AGGREGATES) is not None:
+                raise PolicyError(f"aggregates are not allowed here: {_sql(part)}")
+        for clause in ("expressions", "where", "group", "having", "order"):
+            for part in _clause(select, clause):
+                self.functions_in(part)
+                family(part, resolve)
+        for clause in ("where", "having"):
+            for node in _clause(select, clause):
+                grammar.condition(node, resolve)
+        for clause in ("limit", "offset"):
+            _literal_int(select.args.get(clause), clause.upper())
+        scope.outputs = _outputs(select, resolve)
+
+    def list_scope(self, scope: _Scope) -> None:
+        select = scope.select
+        if select.find(*AGGREGATES) or select.args.get("group") or select.args.get("having"):
             raise PolicyError(f"list rules output rows, not aggregates: {_sql(select)}")
         self.joins(scope)
-        for column in scope.columns:
-            table = self.table_of(scope, column)
-            if table is None or not isinstance(table.rule, ListRule) or _in_join(column, select):
-                continue
-            if column.name not in table.rule.list_columns:
-                raise PolicyError(
-                    f"{table.name}.{column.name} is not a list column of its list rule: "
-                    f"{_sql(column.parent or column)}"
-                )
-        for node in _clause_nodes(select, ("expressions", "where", "order")):
-            self.functions_in(node)
+        resolve = self.resolver(scope)
+        _unalias_clauses(select)
+        for clause in ("expressions", "where", "order"):
+            for part in _clause(select, clause):
+                for column in part.find_all(exp.Column):
+                    source = scope.sources.get(column.table.lower())
+                    name = column.name.lower()
+                    if not isinstance(source, _Input) or name not in source.list_columns:
+                        table = source.source.name if isinstance(source, _Input) else "?"
+                        raise PolicyError(
+                            f"{table}.{column.name} is not a list column of its list rule: "
+                            f"{_sql(column.parent or column)}"
+                        )
+                self.functions_in(part)
+                family(part, resolve)
+        for node in _clause(select, "where"):
+            grammar.condition(node, resolve)
+        for clause in ("limit", "offset"):
+            _literal_int(select.args.get(clause), clause.upper())
 
-    def disallowed_outputs(self, query: exp.Query) -> None:
-        banned = {
-            (name, column)
-            for name, source in self.sources.items()
-            if isinstance(source.rule, CustomRule)
-            for column in source.rule.disallowed_columns
-        }
-        if not banned:
-            return
-        root = traverse_scope(query)[-1]
-        for projection in query.selects:
-            for base in _lineage(projection, root):
-                if base in banned:
-                    raise PolicyError(
-                        f"{base[0]}.{base[1]} may never be output (custom rule): {_sql(projection)}"
-                    )
+
+def _clause(select: exp.Select, clause: str) -> list[exp.Expr]:
+    value = select.args.get(clause)
+    if value is None:
+        return []
+    if clause == "expressions":
+        return list(value)
+    if clause in ("where", "having"):
+        return [value.this]
+    if clause == "group":
+        return list(value.expressions)
+    if clause == "order":
+        return [o.this for o in value.expressions]
+    return [value]
+
+
+def _unalias_clauses(select: exp.Select) -> None:
+    """Replace references to output names (and ordinals) in GROUP BY, HAVING
+    and ORDER BY by what they name, as DuckDB resolves them."""
+    projections = select.expressions
+    named: dict[str, exp.Expr] = {}
+    for projection in projections:
+        named.setdefault(projection.alias_or_name.lower(), projection.unalias())
+
+    def swap(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and not node.table:
+            target = named.get(node.name.lower())
+            if target is None:
+                raise PolicyError(f"{node.name!r} names no column or output here")
+            return target.copy()
+        return node
+
+    def ordinal(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Literal) and node.is_int:
+            index = int(node.name)
+            if not 1 <= index <= len(projections):
+                raise PolicyError(f"position {index} is not an output column")
+            chosen: exp.Expr = projections[index - 1].unalias().copy()
+            return chosen
+        return node
+
+    group = select.args.get("group")
+    if group is not None:
+        if group.args.get("all"):
+            keys = [p.unalias().copy() for p in projections if not p.find(*AGGREGATES)]
+            group.set("all", None)
+            group.set("expressions", keys)
+        group.set("expressions", [ordinal(k).transform(swap) for k in group.expressions])
+    having = select.args.get("having")
+    if having is not None:
+        having.set("this", having.this.transform(swap))
+    order = select.args.get("order")
+    if order is not None:
+        for item in order.expressions:
+            item.set("this", ordinal(item.this).transform(swap))
+
+
+def _group_keys(select: exp.Select) -> list[exp.Expr]:
+    group = select.args.get("group")
+    return list(group.expressions) if group is not None else []
+
+
+def _outputs(select: exp.Select, resolve: grammar.Resolve) -> dict[str, str]:
+    outputs: dict[str, str] = {}
+    for projection in select.expressions:
+        name = projection.alias_or_name.lower()
+        if name in outputs:
+            raise PolicyError(f"two output columns are named {name!r}")
+        outputs[name] = family(projection, resolve)
+    return outputs
+
+
+# -- the rewrite: suppress first, then the analyst's expressions ------------------------
+
+
+def _safe(node: exp.Expr) -> exp.Expr:
+    """Casts become TRY_CAST and arithmetic runs in TRY: no value can make the
+    query fail, so neither a failure nor its text depends on data."""
+
+    # children before their parents, so a cast inside arithmetic is converted too
+    for part in reversed(list(node.dfs())):
+        if type(part) is exp.Cast:
+            part.replace(exp.TryCast(this=part.this, to=part.to))
+        elif isinstance(part, (*ARITHMETIC, exp.Abs)):
+            wrapper = exp.Try()
+            part.replace(wrapper)
+            wrapper.set("this", part)
+    return node
+
+
+def _suppress_first(
+    scope: _Scope, checker: _Checker, tag: str, bounded: bool, inputs: set[str]
+) -> exp.Select:
+    """The aggregating scope as two: its raw aggregates per group, thresholded,
+    and the analyst's projections, HAVING and ORDER BY over the groups that passed."""
+    select = scope.select
+    keys = _group_keys(select)
+    aggregates: dict[str, exp.Expr] = {}
+    for clause in ("expressions", "having", "order"):
+        for part in _clause(select, clause):
+            for node in part.walk():
+                if type(node) in AGGREGATES:
+                    unit = node.parent if isinstance(node.parent, exp.Filter) else node
+                    aggregates.setdefault(unit.sql(dialect=DIALECT), unit)
+    groups = f"__cleanroom_{tag}_groups"
+    key_names = {k.sql(dialect=DIALECT): f"g{j}" for j, k in enumerate(keys)}
+    aggregate_names = {text: f"a{i}" for i, text in enumerate(aggregates)}
+    inner = exp.Select(
+        expressions=[
+            *(exp.alias_(k.copy(), key_names[k.sql(dialect=DIALECT)]) for k in keys),
+            *(exp.alias_(a.copy(), aggregate_names[t]) for t, a in aggregates.items()),
+        ]
+        or [exp.alias_(exp.Count(this=exp.Star()), "a0")],
+        from_=select.args["from_"].copy(),
+        joins=[j.copy() for j in select.args.get("joins") or []],
+    )
+    if select.args.get("where") is not None:
+        inner.set("where", select.args["where"].copy())
+    if keys:
+        inner.set("group", exp.Group(expressions=[k.copy() for k in keys]))
+    identities = _identities(scope, inner)
+    enforced = threshold.enforce(
+        inner, identities, checker.k, tag=tag, inputs=inputs, bounded=bounded
+    )
+
+    def over_groups(node: exp.Expr) -> exp.Expr:
+        def swap(part: exp.Expr) -> exp.Expr:
+            text = part.sql(dialect=DIALECT)
+            if (type(part) in AGGREGATES or isinstance(part, exp.Filter)) and (
+                text in aggregate_names
+            ):
+                return exp.column(aggregate_names[text], groups, quoted=True)
+            if text in key_names and not isinstance(part, exp.Literal):
+                return exp.column(key_names[text], groups, quoted=True)
+            return part
+
+        swapped = node.copy().transform(swap)
+        for column in swapped.find_all(exp.Column):
+            if column.table != groups:
+                raise PolicyError(
+                    f"{_sql(column)} must be a GROUP BY expression or inside an aggregate"
+                )
+        return swapped
+
+    outer = exp.Select(
+        expressions=[
+            exp.alias_(over_groups(p.unalias()), p.alias_or_name, quoted=True)
+            for p in select.expressions
+        ],
+        from_=exp.From(
+            this=exp.Subquery(this=enforced, alias=exp.TableAlias(this=exp.to_identifier(groups)))
+        ),
+    )
+    having = select.args.get("having")
+    if having is not None:
+        outer.set("where", exp.Where(this=over_groups(having.this)))
+    order = select.args.get("order")
+    if order is not None:
+        items = []
+        for item in order.expressions:
+            moved = item.copy()
+            moved.set("this", over_groups(item.this))
+            items.append(moved)
+        outer.set("order", exp.Order(expressions=items))
+    for clause in ("limit", "offset"):
+        if select.args.get(clause) is not None:
+            outer.set(clause, select.args[clause].copy())
+    return outer
+
+
+def _identities(scope: _Scope, inner: exp.Select) -> list[threshold.Identity]:
+    """The identity of every input the scope reads; those an inner join makes
+    equal are counted once (distinct counting is the threshold's whole cost)."""
+    equal = _inner_equalities(scope.select)
+    counted: list[tuple[str, str]] = []
+    already = _distinct_counts(inner)
+    identities: list[threshold.Identity] = []
+    for alias, source in scope.inputs.items():
+        column = (alias, source.identity)
+        if any(_linked(column, other, equal) for other in counted):
+            continue
+        counted.append(column)
+        same = [c for c in already if c == column or _linked(column, c, equal)]
+        table_alias, name = same[0] if same else column
+        declared = source.source.schema
+        kind = next(
+            (c.type for c in declared.columns if c.name.lower() == source.identity), "string"
+        )
+        identities.append(
+            threshold.Identity(
+                column=exp.column(name, table=table_alias, quoted=True),
+                integer=kind in ("int32", "int64"),
+                counted=bool(same),
+            )
+        )
+    return identities
 
 
 Ref = tuple[str, str]
 
 
-def _inner_equalities(select: exp.Expr) -> list[tuple[Ref, Ref]]:
-    """Column equalities of inner joins' ON conditions: (alias, column) pairs."""
+def _inner_equalities(select: exp.Select) -> list[tuple[Ref, Ref]]:
     inner = [
         join
         for join in select.args.get("joins") or []
-        if not join.side and join.args.get("kind") in (None, "INNER")
+        if not join.side and join.args.get("kind") in (None, "", "INNER")
     ]
     return [
-        ((part.this.table, part.this.name), (part.expression.table, part.expression.name))
+        (
+            (part.this.table.lower(), part.this.name.lower()),
+            (part.expression.table.lower(), part.expression.name.lower()),
+        )
         for join in inner
         for part in _conjuncts(join.args.get("on"))
         if isinstance(part, exp.EQ)
@@ -485,127 +845,244 @@ def _linked(a: Ref, b: Ref, edges: list[tuple[Ref, Ref]]) -> bool:
 
 
 def _distinct_counts(select: exp.Select) -> list[Ref]:
-    """The columns this SELECT (not a nested one) counts with COUNT(DISTINCT column)."""
     found: list[Ref] = []
-    for node in _clause_nodes(select, ("expressions", "having", "order")):
-        for count in node.find_all(exp.Count):
-            argument = count.this
-            if (
-                isinstance(argument, exp.Distinct)
-                and len(argument.expressions) == 1
-                and isinstance(argument.expressions[0], exp.Column)
-            ):
-                column = argument.expressions[0]
-                found.append((column.table, column.name))
+    for projection in select.expressions:
+        count = projection.unalias()
+        argument = count.this if isinstance(count, exp.Count) else None
+        if (
+            isinstance(argument, exp.Distinct)
+            and len(argument.expressions) == 1
+            and isinstance(argument.expressions[0], exp.Column)
+        ):
+            column = argument.expressions[0]
+            found.append((column.table.lower(), column.name.lower()))
     return found
 
 
-def _clause_nodes(select: exp.Expr, clauses: tuple[str, ...]) -> list[exp.Expr]:
-    """The expressions of these clauses of a SELECT (projections, WHERE, ...)."""
-    nodes: list[exp.Expr] = []
-    for clause in clauses:
-        value = select.args.get(clause)
-        nodes += value if isinstance(value, list) else [value] if value is not None else []
-    return nodes
+def _threshold(inputs: dict[str, _Input], query: exp.Expr) -> int:
+    referenced = {c.name.lower() for c in query.find_all(exp.Column)}
+    k = 0
+    for item in inputs.values():
+        rule = item.source.rule
+        if isinstance(rule, AggregationRule):
+            k = max(k, rule.min_distinct)
+            for column, value in rule.column_thresholds.items():
+                if column.lower() in referenced:
+                    k = max(k, value)
+        elif isinstance(rule, CustomRule) and rule.min_distinct:
+            k = max(k, rule.min_distinct)
+    return k
 
 
-def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
-    if condition is None:
-        return []
-    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+# -- lineage of outputs (custom rules' disallowed columns) -------------------------------
 
 
-def _inside(node: exp.Expr, kinds: tuple[type[exp.Expr], ...], stop: exp.Expr) -> bool:
-    parent = node.parent
-    while parent is not None and parent is not stop:
-        if isinstance(parent, kinds):
-            return True
-        parent = parent.parent
-    return False
+def _disallowed_outputs(query: exp.Select, inputs: dict[str, _Input]) -> None:
+    banned = {(i.name, c) for i in inputs.values() for c in i.disallowed}
+    if not banned:
+        return
+    try:
+        root = traverse_scope(query)[-1]
+        found = [(p, _lineage(p, root)) for p in query.selects]
+    except PolicyError:
+        raise
+    except Exception as exc:
+        raise PolicyError(
+            "the outputs of this query cannot be traced to their columns, and an input has "
+            "columns that may never be output"
+        ) from exc
+    for projection, bases in found:
+        for base in bases:
+            if base in banned:
+                raise PolicyError(
+                    f"{base[0]}.{base[1]} may never be output (custom rule): {_sql(projection)}"
+                )
 
 
-def _in_join(column: exp.Column, select: exp.Expr) -> bool:
-    parent: exp.Expr | None = column
-    while parent is not None and parent is not select:
-        if isinstance(parent.parent, exp.Join) and parent.arg_key == "on":
-            return True
-        parent = parent.parent
-    return False
-
-
-def _lineage(node: exp.Expr, scope: Scope) -> set[tuple[str, str]]:
+def _lineage(node: exp.Expr, scope: SqlglotScope) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
+    if any(not isinstance(star.parent, exp.Count) for star in node.find_all(exp.Star)):
+        raise PolicyError(f"name the output columns instead of *: {_sql(node)}")
     for column in node.find_all(exp.Column):
         source = scope.sources.get(column.table)
         if isinstance(source, exp.Table):
-            found.add((source.name, column.name))
-        elif isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+            found.add((source.name.lower(), column.name.lower()))
+        elif isinstance(source, SqlglotScope) and isinstance(source.expression, exp.Select):
             for projection in source.expression.selects:
-                if projection.alias_or_name == column.name:
+                if projection.alias_or_name.lower() == column.name.lower():
                     found |= _lineage(projection, source)
+        else:
+            raise PolicyError(f"{_sql(column)} cannot be traced to an input column")
     return found
+
+
+# -- entry points ----------------------------------------------------------------------
 
 
 def check_query(text: str, sources: dict[str, Source], *, bounded: bool = True) -> Checked:
     """Check ``text`` against the rules of ``sources``; returns the SQL to run.
 
-    ``bounded=False`` enforces every threshold with a plain ``HAVING
-    COUNT(DISTINCT ...)``: the same result, slower (for comparison).
+    Any failure inside the check is a refusal (:class:`PolicyError`), never
+    another exception. ``bounded=False`` enforces every threshold with a plain
+    ``HAVING COUNT(DISTINCT ...)``: the same result, slower (for comparison).
     """
-    query = parse(text, sources)
-    read = {t.name for t in query.find_all(exp.Table)}
-    checker = _Checker({n: s for n, s in sources.items() if n in read}, bounded=bounded)
-    checked = checker.check(query)
-    if checked.mode == "custom" and not checked.threshold:
-        return Checked(text, checked.mode, 0, checked.columns)  # run exactly what was approved
-    return checked
+    try:
+        return _check_query(text, sources, bounded=bounded)
+    except PolicyError:
+        raise
+    except RecursionError as exc:
+        raise PolicyError("the analysis nests too deeply to check") from exc
+    except Exception as exc:
+        raise PolicyError(
+            f"the analysis could not be checked, so it is refused ({type(exc).__name__})"
+        ) from exc
+
+
+def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Checked:
+    query = _parse(text)
+    inputs = _inputs(query, sources)
+    mode = _mode(inputs)
+    k = _threshold(inputs, query)
+    if mode == "custom" and not k:
+        # the owners approved this exact text: it runs as written, outputs traced
+        qualified = _qualify(query, inputs)
+        _disallowed_outputs(qualified, inputs)
+        return Checked(text, mode, 0, [p.alias_or_name for p in qualified.selects])
+    grammar.walk(query)
+    qualified = _qualify(query, inputs)
+    grammar.walk(qualified)
+    _stars(qualified)
+    _disallowed_outputs(qualified, inputs)
+    checker = _Checker(inputs, mode, k)
+    scopes = _scopes(qualified, inputs)
+    if mode == "list":
+        if len(scopes) != 1:
+            raise PolicyError("a query under list rules is one SELECT, with no CTEs or subqueries")
+        checker.list_scope(scopes[0])
+        final = _safe(qualified)
+        return Checked(final.sql(dialect=DIALECT), mode, 0, _names(qualified))
+    reading = [s for s in scopes if s.inputs]
+    if len(reading) != 1:
+        raise PolicyError(
+            "under aggregation rules a query aggregates the inputs in exactly one SELECT; "
+            "outer SELECTs may filter, project and order its groups (two aggregations of "
+            f"the same data can be differenced): {len(reading)} SELECTs read inputs"
+        )
+    base = reading[0]
+    if any(isinstance(s, _Scope) for s in base.sources.values()):
+        raise PolicyError(
+            f"the aggregating SELECT reads inputs only, not CTEs or subqueries: {_sql(base.select)}"
+        )
+    checker.base(base)
+    for scope in scopes[scopes.index(base) + 1 :]:
+        checker.after(scope)
+    for scope in scopes[: scopes.index(base)]:
+        raise PolicyError(f"this SELECT reads no input and no aggregation: {_sql(scope.select)}")
+    names = [p.alias_or_name for p in qualified.expressions]
+    _safe(qualified)
+    names_of_inputs = set(inputs)
+    rewritten = _suppress_first(base, checker, "t0", bounded, names_of_inputs) if k else None
+    if rewritten is not None:
+        if base.select is qualified:
+            qualified = rewritten
+        else:
+            base.select.replace(rewritten)
+    return Checked(qualified.sql(dialect=DIALECT), mode, k, names)
+
+
+def _stars(query: exp.Expr) -> None:
+    for star in query.find_all(exp.Star):
+        if not isinstance(star.parent, exp.Count):
+            raise PolicyError(f"* is allowed in COUNT(*) only: {_sql(star.parent or star)}")
+
+
+def _names(select: exp.Select) -> list[str]:
+    return [p.alias_or_name for p in select.expressions]
+
+
+# -- differential privacy ---------------------------------------------------------------
 
 
 def check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:
     """Check the row query of a differentially private analysis.
 
-    The query must be one plain SELECT (no CTEs, subqueries, aggregates,
-    DISTINCT, ordering or limits) whose output columns are exactly the privacy
-    unit, the declared group keys and the aggregated values. The unit must be
-    the identity column of a protected input, and every protected input's
-    identity must be joined to it, so each person's contributions can be
-    bounded. Group keys must be dimensions; values must be columns the rules
-    let be summed. Its rows never leave the enclave: only noisy aggregates do.
+    The query must be one plain SELECT in the grammar (no CTEs, subqueries,
+    aggregates, DISTINCT, ordering, limits or samples) whose outputs are
+    exactly the privacy unit, the declared group keys and the aggregated
+    values, each a plain column under a name used once (without regard to
+    case) and not reserved by the mechanism. The unit must be the identity
+    column of a protected input; inputs are joined by inner joins only and
+    every protected input's identity is joined to the unit, so each person's
+    contributions can be bounded. Group keys must be dimensions and never the
+    unit; values must be columns the rules let be summed. Its rows never leave
+    the enclave: only noisy aggregates do.
     """
-    query = parse(text, sources)
-    read = {t.name for t in query.find_all(exp.Table)}
-    checker = _Checker({n: s for n, s in sources.items() if n in read})
-    if checker.mode == "list":
+    try:
+        return _check_dp(text, sources, spec)
+    except PolicyError:
+        raise
+    except RecursionError as exc:
+        raise PolicyError("the analysis nests too deeply to check") from exc
+    except Exception as exc:
+        raise PolicyError(
+            f"the analysis could not be checked, so it is refused ({type(exc).__name__})"
+        ) from exc
+
+
+def _check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:  # noqa: PLR0912
+    query = _parse(text)
+    grammar.walk(query)
+    inputs = _inputs(query, sources)
+    mode = _mode(inputs)
+    if mode == "list":
         raise PolicyError("list rules allow no aggregates, differentially private or not")
-    scope, select = _dp_select(query)
-    checker.joins(scope)
-    outputs = _dp_outputs(select, spec)
-    unit = outputs[spec.unit]
-    unit_table = checker.table_of(scope, unit)
-    if unit_table is None or unit.name != unit_table.schema.identity_column:
-        raise PolicyError(f"the privacy unit {spec.unit!r} must be an input's identity column")
-    _units_joined(scope, checker, unit)
-    _dp_columns(scope, checker, outputs, spec)
-    where = select.args.get("where")
-    if where is not None:
-        checker.functions_in(where)
-        for column in where.find_all(exp.Column):
-            table = checker.table_of(scope, column)
-            if table is not None and isinstance(table.rule, AggregationRule):
-                checker.dimension(table, table.rule, column)
-    return Checked(query.sql(dialect=DIALECT), "dp", 0, list(outputs))
-
-
-def _dp_select(query: exp.Query) -> tuple[Scope, exp.Select]:
-    scopes = traverse_scope(query)
-    if len(scopes) != 1 or not isinstance(query, exp.Select):
+    qualified = _qualify(query, inputs)
+    grammar.walk(qualified)
+    _stars(qualified)
+    scopes = _scopes(qualified, inputs)
+    if len(scopes) != 1:
         raise PolicyError("a DP analysis is one plain SELECT with no CTEs or subqueries")
+    scope = scopes[0]
+    select = scope.select
     for clause in ("distinct", "group", "having", "order", "limit", "offset"):
-        if query.args.get(clause):
+        if select.args.get(clause):
             raise PolicyError(f"a DP row query takes no {clause.upper()}: the enclave aggregates")
-    if query.find(exp.AggFunc) or query.find(exp.Window):
-        raise PolicyError("a DP row query has no aggregates or windows: the enclave aggregates")
-    return scopes[0], query
+    if select.find(*AGGREGATES):
+        raise PolicyError("a DP row query has no aggregates: the enclave aggregates")
+    checker = _Checker(inputs, "dp", 0)
+    checker.joins(scope, inner_only=True)
+    outputs = _dp_outputs(select, spec)
+    unit = outputs[spec.unit.lower()]
+    unit_source = scope.sources.get(unit.table.lower())
+    if not isinstance(unit_source, _Input) or unit.name.lower() != unit_source.identity:
+        raise PolicyError(f"the privacy unit {spec.unit!r} must be an input's identity column")
+    _units_joined(scope, unit)
+    resolve = checker.resolver(scope)
+    values = {a.column.lower() for a in spec.aggregates if a.column is not None}
+    groups = {g.lower() for g in spec.group_by}
+    for name, column in outputs.items():
+        source = scope.sources[column.table.lower()]
+        assert isinstance(source, _Input)  # noqa: S101 - outputs resolved to inputs above
+        if name == spec.unit.lower() or source.permissive:
+            continue
+        base = column.name.lower()
+        if name in groups and base not in source.dimensions:
+            raise PolicyError(f"group key {name!r} is not a dimension of {source.source.name!r}")
+        if name in values:
+            summable = source.allows("sum", base) or source.allows("avg", base)
+            if not summable:
+                raise PolicyError(
+                    f"{source.source.name}.{column.name} may not be summed under its rule"
+                )
+            if resolve(column) != grammar.NUMBER:
+                raise PolicyError(f"{source.source.name}.{column.name} is not a number")
+    for node in _clause(select, "where"):
+        checker.functions_in(node)
+        grammar.condition(node, resolve)
+        for column in node.find_all(exp.Column):
+            checker.row_column(scope, column)
+    final = _safe(qualified)
+    return Checked(final.sql(dialect=DIALECT), "dp", 0, list(outputs))
 
 
 def _dp_outputs(select: exp.Select, spec: DpSpec) -> dict[str, exp.Column]:
@@ -614,9 +1091,14 @@ def _dp_outputs(select: exp.Select, spec: DpSpec) -> dict[str, exp.Column]:
         column = projection.this if isinstance(projection, exp.Alias) else projection
         if not isinstance(column, exp.Column):
             raise PolicyError(f"DP row query outputs must be plain columns: {_sql(projection)}")
-        outputs[projection.alias_or_name] = column
-    values = {a.column for a in spec.aggregates if a.column is not None}
-    expected = {spec.unit, *spec.group_by, *values}
+        name = projection.alias_or_name.lower()
+        if name in outputs:
+            raise PolicyError(f"the DP row query outputs {name!r} twice")
+        if reserved_name(name):
+            raise PolicyError(f"{name!r} is a name the DP mechanism reserves")
+        outputs[name] = column
+    values = {a.column.lower() for a in spec.aggregates if a.column is not None}
+    expected = {spec.unit.lower(), *(g.lower() for g in spec.group_by), *values}
     if set(outputs) != expected:
         raise PolicyError(
             f"the DP row query must output exactly {sorted(expected)}, not {sorted(outputs)}"
@@ -624,43 +1106,15 @@ def _dp_outputs(select: exp.Select, spec: DpSpec) -> dict[str, exp.Column]:
     return outputs
 
 
-def _dp_columns(scope: Scope, checker: _Checker, outputs: dict[str, exp.Column], spec: Any) -> None:
-    values = {a.column for a in spec.aggregates if a.column is not None}
-    for name, column in outputs.items():
-        table = checker.table_of(scope, column)
-        rule = table.rule if table is not None else None
-        if table is None or not isinstance(rule, AggregationRule) or name == spec.unit:
+def _units_joined(scope: _Scope, unit: exp.Column) -> None:
+    """Every protected input's identity must equal the unit through inner join equalities."""
+    edges = _inner_equalities(scope.select)
+    start = (unit.table.lower(), unit.name.lower())
+    for alias, source in scope.inputs.items():
+        if source.permissive:
             continue
-        if name in spec.group_by and column.name not in rule.dimensions:
-            raise PolicyError(f"group key {name!r} is not a dimension of {table.name!r}")
-        summable = rule.allows("sum", column.name) or rule.allows("avg", column.name)
-        if name in values and not summable:
-            raise PolicyError(f"{table.name}.{column.name} may not be summed under its rule")
-
-
-def _units_joined(scope: Scope, checker: _Checker, unit: exp.Column) -> None:
-    """Every protected input's identity must equal the unit through join equalities."""
-    parts = [
-        part
-        for join in scope.expression.args.get("joins") or []
-        for part in _conjuncts(join.args.get("on"))
-        if isinstance(part, exp.EQ)
-    ]
-    edges = [((p.this.table, p.this.name), (p.expression.table, p.expression.name)) for p in parts]
-    linked = {(unit.table, unit.name)}
-    changed = True
-    while changed:
-        changed = False
-        for a, b in edges:
-            if (a in linked) != (b in linked):
-                linked |= {a, b}
-                changed = True
-    for alias, source in scope.sources.items():
-        table = checker.table_of_source(source)
-        if table is None or not table.protected:
-            continue
-        if (alias, table.schema.identity_column) not in linked:
+        if not _linked(start, (alias, source.identity), edges):
             raise PolicyError(
-                f"{table.name!r} is not joined to the privacy unit on its identity column, so "
-                "its people's contributions could not be bounded"
+                f"{source.source.name!r} is not joined to the privacy unit on its identity "
+                "column, so its people's contributions could not be bounded"
             )

@@ -95,7 +95,7 @@ def aggregate_sql(row_sql: str, spec: DpSpec) -> str:
     keys = [f"r.{g} AS {g}" for g in groups]
     by = f" GROUP BY {', '.join(f'r.{g}' for g in groups)}" if groups else ""
     total = [f"COALESCE(SUM({v}), 0) AS {_quoted(n)}" for n, v in sums]
-    excess = [f"COALESCE(SUM((1 - h.keep) * {v}), 0) AS {_quoted(n)}" for n, v in sums]
+    excess = [f"COALESCE(SUM((1 - h.__cleanroom_keep) * {v}), 0) AS {_quoted(n)}" for n, v in sums]
     weighted = [f"a.{_quoted(n)} - COALESCE(x.{_quoted(n)}, 0) AS {_quoted(n)}" for n, _ in sums]
     same = " AND ".join(f"a.{g} IS NOT DISTINCT FROM x.{g}" for g in groups) or "TRUE"
     # only declared keys: a semi join on their list, after aggregation (a filter on the
@@ -109,14 +109,14 @@ def aggregate_sql(row_sql: str, spec: DpSpec) -> str:
     # scan is cheaper to repeat than to keep
     joins = sqlglot.parse_one(row_sql, dialect="duckdb").args.get("joins")
     kept = "MATERIALIZED" if joins else "NOT MATERIALIZED"
-    return f"""WITH cleanroom_rows AS {kept} ({row_sql}),
-cleanroom_heavy AS (SELECT {unit}, {k} / COUNT(*) AS keep FROM cleanroom_rows
+    return f"""WITH __cleanroom_rows AS {kept} ({row_sql}),
+__cleanroom_heavy AS (SELECT {unit}, {k} / COUNT(*) AS __cleanroom_keep FROM __cleanroom_rows
     GROUP BY {unit} HAVING COUNT(*) > {k}),
-cleanroom_all AS (SELECT {", ".join([*keys, *total])} FROM cleanroom_rows r{by}),
-cleanroom_excess AS (SELECT {", ".join([*keys, *excess])} FROM cleanroom_rows r
-    JOIN cleanroom_heavy h ON r.{unit} IS NOT DISTINCT FROM h.{unit}{by})
+__cleanroom_all AS (SELECT {", ".join([*keys, *total])} FROM __cleanroom_rows r{by}),
+__cleanroom_excess AS (SELECT {", ".join([*keys, *excess])} FROM __cleanroom_rows r
+    JOIN __cleanroom_heavy h ON r.{unit} IS NOT DISTINCT FROM h.{unit}{by})
 SELECT {", ".join([*(f"a.{g}" for g in groups), *weighted])}
-FROM cleanroom_all a{declared} LEFT JOIN cleanroom_excess x ON {same}"""  # noqa: S608
+FROM __cleanroom_all a{declared} LEFT JOIN __cleanroom_excess x ON {same}"""  # noqa: S608
 
 
 def _measurement(statistic: Statistic) -> Any:

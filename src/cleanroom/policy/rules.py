@@ -191,7 +191,27 @@ class DpSpec(WireModel):
                 f"the declared keys make more than {MAX_DP_GROUPS:,} groups (every combination "
                 "is released): declare fewer keys or fewer group columns"
             )
-        names = [a.name for a in self.aggregates]
-        if len(set(names)) != len(names) or set(names) & set(self.group_by):
-            raise ValueError("DP output names must be distinct")
+        names = [a.name.lower() for a in self.aggregates]
+        groups = [g.lower() for g in self.group_by]
+        if (
+            len(set(names)) != len(names)
+            or len(set(groups)) != len(groups)
+            or set(names) & set(groups)
+        ):
+            raise ValueError("DP output names must be distinct (without regard to case)")
+        if self.unit.lower() in groups:
+            raise ValueError(
+                f"the privacy unit {self.unit!r} cannot be a group key: each person's group "
+                "would be released"
+            )
+        for name in [self.unit, *groups, *names]:
+            if reserved_name(name):
+                raise ValueError(f"{name!r} is a name the DP mechanism reserves")
         return self
+
+
+def reserved_name(name: str) -> bool:
+    """Names the enclave's own SQL uses (``__cleanroom_...``, ``cleanroom_...``): an
+    analysis may not take them for its outputs."""
+    lowered = name.lower()
+    return lowered.startswith(("__", "cleanroom_"))

@@ -40,6 +40,7 @@ from cleanroom.errors import (
     IntegrityError,
     NotFoundError,
 )
+from cleanroom.governance.outcomes import bytes_bucket
 from cleanroom.governance.state import Job, Member, RoomState
 from cleanroom.governance.statements import STATEMENT_TYP, RoomCreate, parse_statement
 from cleanroom.identities.identity import PublicIdentity
@@ -538,8 +539,9 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
             raise AuthorizationError("an enclave reports its own job.complete or job.fail only")
         if statement.kind == "job.complete":
             output = statement.body.output
+            # the ledger shows the size as a bucket: the blob must fall in it
             if not service.blobs.exists(output.sha256) or (
-                service.blobs.size(output.sha256) != output.bytes
+                bytes_bucket(service.blobs.size(output.sha256)) != output.bytes
             ):
                 raise IntegrityError("upload the result before reporting it")
         (entry,) = service.ledger.submit(room, [payload.statement], with_receipts=True)

@@ -4,26 +4,39 @@ When a ``job.request`` is recorded, the runner gives the job a one-time
 launch token (kept by the key broker, passed on the enclave's standard input)
 and starts ``python -m cleanroom.enclave``. At most ``parallelism`` enclaves
 run at once; the rest queue. An enclave that crashes or outlives its time
-limit is killed, and the service records ``job.fail`` with the reason unless
-the enclave recorded its own outcome. At start-up, jobs left unfinished by a
-previous run of the service are failed the same way.
+limit is killed, and the service records ``job.fail`` unless the enclave
+recorded its own outcome. At start-up, jobs left unfinished by a previous run
+of the service are failed the same way.
+
+A failure's reason is always one of the fixed categories of
+:mod:`cleanroom.governance.outcomes`, never text copied from the enclave: its
+standard error is read only for its last line, ``job failed: <category>``,
+and only a known category is taken from it (else ``enclave crashed``). The
+operator's job log (``<log_dir>/<job>.log``) keeps the enclave's standard
+output (one JSON line of timings), the exit code and that category; the rest
+of standard error is dropped unread.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cleanroom.broker import KeyBroker
 from cleanroom.errors import CleanroomError
+from cleanroom.governance.outcomes import FAILURE_CATEGORIES, FailureCategory
 from cleanroom.governance.statements import sign_statement
 from cleanroom.ledger.log import Ledger
 
 log = logging.getLogger("cleanroom.jobs")
+_PHASE = re.compile(r"^[a-z][a-z_]{0,46}_ms$")
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class JobRunner:
         for room in self.ledger.rooms():
             for job in list(self.ledger.state(room).jobs.values()):
                 if job.status in ("requested", "running"):
-                    self._fail(room, job.id, "the service restarted before the job finished")
+                    self._fail(room, job.id, "service restarted")
 
     def _command(self, room: str, job: str) -> list[str]:
         s = self.settings
@@ -65,7 +78,7 @@ class JobRunner:
 
     def _run(self, room: str, job: str) -> None:
         token = self.broker.launch(room, job)
-        reason = ""
+        reason: FailureCategory | None = None
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 self._command(room, job),
@@ -81,32 +94,32 @@ class JobRunner:
             except subprocess.TimeoutExpired:
                 process.kill()
                 out, err = process.communicate()
-                reason = "the enclave ran over its time limit and was stopped"
-            if process.returncode != 0 and not reason:
-                lines = [line for line in err.strip().splitlines() if line.strip()]
-                reason = f"the enclave exited with code {process.returncode}" + (
-                    f": {lines[-1]}" if lines else ""
-                )
-            self._log(job, out, err)
-        except OSError as exc:
-            reason = f"the enclave could not be started: {exc}"
+                reason = "time limit"
+            if process.returncode != 0 and reason is None:
+                reason = reported_category(err) or "enclave crashed"
+            self._log(job, out, process.returncode, reason)
+        except OSError:
+            reason = "enclave crashed"  # could not be started
+            log.warning("the enclave of job %s could not be started", job[:12])
         finally:
             self.broker.forget(room, job)
-        if reason:
+        if reason is not None:
             self._fail(room, job, reason)
 
-    def _log(self, job: str, out: str, err: str) -> None:
+    def _log(self, job: str, out: str, code: int, reason: FailureCategory | None) -> None:
         if self.settings.log_dir is None:
             return
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.settings.log_dir / f"{job}.log").write_text(out + err)
+        ended = f"exit code {code}" + (f", job failed: {reason}" if reason else "")
+        lines = [json.dumps(timings), ended] if (timings := reported_timings(out)) else [ended]
+        (self.settings.log_dir / f"{job}.log").write_text("\n".join(lines) + "\n")
 
-    def _fail(self, room: str, job: str, reason: str) -> None:
+    def _fail(self, room: str, job: str, reason: FailureCategory) -> None:
         """Record ``job.fail`` unless the job already has its outcome."""
         state = self.ledger.state(room)
         if state.jobs[job].status not in ("requested", "running"):
             return
-        body = {"job": job, "reason": reason[:2000]}
+        body = {"job": job, "reason": reason}
         try:
             statement = sign_statement(
                 self.ledger.service, room, "job.fail", body, now=self.ledger.clock
@@ -114,3 +127,30 @@ class JobRunner:
             self.ledger.submit(room, [statement])
         except CleanroomError as exc:
             log.warning("could not record the failure of job %s: %s", job[:12], exc)
+
+
+def reported_category(stderr: str) -> FailureCategory | None:
+    """The category an enclave printed as its last line, if it is a known one."""
+    lines = stderr.strip().splitlines()
+    last = lines[-1].strip() if lines else ""
+    prefix = "job failed: "
+    if last.startswith(prefix):
+        wanted = last.removeprefix(prefix)
+        for category in FAILURE_CATEGORIES:
+            if category == wanted:
+                return category
+    return None
+
+
+def reported_timings(stdout: str) -> dict[str, Any] | None:
+    """The enclave's timings line (``{"duration_ms": int, "phases": {name: int}}``),
+    rebuilt from its numbers only; anything else on standard output is dropped."""
+    try:
+        line = json.loads(stdout.strip().splitlines()[-1])
+        duration, phases = line["duration_ms"], line["phases"]
+        if not isinstance(duration, int) or not isinstance(phases, dict):
+            return None
+        kept = {k: v for k, v in phases.items() if _PHASE.match(k) and isinstance(v, int)}
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        return None
+    return {"duration_ms": duration, "phases": kept}
