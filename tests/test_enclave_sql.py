@@ -102,3 +102,37 @@ def test_a_wrong_key_is_a_failed_query_not_plaintext(inputs: list[Input], tmp_pa
     swapped = [Input(inputs[0].name, inputs[0].path, inputs[1].key), inputs[1]]
     with pytest.raises(QueryError):
         run("SELECT * FROM transactions", swapped, tmp_path)
+
+
+def test_a_dp_run_reports_no_phases_and_ends_on_a_time_bucket(
+    inputs: list[Input], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DP job's timing must not tell neighbouring datasets apart: no query or
+    noise timings, and the run is padded to the end of its bucket."""
+    from cleanroom.enclave import runtime  # noqa: PLC0415 - the DP kind lives with the runtime
+    from cleanroom.governance.outcomes import time_bucket  # noqa: PLC0415
+    from cleanroom.policy.rules import DpSpec  # noqa: PLC0415
+
+    spec = DpSpec.model_validate(
+        {
+            "epsilon": 1.0,
+            "unit": "id",
+            "aggregates": [
+                {"name": "s", "function": "sum", "column": "amount", "lower": 0, "upper": 50}
+            ],
+        }
+    )
+    slept: list[float] = []
+    ticks = iter(range(10_000))
+    # a clock that moves 37 ms per reading: the run must be padded to a bucket's end
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(ticks) * 0.037)
+    monkeypatch.setattr(runtime.time, "sleep", slept.append)
+    kind = runtime.dp_kind(spec)
+    result = kind("SELECT id, amount FROM transactions", inputs, Limits(), tmp_path)
+    assert result.phases == {}
+    assert result.table.column_names == ["s"]
+    assert len(slept) == 1
+    readings = [37 * m for m in range(1, 100)]
+    assert any(
+        abs(e + slept[0] * 1000 - time_bucket(e)) < 1e-6 and slept[0] > 0 for e in readings
+    ), slept

@@ -35,6 +35,7 @@ New job kinds (Python, training, inference, aggregation) add an entry to
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import time
@@ -164,11 +165,14 @@ def dp_kind(spec: DpSpec) -> JobKind:
     from cleanroom.policy import dp  # noqa: PLC0415 - OpenDP loads only for DP jobs (0.2 s)
 
     def run(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
-        exact = run_sql(dp.aggregate_sql(text, spec), inputs, limits, work)
         started = time.perf_counter()
+        exact = run_sql(dp.aggregate_sql(text, spec), inputs, limits, work)
         table = dp.release(exact.table, spec)
-        noise_ms = round((time.perf_counter() - started) * 1000)
-        return JobResult(table, {**exact.phases, "noise_ms": noise_ms})
+        # only the noisy release may depend on the data: the run is padded to the end
+        # of its time bucket and reports no phases, so its duration is a bucket too
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        time.sleep(max(0.0, time_bucket(math.ceil(elapsed_ms)) - elapsed_ms) / 1000)
+        return JobResult(table, {})
 
     return run
 
