@@ -447,6 +447,11 @@ def _spec(unit: str = "person", **extra: object) -> DpSpec:
             "convert",
         ),
         (
+            f"SELECT t.customer_hash AS person, c.segment AS segment, t.amount AS amount {DP_JOIN}"
+            " WHERE t.category = 'yacht' AND t.ts > 'x'",
+            "convert",
+        ),
+        (
             "SELECT customer_hash AS person, segment, age AS amount FROM "
             "(SELECT * FROM customers) x",
             "one plain SELECT",
@@ -524,3 +529,114 @@ def test_a_dataset_named_like_another_but_for_case_is_refused(tmp_path: Path) ->
     manifest = json.loads((tmp_path / "upper" / "manifest.json").read_text())
     with pytest.raises(GovernanceError, match="only by case"):
         room.fx.propose("merchant", {"type": "register_dataset", "manifest": manifest})
+
+
+# -- found by red-teaming the grammar ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT SUM(amount) FILTER (WHERE category = 'yacht') AS s FROM transactions",
+        "SELECT COUNT(DISTINCT customer_hash) FILTER (WHERE category = 'yacht') FROM transactions",
+        "SELECT MAX(ts) FILTER (WHERE category = 'yacht') FROM transactions",
+        "SELECT SUM(t.amount) FILTER (WHERE c.segment = 'vip') AS s "
+        "FROM transactions t JOIN customers c ON t.customer_hash = c.customer_hash",
+    ],
+)
+def test_an_aggregate_over_a_subset_of_a_group_is_refused(sql: str) -> None:
+    """A FILTER aggregates a subset the threshold never counted (c7's yacht)."""
+    _refused(sql, reason="FILTER")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # fails only when a row reaches the branch: whether c7 is in segment a, south
+        "SELECT COUNT(*) FROM transactions t JOIN customers c "
+        "ON t.customer_hash = c.customer_hash WHERE CASE WHEN t.category = 'yacht' AND "
+        "c.segment = 'a' THEN 'x' ELSE c.opted_in END",
+        "SELECT COUNT(*) FROM transactions WHERE category = 'yacht' AND ts > 'x'",
+        "SELECT COUNT(*) FROM transactions WHERE ts = '2026-03-02'",
+        "SELECT COUNT(*) FROM transactions WHERE IF(category = 'yacht', 'x', ts) > ts",
+        "SELECT CASE WHEN category = 'yacht' THEN 'x' ELSE year(ts) END, COUNT(*) "
+        "FROM transactions GROUP BY 1",
+        "SELECT COUNT(*) FROM customers c LEFT JOIN transactions t "
+        "ON c.customer_hash = t.customer_hash WHERE COALESCE(t.ts, 'x') > t.ts",
+        "SELECT COUNT(*) FROM transactions WHERE CASE WHEN category = 'yacht' "
+        "THEN ts + INTERVAL 'x' DAY ELSE ts END > ts",
+        "SELECT COUNT(*) FROM transactions WHERE CASE WHEN category = 'yacht' "
+        "THEN date_trunc('x', ts) ELSE ts END > ts",
+        "SELECT COUNT(*) FROM transactions WHERE CASE WHEN category = 'yacht' "
+        "THEN extract('fortnight' FROM ts) ELSE 1 END = 1",
+        "SELECT COUNT(*) FROM customers WHERE opted_in = 'maybe'",
+    ],
+)
+def test_a_literal_that_fails_only_when_a_row_reaches_it_is_refused(sql: str) -> None:
+    _refused(sql)
+
+
+def test_typed_literals_and_explicit_casts_of_literals_cannot_fail(
+    data: duckdb.DuckDBPyConnection,
+) -> None:
+    for sql, expected in (
+        ("SELECT COUNT(*) AS n FROM transactions WHERE ts > TIMESTAMP '2026-03-08'", []),
+        ("SELECT COUNT(*) AS n FROM transactions WHERE ts > CAST('x' AS TIMESTAMP)", []),
+        ("SELECT COUNT(*) AS n FROM transactions WHERE ts < ts + INTERVAL 1 DAY", [(181,)]),
+    ):
+        assert data.execute(check_query(sql, SOURCES).sql).fetchall() == expected, sql
+
+
+def test_column_thresholds_hold_when_the_join_column_is_named_by_using(
+    data: duckdb.DuckDBPyConnection,
+) -> None:
+    strict = MERCHANT_RULE.model_copy(update={"column_thresholds": {"customer_hash": 20}})
+    sources = {**SOURCES, "customers": Source("customers", CUSTOMERS, strict)}
+    for join in (
+        "transactions JOIN customers USING (customer_hash)",
+        "transactions NATURAL JOIN customers",
+        "transactions t JOIN customers c ON t.customer_hash = c.customer_hash",
+    ):
+        checked = check_query(
+            f"SELECT segment, COUNT(*) AS n FROM {join} GROUP BY segment", sources
+        )
+        assert checked.threshold == 20, join
+        assert data.execute(checked.sql).fetchall() == [], join  # no segment has 20 people
+
+
+def test_the_privacy_unit_cannot_be_summed() -> None:
+    with pytest.raises(ValueError, match="cannot be aggregated"):
+        _spec(
+            aggregates=[
+                {"name": "s", "function": "sum", "column": "person", "lower": 0, "upper": 1}
+            ]
+        )
+
+
+def test_many_joins_are_refused_quickly() -> None:
+    joins = " ".join(
+        f"JOIN transactions t{i} ON t{i - 1}.customer_hash = t{i}.customer_hash"
+        for i in range(1, 300)
+    )
+    _refused(f"SELECT COUNT(*) FROM transactions t0 {joins}", reason="at most")
+
+
+def test_under_list_rules_an_input_is_not_joined_to_itself() -> None:
+    from tests.test_policy import LISTS  # noqa: PLC0415 - the list-rule sources
+
+    _refused(
+        "SELECT a.category FROM transactions a JOIN transactions b "
+        "ON a.customer_hash = b.customer_hash",
+        LISTS,
+        "read once",
+    )
+
+
+def test_outer_aggregates_of_aggregates_run(data: duckdb.DuckDBPyConnection) -> None:
+    sql = (
+        "SELECT MAX(s) - MIN(s) AS spread, MAX(s) * 2 AS twice FROM "
+        "(SELECT category, SUM(amount) AS s FROM transactions GROUP BY category) x"
+    )
+    ((spread, twice),) = data.execute(check_query(sql, SOURCES).sql).fetchall()
+    assert spread >= 0
+    assert twice > 0

@@ -280,11 +280,6 @@ ALLOWED: dict[str, tuple[str, list[str], int]] = {
         ["n"],
         1,
     ),
-    "an aggregate FILTER on a dimension": (
-        "SELECT COUNT(*) FILTER (WHERE category = 'grocery') AS n FROM transactions",
-        ["n"],
-        1,
-    ),
     "a literal label column": (
         "SELECT 'all' AS scope, COUNT(*) AS n FROM customers",
         ["scope", "n"],
@@ -478,7 +473,7 @@ REFUSED: dict[str, tuple[str, str]] = {
     ),
     "an aggregate FILTER that pins a person": (
         "SELECT COUNT(*) FILTER (WHERE customer_hash = 'c1') FROM transactions",
-        "identity column",
+        "FILTER",
     ),
     "GROUP BY ALL over a value": (
         "SELECT amount, COUNT(*) FROM transactions GROUP BY ALL",
@@ -493,6 +488,11 @@ REFUSED: dict[str, tuple[str, str]] = {
         f"b AS (SELECT c.segment, SUM(t.amount) AS spend {JOIN} GROUP BY c.segment) "
         "SELECT a.segment, a.members, b.spend FROM a JOIN b ON a.segment = b.segment",
         "exactly one SELECT",
+    ),
+    "an aggregate FILTER (a subset of a group: differenced with the whole)": (
+        "SELECT SUM(amount) AS everyone, SUM(amount) FILTER (WHERE category <> 'yacht') AS "
+        "others FROM transactions",
+        "FILTER",
     ),
     "a sample (each run sees other rows)": (
         "SELECT COUNT(*) AS n FROM transactions USING SAMPLE 1 ROWS",

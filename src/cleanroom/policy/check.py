@@ -53,6 +53,7 @@ __all__ = ["Checked", "PolicyError", "Source", "check_dp", "check_query"]
 
 Rule = AggregationRule | ListRule | CustomRule
 DIALECT = "duckdb"
+MAX_FROM_ITEMS = 16  # tables one SELECT reads (the join graph is walked per identity)
 _sql = grammar.sql
 
 
@@ -373,6 +374,11 @@ class _Checker:
 
     def joins(self, scope: _Scope, *, inner_only: bool = False) -> None:
         select = scope.select
+        joins = select.args.get("joins") or []
+        if len(joins) >= MAX_FROM_ITEMS:
+            raise PolicyError(f"a SELECT reads at most {MAX_FROM_ITEMS} tables")
+        if self.mode == "list":
+            _each_input_once(scope)
         seen = {select.args["from_"].this.alias_or_name.lower()}
         for join in select.args.get("joins") or []:
             alias = join.this.alias_or_name.lower()
@@ -508,12 +514,7 @@ class _Checker:
                 f"{_sql(select)}"
             )
         # (1) row-level clauses: dimensions only, no aggregates
-        row_level = [*_clause(select, "where"), *keys]
-        for aggregate in aggregates:
-            filtered = aggregate.parent
-            if isinstance(filtered, exp.Filter):
-                row_level.append(filtered.expression.this)
-        for part in row_level:
+        for part in [*_clause(select, "where"), *keys]:
             found = part.find(*AGGREGATES)
             if found is not None:
                 raise PolicyError(f"aggregates are not allowed here: {_sql(part)}")
@@ -530,10 +531,6 @@ class _Checker:
             if any(type(n) in AGGREGATES for n in aggregate.walk() if n is not aggregate):
                 raise PolicyError(f"aggregates cannot be nested: {_sql(aggregate)}")
             self.aggregate(scope, aggregate)
-            filtered = aggregate.parent
-            if isinstance(filtered, exp.Filter):
-                for column in filtered.expression.find_all(exp.Column):
-                    self.row_column(scope, column)
         # (4) values and functions: families agree, every function in the catalogue
         for clause in ("expressions", "where", "group", "having", "order"):
             for part in _clause(select, clause):
@@ -564,8 +561,6 @@ class _Checker:
             for node in part.walk()
         ]
         for aggregate in (n for n in own if type(n) in AGGREGATES):
-            if isinstance(aggregate.parent, exp.Filter):
-                raise PolicyError(f"FILTER applies to aggregates of inputs only: {_sql(aggregate)}")
             argument = aggregate.this
             if isinstance(argument, exp.Distinct) or not isinstance(
                 argument, (exp.Column, exp.Star)
@@ -611,6 +606,15 @@ class _Checker:
             grammar.condition(node, resolve)
         for clause in ("limit", "offset"):
             _literal_int(select.args.get(clause), clause.upper())
+
+
+def _each_input_once(scope: _Scope) -> None:
+    read = [source.name for source in scope.inputs.values()]
+    if len(set(read)) != len(scope.sources):
+        raise PolicyError(
+            "under list rules an input is read once per query: joining an input to itself "
+            "on its identity links one person's rows"
+        )
 
 
 def _clause(select: exp.Select, clause: str) -> list[exp.Expr]:
@@ -689,17 +693,35 @@ def _outputs(select: exp.Select, resolve: grammar.Resolve) -> dict[str, str]:
 
 def _safe(node: exp.Expr) -> exp.Expr:
     """Casts become TRY_CAST and arithmetic runs in TRY: no value can make the
-    query fail, so neither a failure nor its text depends on data."""
-
+    query fail, so neither a failure nor its text depends on data. Returns the
+    node, or what replaced it."""
+    aggregating: set[int] = set()  # nodes with an aggregate inside
+    root = node
     # children before their parents, so a cast inside arithmetic is converted too
     for part in reversed(list(node.dfs())):
+        new: exp.Expr | None = None
+        if type(part) in AGGREGATES or any(id(c) in aggregating for c in part.iter_expressions()):
+            aggregating.add(id(part))
         if type(part) is exp.Cast:
-            part.replace(exp.TryCast(this=part.this, to=part.to))
-        elif isinstance(part, (*ARITHMETIC, exp.Abs)):
-            wrapper = exp.Try()
-            part.replace(wrapper)
-            wrapper.set("this", part)
-    return node
+            new = exp.TryCast(this=part.this, to=part.to)
+            part.replace(new)
+        elif (
+            isinstance(part, (*ARITHMETIC, exp.Abs))
+            and not isinstance(part.parent, exp.Try)
+            # DuckDB evaluates no aggregate inside TRY: arithmetic over the aggregating
+            # SELECT's aggregates is wrapped once they are columns over the groups that
+            # passed; what an outer SELECT re-aggregates is over released groups
+            and id(part) not in aggregating
+        ):
+            new = exp.Try()
+            part.replace(new)
+            new.set("this", part)
+        if new is not None:
+            if id(part) in aggregating:
+                aggregating.add(id(new))
+            if part is root:
+                root = new
+    return root
 
 
 def _suppress_first(
@@ -714,8 +736,7 @@ def _suppress_first(
         for part in _clause(select, clause):
             for node in part.walk():
                 if type(node) in AGGREGATES:
-                    unit = node.parent if isinstance(node.parent, exp.Filter) else node
-                    aggregates.setdefault(unit.sql(dialect=DIALECT), unit)
+                    aggregates.setdefault(node.sql(dialect=DIALECT), node)
     groups = f"__cleanroom_{tag}_groups"
     key_names = {k.sql(dialect=DIALECT): f"g{j}" for j, k in enumerate(keys)}
     aggregate_names = {text: f"a{i}" for i, text in enumerate(aggregates)}
@@ -740,9 +761,7 @@ def _suppress_first(
     def over_groups(node: exp.Expr) -> exp.Expr:
         def swap(part: exp.Expr) -> exp.Expr:
             text = part.sql(dialect=DIALECT)
-            if (type(part) in AGGREGATES or isinstance(part, exp.Filter)) and (
-                text in aggregate_names
-            ):
+            if type(part) in AGGREGATES and text in aggregate_names:
                 return exp.column(aggregate_names[text], groups, quoted=True)
             if text in key_names and not isinstance(part, exp.Literal):
                 return exp.column(key_names[text], groups, quoted=True)
@@ -754,7 +773,7 @@ def _suppress_first(
                 raise PolicyError(
                     f"{_sql(column)} must be a GROUP BY expression or inside an aggregate"
                 )
-        return swapped
+        return _safe(swapped)  # arithmetic over aggregates, now over columns, runs in TRY
 
     outer = exp.Select(
         expressions=[
@@ -953,6 +972,8 @@ def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Che
     grammar.walk(qualified)
     _stars(qualified)
     _disallowed_outputs(qualified, inputs)
+    # column thresholds by the columns the query really uses (USING and NATURAL expanded)
+    k = _threshold(inputs, qualified)
     checker = _Checker(inputs, mode, k)
     scopes = _scopes(qualified, inputs)
     if mode == "list":
@@ -1063,9 +1084,11 @@ def _check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:  
     for name, column in outputs.items():
         source = scope.sources[column.table.lower()]
         assert isinstance(source, _Input)  # noqa: S101 - outputs resolved to inputs above
+        base = column.name.lower()
+        if name in values and name == spec.unit.lower():
+            raise PolicyError(f"the privacy unit {spec.unit!r} cannot be aggregated")
         if name == spec.unit.lower() or source.permissive:
             continue
-        base = column.name.lower()
         if name in groups and base not in source.dimensions:
             raise PolicyError(f"group key {name!r} is not a dimension of {source.source.name!r}")
         if name in values:

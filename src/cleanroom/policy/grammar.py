@@ -29,7 +29,7 @@ from sqlglot import exp
 from cleanroom.errors import GovernanceError
 
 MAX_SQL_CHARS = 65_536
-MAX_NODES = 10_000
+MAX_NODES = 5_000
 MAX_DEPTH = 128
 
 
@@ -123,7 +123,6 @@ NODES: dict[type[exp.Expr], frozenset[str]] = {
     exp.Avg: _args("this"),
     exp.Min: _args("this"),
     exp.Max: _args("this"),
-    exp.Filter: BINARY,
     # the scalar-function catalogue (cleanroom.policy.rules.SCALAR_FUNCTIONS)
     exp.Abs: _args("this"),
     exp.Ceil: _args("this"),
@@ -237,6 +236,7 @@ _LABELS: dict[str, str] = {
     "Exists": "EXISTS subqueries",
     "IgnoreNulls": "IGNORE NULLS",
     "RespectNulls": "RESPECT NULLS",
+    "Filter": "FILTER (an aggregate over a subset of a group: the subset could be one person)",
 }
 
 
@@ -304,22 +304,39 @@ STRING, NUMBER, TEMPORAL, BOOLEAN, INTERVAL, NULL = (
     "interval",
     "null",
 )
-TEXT = "text literal"  # a string literal: DuckDB converts the literal, never a row's value
+TEXT = "text literal"  # a string literal: compared with strings only
+# the parts DATE_TRUNC and EXTRACT take (DuckDB's names); anything else would fail
+# only when a row reaches it, which would make success or failure an oracle
+DATE_PARTS = frozenset(
+    {
+        "millennium", "century", "decade", "year", "quarter", "month", "week", "day",
+        "dayofweek", "dow", "dayofyear", "doy", "isodow", "isoyear", "yearweek", "hour",
+        "minute", "second", "millisecond", "microsecond", "epoch",
+    }
+)  # fmt: skip
+INTERVAL_UNITS = frozenset(
+    {"year", "month", "week", "day", "hour", "minute", "second", "millisecond", "microsecond"}
+)
 Resolve = Callable[[exp.Column], str]
 
 
 def _unify(nodes: list[exp.Expr], resolve: Resolve, what: exp.Expr) -> str:
-    """The common family of values that DuckDB will compare or combine."""
+    """The common family of values that DuckDB will compare or combine.
+
+    A string literal meets strings only: next to a timestamp, number or
+    boolean DuckDB converts it when a row reaches it, so a literal that does
+    not convert ('x') fails only for the rows a CASE or filter lets through,
+    an oracle. Write ``TIMESTAMP '...'`` (a cast, which runs as TRY_CAST)."""
     families = {family(n, resolve) for n in nodes} - {NULL}
-    concrete = families - {TEXT}
-    if len(concrete) > 1:
+    if TEXT in families:
+        families = (families - {TEXT}) | {STRING}
+    if len(families) > 1:
         raise PolicyError(
-            f"{' and '.join(sorted(concrete))} values meet here, so DuckDB would convert "
-            f"each row's value (a failed conversion can reveal it); cast explicitly: {sql(what)}"
+            f"{' and '.join(sorted(families))} values meet here, so DuckDB would convert "
+            "one to the other when a row reaches it (a failed conversion can reveal data); "
+            f"write a typed literal such as TIMESTAMP '2026-01-01' or cast explicitly: {sql(what)}"
         )
-    if concrete:
-        return concrete.pop()
-    return TEXT if families else NULL
+    return families.pop() if families else NULL
 
 
 def _expect(node: exp.Expr, wanted: set[str], resolve: Resolve, what: exp.Expr) -> str:
@@ -351,8 +368,7 @@ def family(node: exp.Expr, resolve: Resolve) -> str:  # noqa: PLR0911, PLR0912 -
     if isinstance(node, exp.Null):
         return NULL
     if isinstance(node, exp.Interval):
-        if not isinstance(node.this, exp.Literal):
-            raise PolicyError(f"an interval is a constant: {sql(node)}")
+        _interval(node)
         return INTERVAL
     if isinstance(node, (exp.Cast, exp.TryCast)):
         target = CAST_TYPES.get(node.to.this)
@@ -411,12 +427,43 @@ def family(node: exp.Expr, resolve: Resolve) -> str:  # noqa: PLR0911, PLR0912 -
     return _function(node, resolve)
 
 
+def _number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _interval(node: exp.Interval) -> None:
+    """A constant interval: a number and a unit DuckDB knows."""
+    amount, unit = node.this, node.args.get("unit")
+    unit_name = unit.name.lower().rstrip("s") if isinstance(unit, exp.Var) else ""
+    if not (
+        isinstance(amount, exp.Literal)
+        and _number_text(amount.name)
+        and unit_name in INTERVAL_UNITS
+    ):
+        raise PolicyError(
+            f"an interval is a number and a unit, such as INTERVAL 1 DAY: {sql(node)}"
+        )
+
+
+def _part(node: exp.Expr, unit: exp.Expr | None) -> None:
+    """The part of DATE_TRUNC or EXTRACT: a name DuckDB knows."""
+    name = unit.name.lower() if isinstance(unit, (exp.Var, exp.Literal)) else ""
+    if name not in DATE_PARTS:
+        raise PolicyError(
+            f"{name or 'this'} is not a date part ({', '.join(sorted(DATE_PARTS))}): {sql(node)}"
+        )
+
+
 def _additive(node: exp.Expr, resolve: Resolve) -> str:
     left, right = family(node.this, resolve), family(node.expression, resolve)
     pair = {left, right} - {NULL}
     if pair <= {NUMBER}:
         return NUMBER
-    if pair in ({TEMPORAL, INTERVAL}, {TEMPORAL, TEXT}) and right != TEMPORAL:
+    if pair == {TEMPORAL, INTERVAL} and right != TEMPORAL:
         return TEMPORAL
     if pair == {INTERVAL}:
         return INTERVAL
@@ -425,7 +472,7 @@ def _additive(node: exp.Expr, resolve: Resolve) -> str:
     raise PolicyError(f"arithmetic on {left} and {right} values is not allowed: {sql(node)}")
 
 
-def _function(node: exp.Expr, resolve: Resolve) -> str:  # noqa: PLR0911, PLR0912 - one case per kind
+def _function(node: exp.Expr, resolve: Resolve) -> str:  # noqa: PLR0911 - one case per kind
     if isinstance(node, exp.Count):
         argument = node.this
         if isinstance(argument, exp.Distinct):
@@ -439,9 +486,6 @@ def _function(node: exp.Expr, resolve: Resolve) -> str:  # noqa: PLR0911, PLR091
         return NUMBER
     if isinstance(node, (exp.Min, exp.Max)):
         return family(node.this, resolve)
-    if isinstance(node, exp.Filter):
-        condition(node.expression.this, resolve)
-        return family(node.this, resolve)
     if isinstance(node, (exp.Abs, exp.Ceil, exp.Floor, exp.Round)):
         _expect(node.this, {NUMBER}, resolve, node)
         decimals = node.args.get("decimals")
@@ -452,14 +496,11 @@ def _function(node: exp.Expr, resolve: Resolve) -> str:  # noqa: PLR0911, PLR091
         _expect(node.this, {TEMPORAL}, resolve, node)
         return NUMBER
     if isinstance(node, exp.Extract):
-        if not isinstance(node.this, (exp.Var, exp.Literal)):
-            raise PolicyError(f"EXTRACT takes a named part: {sql(node)}")
+        _part(node, node.this)
         _expect(node.expression, {TEMPORAL}, resolve, node)
         return NUMBER
     if isinstance(node, (exp.DateTrunc, exp.TimestampTrunc)):
-        unit = node.args.get("unit")
-        if not isinstance(unit, (exp.Var, exp.Literal)):
-            raise PolicyError(f"DATE_TRUNC takes a named part: {sql(node)}")
+        _part(node, node.args.get("unit"))
         _expect(node.this, {TEMPORAL}, resolve, node)
         return TEMPORAL
     if isinstance(node, (exp.Lower, exp.Upper)):

@@ -204,6 +204,12 @@ class DpSpec(WireModel):
                 f"the privacy unit {self.unit!r} cannot be a group key: each person's group "
                 "would be released"
             )
+        for aggregate in self.aggregates:
+            column = (aggregate.column or "").lower()
+            if column == self.unit.lower() or column in groups:
+                raise ValueError(
+                    f"{aggregate.name}: the privacy unit and group keys cannot be aggregated"
+                )
         for name in [self.unit, *groups, *names]:
             if reserved_name(name):
                 raise ValueError(f"{name!r} is a name the DP mechanism reserves")
