@@ -736,13 +736,14 @@ def _suppress_first(
         for part in _clause(select, clause):
             for node in part.walk():
                 if type(node) in AGGREGATES:
-                    aggregates.setdefault(node.sql(dialect=DIALECT), node)
+                    aggregates.setdefault(node.sql(dialect=DIALECT, copy=False), node)
     groups = f"__cleanroom_{tag}_groups"
-    key_names = {k.sql(dialect=DIALECT): f"g{j}" for j, k in enumerate(keys)}
+    key_texts = [k.sql(dialect=DIALECT, copy=False) for k in keys]
+    key_names = {text: f"g{j}" for j, text in enumerate(key_texts)}
     aggregate_names = {text: f"a{i}" for i, text in enumerate(aggregates)}
     inner = exp.Select(
         expressions=[
-            *(exp.alias_(k.copy(), key_names[k.sql(dialect=DIALECT)]) for k in keys),
+            *(exp.alias_(k.copy(), key_names[t]) for k, t in zip(keys, key_texts, strict=True)),
             *(exp.alias_(a.copy(), aggregate_names[t]) for t, a in aggregates.items()),
         ]
         or [exp.alias_(exp.Count(this=exp.Star()), "a0")],
@@ -760,7 +761,7 @@ def _suppress_first(
 
     def over_groups(node: exp.Expr) -> exp.Expr:
         def swap(part: exp.Expr) -> exp.Expr:
-            text = part.sql(dialect=DIALECT)
+            text = part.sql(dialect=DIALECT, copy=False)
             if type(part) in AGGREGATES and text in aggregate_names:
                 return exp.column(aggregate_names[text], groups, quoted=True)
             if text in key_names and not isinstance(part, exp.Literal):
@@ -981,7 +982,7 @@ def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Che
             raise PolicyError("a query under list rules is one SELECT, with no CTEs or subqueries")
         checker.list_scope(scopes[0])
         final = _safe(qualified)
-        return Checked(final.sql(dialect=DIALECT), mode, 0, _names(qualified))
+        return Checked(final.sql(dialect=DIALECT, copy=False), mode, 0, _names(qualified))
     reading = [s for s in scopes if s.inputs]
     if len(reading) != 1:
         raise PolicyError(
@@ -1008,7 +1009,7 @@ def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Che
             qualified = rewritten
         else:
             base.select.replace(rewritten)
-    return Checked(qualified.sql(dialect=DIALECT), mode, k, names)
+    return Checked(qualified.sql(dialect=DIALECT, copy=False), mode, k, names)
 
 
 def _stars(query: exp.Expr) -> None:
@@ -1105,7 +1106,7 @@ def _check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:  
         for column in node.find_all(exp.Column):
             checker.row_column(scope, column)
     final = _safe(qualified)
-    return Checked(final.sql(dialect=DIALECT), "dp", 0, list(outputs))
+    return Checked(final.sql(dialect=DIALECT, copy=False), "dp", 0, list(outputs))
 
 
 def _dp_outputs(select: exp.Select, spec: DpSpec) -> dict[str, exp.Column]:
