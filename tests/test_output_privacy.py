@@ -640,3 +640,15 @@ def test_outer_aggregates_of_aggregates_run(data: duckdb.DuckDBPyConnection) -> 
     ((spread, twice),) = data.execute(check_query(sql, SOURCES).sql).fetchall()
     assert spread >= 0
     assert twice > 0
+
+
+def test_join_conditions_in_parentheses_are_the_same_join(
+    data: duckdb.DuckDBPyConnection,
+) -> None:
+    for on in (
+        "(t.customer_hash = c.customer_hash)",
+        "((t.customer_hash = c.customer_hash))",
+        "(t.customer_hash = c.customer_hash) AND (t.customer_hash = c.customer_hash)",
+    ):
+        sql = f"SELECT COUNT(*) AS n FROM transactions t JOIN customers c ON {on}"
+        assert data.execute(check_query(sql, SOURCES).sql).fetchall() == [(181,)], on

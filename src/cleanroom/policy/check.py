@@ -311,9 +311,13 @@ def _scopes(root: exp.Select, inputs: dict[str, _Input]) -> list[_Scope]:
 
 
 def _conjuncts(condition: exp.Expr | None) -> list[exp.Expr]:
+    """The parts of an AND, parentheses removed: ``ON (a = b) AND (c = d)``."""
     if condition is None:
         return []
-    return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+    condition = condition.unnest()
+    if isinstance(condition, exp.And):
+        return [part for side in condition.flatten() for part in _conjuncts(side)]
+    return [condition]
 
 
 def _inside_aggregate(node: exp.Expr, stop: exp.Expr) -> bool:
