@@ -1,6 +1,7 @@
 """AMD SEV-SNP verification on real hardware evidence (../shared/vectors/attestation,
-sources in its README): every valid vector yields the published claims; flipped
-bits, wrong chains, other chips, expired certificates and debug guests are refused."""
+sources in its README): every valid vector (Milan, Genoa, Turin) yields the published
+claims with the CPU generation derived from the report; flipped bits, wrong chains,
+other chips, expired certificates and debug guests are refused."""
 
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ if not (VECTORS / "manifest.json").exists():
     pytest.skip(f"attestation vectors not found at {VECTORS}", allow_module_level=True)
 
 MANIFEST = {v["name"]: v for v in json.loads((VECTORS / "manifest.json").read_text())}
-NOW = datetime(
-    2025, 6, 1, tzinfo=UTC
-)  # inside every certificate's validity (the VLEK expired 2025-12-10)
-SNP = ["trustee-vcek-milan", "trustee-vlek-milan"]
+# inside every certificate's validity: the Turin VCEK starts 2025-07-17, the VLEK expired
+# 2025-12-10
+NOW = datetime(2025, 9, 1, tzinfo=UTC)
+SNP = ["trustee-vcek-milan", "trustee-vlek-milan", "routex-turin-v5"]
 HCL = [
     "trustee-azure-cvm-milan-hcl",
     "trustee-azure-cvm-genoa-hcl",
@@ -64,14 +65,12 @@ def files(name: str) -> tuple[bytes, bytes]:
 def verify(
     name: str, report: bytes | None = None, *, now: datetime = NOW, generation: str | None = None
 ) -> Claims:
-    entry = MANIFEST[name]
+    """Verify a vector as its source stores it; the generation is the verifier's to derive."""
     raw, vek = files(name)
-    chosen = generation or entry["generation"]
-    if name in HCL:
-        evidence = raw if report is None else report
-        return verify_azure_hcl(evidence, vek, generation=chosen, now=now)  # type: ignore[arg-type]
     evidence = raw if report is None else report
-    return verify_snp(evidence, vek, generation=chosen, now=now)  # type: ignore[arg-type]
+    if name in HCL:
+        return verify_azure_hcl(evidence, vek, generation=generation, now=now)  # type: ignore[arg-type]
+    return verify_snp(evidence, vek, generation=generation, now=now)  # type: ignore[arg-type]
 
 
 def check_published(claims: Claims, entry: dict[str, Any]) -> None:
@@ -85,8 +84,24 @@ def check_published(claims: Claims, entry: dict[str, Any]) -> None:
     assert claims.debug is entry["policy_debug"]
     assert claims.vmpl == entry["vmpl"]
     assert claims.version == entry["version"]
+    assert claims.generation == entry["generation"]
     tcb = bytes.fromhex(entry["reported_tcb"])
-    assert claims.tcb == {"bootloader": tcb[0], "tee": tcb[1], "snp": tcb[6], "microcode": tcb[7]}
+    if entry["generation"] == "turin":  # fmc, bootloader, tee, snp at 0-3, microcode at 7
+        assert claims.tcb == entry["reported_tcb_fields"]
+        assert claims.tcb == {
+            "fmc": tcb[0],
+            "bootloader": tcb[1],
+            "tee": tcb[2],
+            "snp": tcb[3],
+            "microcode": tcb[7],
+        }
+    else:
+        assert claims.tcb == {
+            "bootloader": tcb[0],
+            "tee": tcb[1],
+            "snp": tcb[6],
+            "microcode": tcb[7],
+        }
     if entry["signing_key"] == "VCEK":
         assert claims.chip_id == entry["chip_id"]
 
@@ -94,6 +109,20 @@ def check_published(claims: Claims, entry: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", SNP + HCL)
 def test_real_evidence_yields_the_published_claims(name: str) -> None:
     check_published(verify(name), MANIFEST[name])
+
+
+def test_every_snp_vector_in_the_manifest_is_covered() -> None:
+    published = {n for n, v in MANIFEST.items() if v["kind"] == "sev-snp-report"}
+    assert published == set(SNP + HCL)
+
+
+@pytest.mark.parametrize("name", SNP + HCL)
+def test_a_generation_the_caller_expects_must_be_the_reports(name: str) -> None:
+    actual = MANIFEST[name]["generation"]
+    check_published(verify(name, generation=actual), MANIFEST[name])
+    for other in {"milan", "genoa", "turin"} - {actual}:
+        with pytest.raises(AttestationError, match=f"not the {other.title()} expected"):
+            verify(name, generation=other)
 
 
 @pytest.mark.parametrize("name", HCL)
@@ -113,6 +142,8 @@ def test_azure_runtime_claims_are_bound(name: str) -> None:
 # offsets in the SNP report of fields worth flipping (all inside the signed part)
 SIGNED_FIELDS = {
     "version": 0x00,
+    "CPUID family": 0x188,
+    "CPUID model": 0x189,
     "policy (DEBUG bit)": 0x0A,
     "vmpl": 0x30,
     "signing key kind": 0x48,
@@ -126,7 +157,9 @@ SIGNED_FIELDS = {
 
 
 @pytest.mark.parametrize("field", sorted(SIGNED_FIELDS))
-@pytest.mark.parametrize("name", ["trustee-vcek-milan", "trustee-azure-cvm-genoa-hcl"])
+@pytest.mark.parametrize(
+    "name", ["trustee-vcek-milan", "trustee-azure-cvm-genoa-hcl", "routex-turin-v5"]
+)
 def test_any_flipped_bit_in_the_signed_report_is_refused(name: str, field: str) -> None:
     raw, _ = files(name)
     offset = SIGNED_FIELDS[field] + (32 if name in HCL else 0)
@@ -136,24 +169,37 @@ def test_any_flipped_bit_in_the_signed_report_is_refused(name: str, field: str) 
         verify(name, bytes(flipped))
 
 
+# fields a flip leaves parseable and generation-neutral: only the signature can catch it
+@pytest.mark.parametrize("offset", [0x04, 0x50, 0x8F, 0x90, 0xBF, 0xC0, 0xDF, 0x140, 0x29F])
+@pytest.mark.parametrize("name", ["trustee-vcek-milan", "routex-turin-v5"])
+def test_flips_in_the_signed_body_fail_the_report_signature(name: str, offset: int) -> None:
+    raw, _ = files(name)
+    flipped = bytearray(raw)
+    flipped[offset] ^= 0x01
+    with pytest.raises(AttestationError, match="SNP report signature does not verify"):
+        verify(name, bytes(flipped))
+
+
 @pytest.mark.parametrize("offset", [0x2A0, 0x2A0 + 40, 0x2A0 + 72, 0x2A0 + 143])
-def test_signature_bit_flips_are_refused(offset: int) -> None:
-    raw, _ = files("trustee-vcek-milan")
+@pytest.mark.parametrize("name", ["trustee-vcek-milan", "routex-turin-v5"])
+def test_signature_bit_flips_are_refused(name: str, offset: int) -> None:
+    raw, _ = files(name)
     flipped = bytearray(raw)
     flipped[offset] ^= 0x01
     with pytest.raises(AttestationError, match="signature"):
-        verify("trustee-vcek-milan", bytes(flipped))
+        verify(name, bytes(flipped))
 
 
-def test_truncated_and_oversized_reports() -> None:
-    raw, _ = files("trustee-vcek-milan")
-    for broken in (raw[:-1], raw + b"\x00", b""):
+@pytest.mark.parametrize("name", ["trustee-vcek-milan", "routex-turin-v5"])
+def test_truncated_and_oversized_reports(name: str) -> None:
+    raw, _ = files(name)
+    for broken in (raw[:-1], raw + b"\x00", b"", raw[:0x2A0], raw * 2):
         with pytest.raises(AttestationError, match="1184 bytes"):
-            verify("trustee-vcek-milan", broken)
+            verify(name, broken)
 
 
-def test_wrong_generation_chain_is_refused() -> None:
-    with pytest.raises(AttestationError, match=r"signature does not verify|issuer"):
+def test_wrong_generation_expectation_is_refused() -> None:
+    with pytest.raises(AttestationError, match="Milan CPU, not the Genoa expected"):
         verify("trustee-vcek-milan", generation="genoa")
 
 

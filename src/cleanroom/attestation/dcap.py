@@ -6,8 +6,8 @@ PCK chain up to the Intel SGX Root CA shipped with cleanroom; (2) the
 collateral (TCB info, QE identity, CRLs) is signed, current at ``now`` and
 matches the platform, giving a TCB status. Both are ``dcap-qvl``'s work, with
 the clock and collateral as inputs; nothing is fetched. It then maps the
-quote body into :class:`Claims` (TDX: MRTD, MRCONFIGID as host data,
-TD_ATTRIBUTES.DEBUG; SGX: MRENCLAVE, MRSIGNER, ATTRIBUTES.DEBUG).
+quote body into :class:`Claims` (TDX: MRTD, MRCONFIGID (also as host data),
+RTMR0-3, TD_ATTRIBUTES.DEBUG; SGX: MRENCLAVE, MRSIGNER, ATTRIBUTES.DEBUG).
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def claims_of(parsed: Any, *, status: str = "", advisories: tuple[str, ...] = ()
             version=parsed.header.version,
             tcb_status=status,
             advisories=advisories,
+            mr_config_id=report.mr_config_id.hex(),
+            rtmrs=tuple(bytes(getattr(report, f"rt_mr{i}")).hex() for i in range(4)),
         )
     if tee_type == SGX_TEE_TYPE:
         return Claims(

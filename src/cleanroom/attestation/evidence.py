@@ -4,7 +4,9 @@ An evidence document is JSON with a ``format`` and that format's fields:
 
 - ``insecure-virtual``: ``token`` (see :mod:`cleanroom.attestation.virtual`);
 - ``sev-snp``: ``report`` (base64url, 1184 bytes), ``vek`` (base64url DER or
-  PEM of the VCEK/VLEK, optionally followed by the AMD chain) and ``generation``;
+  PEM of the VCEK/VLEK, optionally followed by the AMD chain) and, optionally,
+  ``generation``: the verifier derives the CPU generation from the report and
+  its chain, and a ``generation`` given must agree with it;
 - ``dcap``: ``quote`` (base64url) and ``collateral`` (dcap-qvl's JSON).
 
 :func:`verify_evidence` dispatches to the platform's pure verifier with the
@@ -43,7 +45,7 @@ class _Snp(WireModel):
     format: Literal["sev-snp"]
     report: StrictStr = Field(max_length=4096)
     vek: StrictStr = Field(max_length=65536)
-    generation: Literal["milan", "genoa"]
+    generation: Literal["milan", "genoa", "turin"] | None = None
 
 
 class _Dcap(WireModel):

@@ -53,7 +53,7 @@ class TsmProvider:
         root: Path = DEFAULT_ROOT,
         *,
         name: str | None = None,
-        generation: str = "milan",
+        generation: str | None = None,
         vek: bytes | None = None,
         collateral: Callable[[bytes], str] | None = None,
     ) -> None:
@@ -99,12 +99,14 @@ class TsmProvider:
         provider, outblob, auxblob = self.report(report_data)
         if provider == "sev_guest":
             vek = self.vek or certificate_from_table(auxblob)
-            return {
+            evidence = {
                 "format": "sev-snp",
                 "report": b64url_encode(outblob),
                 "vek": b64url_encode(vek),
-                "generation": self.generation,
             }
+            if self.generation is not None:  # an expectation: the verifier derives it
+                evidence["generation"] = self.generation
+            return evidence
         if provider == "tdx_guest":
             if self.collateral is None:
                 raise AttestationError("a TDX quote needs collateral: give a collateral function")
