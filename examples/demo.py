@@ -5,7 +5,8 @@ customer records; both key customers by the same salted hash. An analyst
 proposes an SQL analysis; both owners approve it. A clean room service
 (`cleanroom serve`) hosts the room; every party acts through its own
 `cleanroom` command line and its own keystore. The analysis runs in an
-enclave process that must attest before the key broker releases any data key;
+enclave process that must attest before each data owner's own key agent
+releases its data key (the keys never leave the owners' machines otherwise);
 the result is sealed to the bank alone. The merchant cannot read it, nor can
 the operator; a revoked consent stops the next run at once; and anyone in the
 room verifies the whole history offline.
@@ -20,6 +21,7 @@ Everything is written under ./demo-output, recreated on every run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -234,7 +236,7 @@ def scenario(url: str) -> None:
     cleanroom("room", "join", "--room", room, env=merchant)
     cleanroom("room", "join", "--room", room, env=analyst)
 
-    step("4. Each owner seals its data locally, uploads ciphertext, deposits its key")
+    step("4. Each owner seals its data locally and uploads ciphertext; its key stays home")
     for env, name in ((bank, "transactions"), (merchant, "customers")):
         cleanroom(
             "dataset",
@@ -250,7 +252,47 @@ def scenario(url: str) -> None:
             env=env,
         )
     approve_all(room, bank, merchant, analyst)
+    with key_agents(room, bank, merchant):
+        rest_of_scenario(room, bank, merchant, analyst)
 
+
+@contextlib.contextmanager
+def key_agents(room: str, *envs: dict[str, str]) -> Iterator[None]:
+    """Each data owner runs its own key agent, a process beside its command line:
+    it checks every key request itself and releases its key to attested enclaves only."""
+    step("4b. Each owner starts its key agent: its data key never leaves its machine")
+    agents = []
+    for env in envs:
+        command = ["keys", "serve", "--room", room, "--poll", "0.2"]
+        console.print(
+            f"[dim]$[/] [dim]({env['CLEANROOM_KEYSTORE'].split('/')[-1]})[/] "
+            f"[bold]cleanroom {shlex.join(command)} &[/]"
+        )
+        log = (OUT / f"agent-{env['CLEANROOM_KEYSTORE'].split('/')[-1]}.log").open("w")
+        agents.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-m", "cleanroom", *command],
+                    cwd=OUT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **env},
+                ),
+                log,
+            )
+        )
+    try:
+        yield
+    finally:
+        for process, log in agents:
+            process.terminate()
+            process.wait(timeout=10)
+            log.close()
+
+
+def rest_of_scenario(
+    room: str, bank: dict[str, str], merchant: dict[str, str], analyst: dict[str, str]
+) -> None:
     step("5. The room approves the enclave runtime it trusts (its measurement)")
     cleanroom("enclave", "measure")
     cleanroom(
@@ -303,7 +345,7 @@ def scenario(url: str) -> None:
     approve_all(room, bank, merchant, analyst)
     cleanroom("room", "show", "--room", room, env=bank)
 
-    step("8. The analyst runs it: the enclave attests, gets keys, runs the approved SQL")
+    step("8. The analyst runs it: the enclave attests, each owner's agent releases its key")
     cleanroom("job", "run", "offers", "--room", room, env=analyst)
     job = job_id(room, analyst)
 

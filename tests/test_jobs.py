@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cleanroom import Client, Party
+from cleanroom.agent import KeyAgent
 from cleanroom.attestation import measure
 from cleanroom.client import Room
+from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.datasets.schema import Schema
 from cleanroom.errors import (
     AuthenticationError,
@@ -59,13 +62,29 @@ SQL = (
 VIRTUAL = ["sev-snp", "tdx", "insecure-virtual"]
 
 OPEN: list[Client] = []
+AGENTS: list[tuple[threading.Thread, threading.Event]] = []
 
 
 @pytest.fixture(autouse=True)
 def _close_clients() -> Iterator[None]:
     yield
+    while AGENTS:
+        thread, stop = AGENTS.pop()
+        stop.set()
+        thread.join(timeout=10)
     while OPEN:
         OPEN.pop().close()
+
+
+def start_agent(url: str, party: Party, room_id: str, tmp: Path) -> threading.Event:
+    """The owner's key agent, with its own connection, as `cleanroom keys serve` runs it."""
+    client = _client(url, party, tmp / "agent")
+    agent = KeyAgent(client.room(room_id), KeyVault(party, tmp / party.name / VAULT_DIR))
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.serve, kwargs={"poll_s": 0.1, "stop": stop})
+    thread.start()
+    AGENTS.append((thread, stop))
+    return stop
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +115,12 @@ def _room(
     rules: dict[str, dict[str, Any]] | None = None,
     budget: float | None = None,
     dp: dict[str, Any] | None = None,
+    release: str = "owner",
+    agents: bool = True,
 ) -> dict[str, Room]:
+    """A room of a bank, a merchant and an analyst with an approved analysis; in
+    owner-held release (the default) each owner's key agent runs unless
+    ``agents`` is false."""
     parties = {n: Party.create(n) for n in ("bank", "merchant", "analyst")}
     roles = {
         "bank": ["data_provider", "result_recipient"],
@@ -117,7 +141,12 @@ def _room(
         ("merchant", merchant, SCHEMA_MERCHANT, "customers"),
     ):
         proposal = rooms[owner].publish_dataset(
-            data, schema=schema, name=name, release_to=platforms, rule=(rules or {}).get(name)
+            data,
+            schema=schema,
+            name=name,
+            release_to=platforms,
+            rule=(rules or {}).get(name),
+            release=release,  # type: ignore[arg-type]
         )
         for approver in rooms.values():
             _approve_if_needed(approver, proposal)
@@ -150,6 +179,9 @@ def _room(
     )
     for approver in rooms.values():
         _approve_if_needed(approver, analysis)
+    if release == "owner" and agents:
+        for owner in ("bank", "merchant"):
+            start_agent(url, parties[owner], created.id, tmp)
     return rooms
 
 
@@ -208,7 +240,14 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(any_store: str, tmp_pat
     assert not (tmp_path / "stolen.parquet").exists()
     entries = rooms["bank"].audit.verify().statements
     kinds = [s.kind for s in entries]
-    assert kinds.count("key.release") == 1
+    # owner-held release: each data owner's agent signed the release of its own input
+    releases = [s for s in entries if s.kind == "key.release"]
+    owners = {rooms[n].client.party.fingerprint: n for n in ("bank", "merchant")}
+    assert sorted(owners[s.author] for s in releases) == ["bank", "merchant"]
+    assert [[i.dataset for i in s.body.inputs] for s in releases] in (
+        [["transactions"], ["customers"]],
+        [["customers"], ["transactions"]],
+    )
     assert kinds.count("job.complete") == 1
     # the public ledger shows buckets: 2 rows, a ~1 KiB file and every timing rounded up
     output = view["output"]

@@ -358,17 +358,18 @@ def test_a_result_is_not_released_once_consent_is_revoked(jr: JobRoom) -> None:
 
 
 def test_members_cannot_make_service_statements(jr: JobRoom) -> None:
+    """Only the owner of one of a job's inputs may deny its keys (its key agent
+    does, in owner-held release); nobody else, and no one may fail a job."""
     job = jr.request()
-    with pytest.raises(GovernanceError, match="not allowed"):
-        jr.room.submit(
-            sign_statement(
-                jr.room.parties["bank"],
-                jr.room.room,
-                "key.deny",
-                {"job": job, "reason": "x"},
-                now=jr.clock,
+    for who, kind, body, reason in (
+        ("analyst", "key.deny", {"job": job, "reason": "x"}, "only the owner"),
+        ("bank", "job.fail", {"job": job, "reason": "internal error"}, "not allowed"),
+    ):
+        with pytest.raises(GovernanceError, match=reason):
+            jr.room.submit(
+                sign_statement(jr.room.parties[who], jr.room.room, kind, body, now=jr.clock)
             )
-        )
+    assert jr.state.jobs[job].status == "requested"
 
 
 def test_an_operator_forging_a_release_for_other_code_is_caught_offline(jr: JobRoom) -> None:

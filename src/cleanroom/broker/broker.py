@@ -102,6 +102,7 @@ class KeyBroker:
         self.ttl_ms = ttl_ms
         self._launches: dict[tuple[str, str], bytes] = {}
         self._nonces: dict[str, _Nonce] = {}
+        self._requests: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -120,8 +121,14 @@ class KeyBroker:
     def forget(self, room: str, job: str) -> None:
         with self._lock:
             self._launches.pop((room, job), None)
+            self._requests.pop((room, job), None)
             for nonce in [n for n, v in self._nonces.items() if (v.room, v.job) == (room, job)]:
                 del self._nonces[nonce]
+
+    def check_launch(self, room: str, job: str, token: str) -> None:
+        """Raise unless ``token`` is the launch token of this job's enclave."""
+        with self._lock:
+            self._check_launch(room, job, token)
 
     def _check_launch(self, room: str, job: str, token: str) -> None:
         expected = self._launches.get((room, job))
@@ -153,7 +160,10 @@ class KeyBroker:
         enclave: dict[str, Any],
         evidence: dict[str, Any],
     ) -> dict[str, Any]:
-        """Check, record, then release; see the module notes. Returns the sealed keys."""
+        """Check the request, release the inputs deposited with the broker (recording
+        ``key.release`` first) and keep the request for the owners' key agents,
+        which release the inputs they hold. Returns what was released and who
+        must still release."""
         with self._lock:
             self._check_launch(room, job, token)
             issued = self._nonces.pop(nonce, None)
@@ -164,35 +174,53 @@ class KeyBroker:
                 raise AuthenticationError("the nonce expired: ask for a new challenge")
             identity = PublicIdentity.from_document(enclave)
             state = self.ledger.state(room)
-            inputs = state.job_inputs(job)
-            keys = {m: self._open_deposit(state, name, m) for name, m in inputs}
-            body = {
-                "job": job,
-                "enclave": enclave,
-                "nonce": nonce,
-                "evidence": evidence,
-                "inputs": [{"dataset": name, "manifest": m} for name, m in inputs],
-            }
-            statement = sign_statement(self.party, room, "key.release", body, now=self.clock)
-            (entry,) = self.ledger.submit(room, [statement], with_receipts=True)
+            request = {"job": job, "enclave": enclave, "nonce": nonce, "evidence": evidence}
+            # the same checks an owner's agent and every auditor make, before anything
+            state.check_key_request(request, now_ms=self.clock())
+            mine = state.releasable(state.job(job), None)
+            released = [
+                {
+                    "dataset": name,
+                    "manifest": m,
+                    "sealed": b64url_encode(
+                        seal(
+                            self._open_deposit(state, name, m),
+                            identity.encryption_key,
+                            release_context(room, job, name, m),
+                        )
+                    ),
+                }
+                for name, m in mine
+            ]
+            seq = None
+            if mine:
+                body = {
+                    **request,
+                    "inputs": [{"dataset": name, "manifest": m} for name, m in mine],
+                    "sealed_keys": released,
+                }
+                statement = sign_statement(self.party, room, "key.release", body, now=self.clock)
+                (entry,) = self.ledger.submit(room, [statement], with_receipts=True)
+                seq = entry.seq
         except CleanroomError as exc:
             self._deny(room, job, str(exc))
             raise AuthorizationError(f"key release denied: {exc}") from exc
-        released = [
-            {
-                "dataset": name,
-                "manifest": m,
-                "sealed": b64url_encode(
-                    seal(keys[m], identity.encryption_key, release_context(room, job, name, m))
-                ),
-            }
-            for name, m in inputs
-        ]
-        return {"seq": entry.seq, "keys": released}
+        with self._lock:
+            self._requests[(room, job)] = request
+        waiting = self.ledger.state(room).job(job).waiting_for
+        return {"seq": seq, "keys": released, "waiting_for": list(waiting)}
+
+    def requests(self, room: str) -> list[dict[str, Any]]:
+        """Key requests of this room's jobs still waiting for an owner's release:
+        what the owners' key agents check and answer. Nothing here is secret."""
+        state = self.ledger.state(room)
+        with self._lock:
+            pending = [r for (r_room, _), r in self._requests.items() if r_room == room]
+        return [r for r in pending if state.job(r["job"]).status == "requested"]
 
     def _open_deposit(self, state: RoomState, dataset: str, manifest: str) -> bytes:
         deposit = state.deposits.get(manifest)
-        if deposit is None:
+        if deposit is None or deposit.sealed_key is None:
             raise GovernanceError(f"the owner of {dataset!r} has deposited no key for it")
         sealed = b64url_decode(deposit.sealed_key, what="deposited key")
         key = open_sealed(

@@ -12,6 +12,11 @@ from cleanroom.errors import KeystoreError
 from cleanroom.identities import Party
 
 PASSPHRASE_ENV = "CLEANROOM_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+SERVICE_KEY_ENV = "CLEANROOM_SERVICE_KEY"
+SERVICE_KEY_HELP = (
+    "The service's identity given out of band (service.identity.json), or a rotation "
+    "statement signed by the pinned key; checked against KEYSTORE/state/service-pins.json."
+)
 
 
 def passphrase(*, confirm: bool) -> str:
@@ -27,3 +32,15 @@ def passphrase(*, confirm: bool) -> str:
 def load_party(directory: Path) -> Party:
     secret = passphrase(confirm=False) if Party.is_protected(directory) else None
     return Party.load(directory, passphrase=secret)
+
+
+def use_service_key(path: Path | None) -> None:
+    """``cleanroom --service-key FILE``: the option sets CLEANROOM_SERVICE_KEY for this run."""
+    if path is not None:
+        os.environ[SERVICE_KEY_ENV] = str(path)
+
+
+def service_key() -> Path | None:
+    """The service key given out of band for this run, if any."""
+    value = os.environ.get(SERVICE_KEY_ENV)
+    return Path(value) if value else None

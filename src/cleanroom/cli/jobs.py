@@ -154,14 +154,21 @@ def _find_job(handle: Room, prefix: str) -> dict[str, Any]:
     return matches[0]
 
 
+def _waiting(owners: list[str]) -> str:
+    agents = ", ".join(f"{o}'s key agent" if o != "key broker" else o for o in owners)
+    return f"waiting for {agents}"
+
+
 def _show(job: dict[str, Any]) -> None:
     status = job["status"]
     colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
     console.print(f"job {job['id'][:16]} ({job['analysis']}): [{colour}]{status}[/]")
     if job["reason"]:
         console.print(f"  reason: {job['reason']}", highlight=False)
+    if status == "requested" and job.get("waiting_for"):
+        console.print(f"  {_waiting(job['waiting_for'])}", highlight=False)
     if job["platform"]:
-        console.print(f"  enclave: {job['platform']}, measurement {job['measurement'][:40]}...")
+        console.print(f"  enclave: {job['platform']}, measurement {job['measurement']}")
     if job["output"]:
         out = job["output"]
         # the ledger shows coarse buckets (upper bounds), not exact sizes and times
@@ -195,8 +202,16 @@ def job_run(
     if not wait:
         console.print(f"job {job[:16]} requested")
         return
-    with console.status(f"job {job[:16]}: attesting, releasing keys, running..."):
-        view = handle.wait_job(job, timeout=timeout)
+    with console.status(f"job {job[:16]}: attesting, releasing keys, running...") as shown:
+        view = handle.wait_job(
+            job,
+            timeout=timeout,
+            on_update=lambda v: shown.update(
+                f"job {job[:16]}: {_waiting(v['waiting_for'])}"
+                if v["status"] == "requested" and v.get("waiting_for")
+                else f"job {job[:16]}: {v['status']}..."
+            ),
+        )
     _show(view)
     if view["status"] != "succeeded":
         raise typer.Exit(1)

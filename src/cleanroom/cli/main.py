@@ -18,8 +18,16 @@ from rich.table import Table
 
 from cleanroom import __version__
 from cleanroom.cli import jobs, rooms
-from cleanroom.cli.common import PASSPHRASE_ENV, load_party, passphrase
+from cleanroom.cli.common import (
+    PASSPHRASE_ENV,
+    SERVICE_KEY_ENV,
+    SERVICE_KEY_HELP,
+    load_party,
+    passphrase,
+    use_service_key,
+)
 from cleanroom.cli.ui import RichProgress, console, err_console
+from cleanroom.client import ServiceIdentityError
 from cleanroom.datasets import Schema, decrypt_dataset, load_manifest, open_dataset, seal_dataset
 from cleanroom.errors import (
     AuthenticationError,
@@ -68,7 +76,25 @@ app.add_typer(jobs.analysis_app, name="analysis")
 app.add_typer(jobs.enclave_app, name="enclave")
 app.add_typer(jobs.job_app, name="job")
 app.add_typer(jobs.budget_app, name="budget")
+
+
+@app.callback()
+def _options(
+    service_key: Path | None = typer.Option(
+        None, "--service-key", envvar=SERVICE_KEY_ENV, help=SERVICE_KEY_HELP
+    ),
+) -> None:
+    """Options for every command that talks to a service."""
+    use_service_key(service_key)
+
+
 dataset_app.command("publish")(rooms.dataset_publish)
+keys_app = typer.Typer(
+    help="Release your datasets' keys to attested enclaves yourself (owner-held release).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+keys_app.command("serve")(rooms.keys_serve)
 dataset_app.command("list")(rooms.dataset_list)
 dataset_app.command("download")(rooms.dataset_download)
 
@@ -76,6 +102,7 @@ _HINTS: list[tuple[type[CleanroomError], str]] = [
     (ValidationError, "fix the input or its schema; nothing was written"),
     (SchemaError, "see docs/datasets.md for the schema format"),
     (KeystoreError, "check the --dir path, the file permissions and CLEANROOM_PASSPHRASE"),
+    (ServiceIdentityError, "check the service key out of band; see docs/service.md"),
     (ForkError, "the ledger showed two different histories; keep both exports as evidence"),
     (RollbackError, "the ledger lost entries it had shown before; keep both exports as evidence"),
     (IntegrityError, "the files were modified, or belong to another party or dataset"),

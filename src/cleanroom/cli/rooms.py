@@ -2,22 +2,27 @@
 
 Every command acts as one party: ``--as KEYSTORE`` (or CLEANROOM_KEYSTORE) and
 ``--service URL`` (or CLEANROOM_SERVICE). The party's view of each room's
-ledger (the last tree heads it verified) is kept in KEYSTORE/state, so a
-service that rolls back or forks is caught on the next command.
+ledger (the last tree heads it verified) and the service key pinned for each
+URL are kept in KEYSTORE/state, so a service that rolls back, forks or
+presents another key is caught on the next command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from cleanroom.cli.common import load_party
+from cleanroom.agent import KeyAgent
+from cleanroom.cli.common import load_party, service_key
 from cleanroom.cli.ui import RichProgress, console
-from cleanroom.client import Client, Room
+from cleanroom.client import STATE_DIR, Client, Room
+from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.errors import GovernanceError
 from cleanroom.fs import write_file
 from cleanroom.identities import format_fingerprint
@@ -42,11 +47,14 @@ consent_app = typer.Typer(help="Stop your data being used, at once.", no_args_is
 
 
 def _client(service: str, keystore: Path) -> Client:
-    return Client(service, load_party(keystore), state_dir=keystore / "state")
+    party = load_party(keystore)
+    return Client(service, party, state_dir=keystore / STATE_DIR, service_key=service_key())
 
 
 def _room(service: str, keystore: Path, room: str) -> Room:
-    return _client(service, keystore).room(room)
+    handle = _client(service, keystore).room(room)
+    handle.tree_head()  # every command first checks the room's history extends what it saw
+    return handle
 
 
 def _members(specs: list[str]) -> list[tuple[dict[str, Any], list[str]]]:
@@ -292,16 +300,26 @@ def dataset_publish(
         help="The dataset's analysis rule (JSON: aggregation, list or custom; see "
         "docs/privacy.md). Without one, only analyses you approve by vote may read it.",
     ),
+    release: str = typer.Option(
+        "owner",
+        "--release",
+        help="Who releases the data key to attested enclaves: 'owner' (the key stays on "
+        "this machine; run `cleanroom keys serve` so jobs can get it) or 'broker' (the key "
+        "is deposited sealed to the service's key broker).",
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
 ) -> None:
     """Seal a dataset on this machine, propose its registration, upload the ciphertext,
-    and deposit its key with the key broker for attested enclaves only.
+    and say how its key is released to attested enclaves (by your own key agent, or
+    by the key broker).
 
     Example: cleanroom dataset publish cards.csv --schema cards.schema.json --room 3f2a...
     --service http://127.0.0.1:8321 --as keys/bank
     """
+    if release not in ("owner", "broker"):
+        raise typer.BadParameter("choose 'owner' or 'broker'", param_hint="--release")
     handle = _room(service, keystore, room)
     platforms = [p.strip() for p in release_to.split(",") if p.strip()]
     if allow_insecure_virtual and "insecure-virtual" not in platforms:
@@ -314,8 +332,43 @@ def dataset_publish(
             progress=progress,
             release_to=platforms,
             rule=read_json_file(rule, what="rule file") if rule is not None else None,
+            release="owner" if release == "owner" else "broker",
         )
     console.print(f"Published {name or source.stem}: proposal {proposal[:16]} awaits approval")
+    if release == "owner":
+        console.print(
+            f"Its key stays here: run `cleanroom keys serve --room {room} --as {keystore}` "
+            "so approved jobs can get it."
+        )
+
+
+def keys_serve(
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+    poll: float = typer.Option(0.5, "--poll", min=0.05, help="Seconds between checks."),
+    once: bool = typer.Option(False, "--once", help="Answer the open requests, then exit."),
+) -> None:
+    """Run your key agent: release your datasets' keys to attested enclaves yourself.
+
+    It needs no inbound connection: it follows the room through the service,
+    verifies the whole ledger, and for each key request of a job reading your data
+    checks the enclave's evidence, the room's contract, your consent and the privacy
+    rules, then signs the release (key sealed to that enclave only) or a denial.
+    Stop it with Ctrl-C; while it is stopped, jobs wait, then fail.
+
+    Example: cleanroom keys serve --room 3f2a... --service http://127.0.0.1:8321 --as keys/merchant
+    """
+    handle = _room(service, keystore, room)
+    agent = KeyAgent(handle, KeyVault(handle.client.party, keystore / STATE_DIR / VAULT_DIR))
+    if once:
+        for answer in agent.step():
+            console.print(f"{answer.action} job {answer.job[:12]}: {answer.detail}")
+        return
+    console.print(f"Key agent of {handle.client.party.name} for room {room[:12]}; Ctrl-C stops it")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        agent.serve(poll_s=poll)
 
 
 def dataset_list(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:

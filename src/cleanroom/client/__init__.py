@@ -3,10 +3,17 @@
 The client does all cryptography itself: it signs every request (RFC 9421)
 and every statement, seals datasets before uploading them, verifies every
 receipt it is given and checks that every tree head it sees extends the last
-one it saw (kept per room in ``state_dir``), so a service that rolls back or
-forks its ledger is caught by each member on its next call.
+one it saw, so a service that rolls back or forks its ledger is caught by each
+member on its next call.
 
-    client = Client("http://127.0.0.1:8321", Party.load("keys/bank"))
+It trusts one ledger service key per service URL, pinned on first use or given
+out of band (``service_key=``), and refuses any other key unless the pinned
+one signed a rotation to it (:mod:`cleanroom.client.trust`). Pins and the last
+tree head of each room persist in the party's state directory
+(:mod:`cleanroom.client.state`): ``KEYSTORE/state`` when the client is given a
+keystore directory, or ``state_dir=``.
+
+    client = Client("http://127.0.0.1:8321", Path("keys/bank"))
     room = client.create_room("offers", members=[(bank_id, ["data_provider"]), ...])
     pid = room.propose({"type": "set_measurements", "measurements": []})
     room.approve(pid)
@@ -16,16 +23,27 @@ forks its ledger is caught by each member on its next call.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from cleanroom.broker import seal_deposit
+from cleanroom.client.state import HEADS_FILE, PIN_FILE, ClientState
+from cleanroom.client.trust import (
+    SERVICE_IDENTITY_FILE,
+    Pin,
+    ServiceIdentityError,
+    ServiceRotation,
+    parse_service_key,
+    sign_service_rotation,
+)
+from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.crypto.encoding import b64url_decode
 from cleanroom.crypto.hpke import SealContext
@@ -51,9 +69,28 @@ from cleanroom.governance.outcomes import rows_bucket
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import TreeHead, verify_receipt
-from cleanroom.ledger.verify import TreeHeadTracker, VerifiedLedger, verify_export
+from cleanroom.ledger.verify import VerifiedLedger, verify_export
 from cleanroom.progress import NoProgress, Progress
 from cleanroom.service.auth import sign_request
+from cleanroom.wire import read_json_file
+
+__all__ = [
+    "HEADS_FILE",
+    "PIN_FILE",
+    "SERVICE_IDENTITY_FILE",
+    "STATE_DIR",
+    "Audit",
+    "Client",
+    "Room",
+    "RoomInfo",
+    "ServiceIdentityError",
+    "ServiceRotation",
+    "sign_service_rotation",
+]
+
+STATE_DIR = "state"  # inside a keystore directory
+
+ServiceKey = PublicIdentity | ServiceRotation | dict[str, Any] | Path
 
 _ERRORS: dict[int, type[CleanroomError]] = {
     400: InvalidInputError,
@@ -77,26 +114,46 @@ class _Signer(httpx.Auth):
 
 
 class Client:
+    """One party's connection to one service.
+
+    ``party`` is a keystore directory (loaded with ``passphrase``; the client's
+    state is then kept in ``KEYSTORE/state``) or a loaded :class:`Party`
+    (give ``state_dir`` to keep state across runs; without it the client
+    remembers pins and tree heads only while it lives). ``service_key`` is the
+    service's identity given out of band (a ``service.identity.json`` document,
+    or a rotation statement from the pinned key); without it the key the
+    service presents is pinned on first use.
+    """
+
     def __init__(
         self,
         url: str,
-        party: Party,
+        party: Party | str | os.PathLike[str],
         *,
         state_dir: Path | None = None,
+        service_key: ServiceKey | None = None,
+        passphrase: str | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if not isinstance(party, Party):
+            keystore = Path(party)
+            party = Party.load(keystore, passphrase=passphrase)
+            state_dir = state_dir if state_dir is not None else keystore / STATE_DIR
         self.url = url.rstrip("/")
         self.party = party
+        self.state_dir = state_dir
+        self.known = ClientState(party, state_dir)
+        given, rotations = _service_key(service_key)
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
         self._auth = _Signer(party)
-        self.service = PublicIdentity.from_document(self._call("GET", "/v1/service", auth=False))
-        self.state_dir = state_dir
-        heads = None
-        if state_dir is not None:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            heads = state_dir / f"tree-heads.{self.service.fingerprint[:16]}.json"
-        self.tracker = TreeHeadTracker(self.service, heads)
+        try:
+            presented = self._call("GET", "/v1/service", auth=False)
+            self.pin: Pin = self.known.trust(self.url, presented, given=given, rotations=rotations)
+        except BaseException:
+            self._http.close()
+            raise
+        self.service = self.pin.identity
 
     def __repr__(self) -> str:
         return f"Client({self.url!r}, as {self.party.name})"
@@ -135,6 +192,9 @@ class Client:
         return [RoomInfo(**r) for r in self._call("GET", "/v1/rooms")]
 
     def room(self, room_id: str) -> Room:
+        """A handle on a room; refused at once if the room was last seen under a
+        service key this service's pin does not cover."""
+        self.known.check_room(room_id, self.pin, self.url)
         return Room(self, room_id)
 
     def create_room(
@@ -153,6 +213,22 @@ class Client:
         room = Room(self, room_id)
         room.tree_head()
         return room
+
+
+def _service_key(key: ServiceKey | None) -> tuple[PublicIdentity | None, list[ServiceRotation]]:
+    """An out-of-band service key: an identity (to pin or match), or a rotation."""
+    if key is None:
+        return None, []
+    parsed: PublicIdentity | ServiceRotation
+    if isinstance(key, Path):
+        parsed = parse_service_key(read_json_file(key, what="service key file"))
+    elif isinstance(key, dict):
+        parsed = parse_service_key(key)
+    else:
+        parsed = key
+    if isinstance(parsed, ServiceRotation):
+        return None, [parsed]
+    return parsed, []
 
 
 def _identity_document(member: dict[str, Any] | Path) -> dict[str, Any]:
@@ -212,7 +288,7 @@ class Room:
         return members
 
     def _submit(self, *tokens: str) -> list[dict[str, Any]]:
-        last = self.client.tracker.last(self.id)
+        last = self.client.known.last(self.id)
         result = self.client._call(
             "POST",
             f"/v1/rooms/{self.id}/statements",
@@ -239,7 +315,7 @@ class Room:
             )
             return [bytes.fromhex(h) for h in answer["proof"]]
 
-        self.client.tracker.observe(head, proof)
+        self.client.known.observe(head, self.client.pin, self.client.url, proof)
 
     def tree_head(self) -> TreeHead:
         token = self.client._call("GET", f"/v1/rooms/{self.id}/tree-head")["tree_head"]
@@ -283,19 +359,26 @@ class Room:
         release_to: Sequence[str] = ("sev-snp", "tdx"),
         measurements: Sequence[str] | None = None,
         rule: dict[str, Any] | None = None,
+        release: Literal["owner", "broker"] = "owner",
+        key_vault: Path | None = None,
     ) -> str:
         """Seal ``source`` locally, propose its registration, upload the ciphertext,
-        and deposit its data key with the key broker.
+        and record how its data key is released.
 
         Returns the proposal id; the dataset is registered once its approvers
-        approve. Nothing but ciphertext, the signed manifest and the data key
-        sealed to the broker leaves this machine. The broker releases the key
-        only to enclaves on the ``release_to`` platforms (add
-        ``"insecure-virtual"`` explicitly for development rooms) whose
-        measurement the room approved (and, if given, is in ``measurements``).
-        ``rule`` is the dataset's analysis rule (see docs/privacy.md); without
-        one, only analyses its owner approves by vote may read it.
+        approve. ``release="owner"`` (the default): the data key stays on this
+        machine, in the key vault (``key_vault``, by default ``data-keys`` in
+        the client's state directory), and this owner's key agent
+        (``cleanroom keys serve``) releases it to each attested enclave itself.
+        ``release="broker"``: the key is deposited sealed to the key broker,
+        which releases it on the owner's behalf. Either way keys go only to
+        enclaves on the ``release_to`` platforms (add ``"insecure-virtual"``
+        explicitly for development rooms) whose measurement the room approved
+        (and, if given, is in ``measurements``). ``rule`` is the dataset's
+        analysis rule (see docs/privacy.md); without one, only analyses its
+        owner approves by vote may read it.
         """
+        vault = self._vault(key_vault) if release == "owner" else None
         declared = schema if isinstance(schema, Schema) else Schema.load(schema)
         with tempfile.TemporaryDirectory(prefix="cleanroom-publish-") as work:
             sealed = seal_dataset(
@@ -311,10 +394,45 @@ class Room:
             action: dict[str, Any] = {"type": "register_dataset", "manifest": manifest}
             if rule is not None:
                 action["rule"] = rule
+            if vault is not None:  # kept before anything is proposed: never a dataset without key
+                vault.keep(self.id, name, canonical_digest(manifest), key)
             proposal = self.propose(action)
             self.upload(sealed.directory / DATA_FILE, progress=progress)
-            self.deposit_key(name, manifest, key, release_to, measurements)
+            if vault is None:
+                self.deposit_key(name, manifest, key, release_to, measurements)
+            else:
+                self.keep_key_at_home(name, manifest, release_to, measurements)
         return proposal
+
+    def _vault(self, directory: Path | None) -> KeyVault:
+        if directory is not None:
+            return KeyVault(self.client.party, directory)
+        if self.client.state_dir is None:
+            raise ValueError(
+                "owner-held release keeps the data key on this machine: give key_vault=, "
+                "or open the client from a keystore directory"
+            )
+        return KeyVault(self.client.party, self.client.state_dir / VAULT_DIR)
+
+    def keep_key_at_home(
+        self,
+        dataset: str,
+        manifest: dict[str, Any],
+        platforms: Sequence[str],
+        measurements: Sequence[str] | None = None,
+    ) -> None:
+        """Record that this owner's key agent releases the key of a dataset version
+        itself (a ``key.deposit`` statement with no key), with its release policy."""
+        body = {
+            "dataset": dataset,
+            "manifest": canonical_digest(manifest),
+            "release": "owner",
+            "policy": {
+                "platforms": list(platforms),
+                "measurements": list(measurements) if measurements is not None else None,
+            },
+        }
+        self._submit(st.sign_statement(self.client.party, self.id, "key.deposit", body))
 
     def deposit_key(
         self,
@@ -330,6 +448,7 @@ class Room:
         body = {
             "dataset": dataset,
             "manifest": digest,
+            "release": "broker",
             "sealed_key": seal_deposit(
                 key, self.client.service, room=self.id, dataset=dataset, manifest=digest
             ),
@@ -422,15 +541,28 @@ class Room:
         job: dict[str, Any] = self.client._call("GET", f"/v1/rooms/{self.id}/jobs/{job_id}")
         return job
 
-    def wait_job(self, job_id: str, *, timeout: float = 600.0, poll: float = 0.2) -> dict[str, Any]:
-        """The job's view once it succeeded or failed; raises if ``timeout`` passes."""
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 600.0,
+        poll: float = 0.2,
+        on_update: Callable[[dict[str, Any]], object] | None = None,
+    ) -> dict[str, Any]:
+        """The job's view once it succeeded or failed; raises if ``timeout`` passes.
+        ``on_update`` sees each view while it waits (``waiting_for`` names the data
+        owners whose key agents have not released yet)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
             if job["status"] in ("succeeded", "failed"):
                 return job
+            if on_update is not None:
+                on_update(job)
             if time.monotonic() > deadline:
-                raise OperationalError(f"job {job_id[:12]}... is still {job['status']}")
+                waiting = job.get("waiting_for") or []
+                detail = f", waiting for {', '.join(waiting)}" if waiting else ""
+                raise OperationalError(f"job {job_id[:12]}... is still {job['status']}{detail}")
             time.sleep(poll)
 
     def job_result(
@@ -511,5 +643,6 @@ class Audit:
         extends what this party saw before (a rollback or fork raises)."""
         document = document if document is not None else self.export()
         verified = verify_export(document, self.room.client.service)
-        self.room.client.tracker.observe_verified(verified)
+        client = self.room.client
+        client.known.observe_verified(verified, client.pin, client.url)
         return verified

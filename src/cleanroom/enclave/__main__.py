@@ -35,10 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per query")
     parser.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--release-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the data owners' key agents to release the inputs",
+    )
     args = parser.parse_args(argv)
     token = sys.stdin.readline().strip()
     attester: Attester = VirtualPlatform() if args.platform == "insecure-virtual" else TsmProvider()
-    limits = Limits(time_s=args.time_limit, memory=args.memory_limit, threads=args.threads)
+    limits = Limits(
+        time_s=args.time_limit,
+        memory=args.memory_limit,
+        threads=args.threads,
+        release_wait_s=args.release_wait,
+    )
     try:
         run = run_job(
             args.service, args.room, args.job, launch_token=token, attester=attester, limits=limits

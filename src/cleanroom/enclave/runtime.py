@@ -121,7 +121,7 @@ def run_job(
             binding(nonce=nonce, tee_pubkey=party.fingerprint, job=job_id), host_data=job_id
         )
         try:
-            released = client._call(
+            client._call(
                 "POST",
                 f"{base}/keys",
                 json_body={
@@ -134,13 +134,13 @@ def run_job(
             )
         except AuthorizationError as exc:  # the broker recorded key.deny with its reason
             raise JobFailedError(str(exc), category="key release denied") from exc
+        _await_releases(client, base, launch_token, (limits or Limits()).release_wait_s)
         clock.lap("attest_and_release_ms")
         room = client.room(room_id)
         try:
             body = _execute(
                 room,
                 job_id,
-                released["keys"],
                 limits=limits or Limits(),
                 clock=clock,
                 sealer=sealer,
@@ -158,6 +158,32 @@ def run_job(
         statement = sign_statement(party, room_id, "job.complete", body)
         client._call("POST", f"{base}/report", json_body={"statement": statement})
         return JobRun(body, timings)
+
+
+def _await_releases(client: Client, base: str, launch_token: str, limit_s: float) -> None:
+    """Wait until every input's key is released: by the broker at once, by each
+    owner's key agent when it has checked the request. Never falls back to
+    another release path: a denial or the time limit ends the job."""
+    deadline = time.monotonic() + limit_s
+    delay = 0.05
+    while True:
+        status = client._call(
+            "POST", f"{base}/key-status", json_body={"launch_token": launch_token}, auth=False
+        )
+        if status["status"] != "requested":
+            if status["status"] != "running":
+                raise JobFailedError(
+                    "the job ended before its keys arrived", category="key release denied"
+                )
+            return
+        if time.monotonic() >= deadline:
+            waiting = ", ".join(status["waiting_for"]) or "nobody"
+            raise JobFailedError(
+                f"no key release from {waiting} within {limit_s:g} s",
+                category="key release timed out",
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def dp_kind(spec: DpSpec) -> JobKind:
@@ -212,7 +238,6 @@ def _verified_job(room: Room, job_id: str) -> tuple[RoomState, Job]:
 def _execute(
     room: Room,
     job_id: str,
-    keys: list[dict[str, Any]],
     *,
     limits: Limits,
     clock: _Clock,
@@ -236,7 +261,8 @@ def _execute(
         kind = dp_kind(analysis.dp)
     limits = room_limits(limits, state.limits)
     clock.lap("ledger_verify_ms")
-    sealed = {(k["dataset"], k["manifest"]): k["sealed"] for k in keys}
+    # every input's key, sealed to this enclave, is on the verified ledger
+    sealed = job.input_keys
     with tempfile.TemporaryDirectory(prefix="cleanroom-enclave-") as tmp:
         work = Path(tmp)
         inputs = []
@@ -247,7 +273,7 @@ def _execute(
             room.download(manifest.sha256, path)  # refused unless the digest matches
             key = open_released(
                 room.client.party,
-                sealed.get((name, manifest_digest), ""),
+                sealed.get(manifest_digest, ""),
                 room=room.id,
                 job=job_id,
                 dataset=name,

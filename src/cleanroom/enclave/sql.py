@@ -43,6 +43,7 @@ class Limits:
     max_result_rows: int = 1_000_000
     max_result_bytes: int = 1 << 30
     max_temp: str = "20GB"
+    release_wait_s: float = 120.0  # for every owner's key agent to release its input
 
 
 @dataclass(frozen=True)

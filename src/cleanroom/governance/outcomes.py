@@ -41,6 +41,7 @@ FailureCategory = Literal[
     # around the run (no data involved)
     "attestation failed",
     "key release denied",
+    "key release timed out",  # an owner's key agent did not answer in time
     "enclave crashed",  # the process exited without recording an outcome
     "service restarted",
 ]

@@ -135,9 +135,13 @@ class Deposit:
     dataset: str
     manifest: str
     owner: str
-    sealed_key: str
+    sealed_key: str | None  # None: the owner's key agent releases the key itself
     platforms: frozenset[str]
     measurements: frozenset[str] | None
+
+    @property
+    def release(self) -> str:
+        return "owner" if self.sealed_key is None else "broker"
 
 
 @dataclass
@@ -155,6 +159,9 @@ class Job:
     measurement: str = ""
     assurance: str = ""
     released: tuple[tuple[str, str], ...] = ()  # (dataset, manifest digest)
+    nonce: str = ""  # the key request's nonce, fixed by the job's first release
+    input_keys: dict[str, str] = field(default_factory=dict)  # manifest -> key sealed to enclave
+    waiting_for: tuple[str, ...] = ()  # owners (fingerprints) whose release is still due
     output: dict[str, Any] | None = None
     sealed_keys: dict[str, str] = field(default_factory=dict)
     reason: str = ""
@@ -171,6 +178,7 @@ class Job:
             "inputs": list(self.inputs),
             "recipients": [names.get(r, r) for r in self.recipients],
             "enclave": self.enclave.fingerprint if self.enclave else None,
+            "waiting_for": [names.get(w, w) for w in self.waiting_for],
             "platform": self.platform,
             "measurement": self.measurement,
             "assurance": self.assurance,
@@ -298,7 +306,7 @@ class RoomState:
     ) -> None:
         check(statement.parsed, service.signing_key)
         handler = {
-            "key.release": self._release,
+            "key.release": self._broker_release,
             "key.deny": self._deny,
             "job.fail": self._service_fail,
         }.get(statement.kind)
@@ -340,6 +348,8 @@ class RoomState:
             "consent.revoke": self._revoke,
             "key.deposit": self._deposit,
             "job.request": self._request,
+            "key.release": self._owner_release,
+            "key.deny": self._owner_deny,
         }.get(statement.kind)
         if handler is None:
             raise GovernanceError(f"{statement.kind} is not allowed after the room is created")
@@ -528,7 +538,10 @@ class RoomState:
             analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
         )
         if analysis.dp is not None:
+            charged = {name for name, _ in job.released}  # by this job's earlier releases
             for name in analysis.inputs:
+                if name in charged:
+                    continue
                 dataset = self.datasets[name]
                 if dataset.remaining + 1e-12 < analysis.dp.epsilon:
                     raise GovernanceError(
@@ -546,40 +559,133 @@ class RoomState:
                 )
             if deposit.measurements is not None and claims.measurement not in deposit.measurements:
                 raise GovernanceError(
-                    f"the owner of {name!r} has not approved this measurement for its key"
+                    f"the owner of {name!r} has not approved measurement "
+                    f"{claims.platform}:{claims.measurement} for its key"
                 )
         return inputs
 
-    def _release(self, statement: Statement, time_ms: int) -> None:
-        body: KeyRelease = statement.body
+    def _broker_release(self, statement: Statement, time_ms: int) -> None:
+        self._release(statement, time_ms, releaser=None)
+
+    def _owner_release(self, statement: Statement, author: Member, time_ms: int) -> None:
+        self._release(statement, time_ms, releaser=author.fingerprint)
+
+    def releasable(self, job: Job, releaser: str | None) -> list[tuple[str, str]]:
+        """The inputs of ``job`` that ``releaser`` releases: the broker (None) those
+        deposited with it, an owner its own inputs kept at home."""
+        mine = []
+        for name, manifest in self.job_inputs(job.id):
+            deposit = self.deposits.get(manifest)
+            if deposit is None:
+                continue
+            by_broker = releaser is None and deposit.release == "broker"
+            if by_broker or (deposit.release == "owner" and deposit.owner == releaser):
+                mine.append((name, manifest))
+        return mine
+
+    def check_key_request(self, request: dict[str, Any], *, now_ms: int) -> list[tuple[str, str]]:
+        """The release decision, without recording anything: may the keys of this
+        job go to the enclave that sent ``request`` (job, enclave, nonce,
+        evidence)? Raises if not; returns the job's inputs. The broker, each
+        owner's key agent and every auditor decide with this one function."""
+        try:
+            body = KeyRelease.model_validate(
+                {**request, "inputs": [{"dataset": "x", "manifest": "0" * 64}]}
+            )
+        except ValueError as exc:
+            raise GovernanceError(f"the key request is malformed: {exc}") from exc
         job = self.job(body.job)
+        return self._check_request(body, job, now_ms)[2]
+
+    def _check_request(
+        self, body: KeyRelease, job: Job, time_ms: int
+    ) -> tuple[PublicIdentity, Claims, list[tuple[str, str]]]:
         try:
             enclave = PublicIdentity.from_document(body.enclave)
         except CleanroomError as exc:
             raise GovernanceError(f"invalid enclave identity: {exc}") from exc
-        known = enclave.fingerprint in self._enclaves or enclave.fingerprint in self.members
-        if known or (self.service is not None and enclave.fingerprint == self.service.fingerprint):
-            raise GovernanceError("an enclave key must be fresh for each job")
-        if body.nonce in self._nonces:
-            raise GovernanceError("the key release nonce was used before (replay)")
+        if job.enclave is None:  # (1) the first release: a fresh enclave key and nonce
+            known = enclave.fingerprint in self._enclaves or enclave.fingerprint in self.members
+            service = self.service is not None and enclave.fingerprint == self.service.fingerprint
+            if known or service:
+                raise GovernanceError("an enclave key must be fresh for each job")
+            if body.nonce in self._nonces:
+                raise GovernanceError("the key release nonce was used before (replay)")
+        elif enclave.fingerprint != job.enclave.fingerprint or body.nonce != job.nonce:
+            raise GovernanceError("this job's keys already go to another enclave (replay)")
+        # (2) the evidence verifies now and binds this nonce, enclave key and job
         claims = verify_evidence(body.evidence, now=datetime.fromtimestamp(time_ms / 1000, UTC))
         check_binding(claims, nonce=body.nonce, tee_pubkey=enclave.fingerprint, job=job.id)
-        inputs = self._check_release(job, claims)
-        if [(i.dataset, i.manifest) for i in body.inputs] != inputs:
-            raise GovernanceError("the release names other inputs than the job's current datasets")
-        job.status, job.enclave = "running", enclave
-        job.platform, job.measurement, job.assurance = (
-            claims.platform,
-            claims.measurement,
-            claims.assurance,
-        )
-        job.released = tuple(inputs)
+        if job.enclave is not None and (claims.platform, claims.measurement) != (
+            job.platform,
+            job.measurement,
+        ):
+            raise GovernanceError("this job's releases must name the same evidence")
+        # (3) the room's contract, rules, budgets and every owner's policy allow it
+        return enclave, claims, self._check_release(job, claims)
+
+    def _release(self, statement: Statement, time_ms: int, *, releaser: str | None) -> None:
+        """One key release for a job: by the broker or by one data owner. The first
+        fixes the job's enclave and nonce; the job runs once every input is released."""
+        body: KeyRelease = statement.body
+        job = self.job(body.job)
+        enclave, claims, inputs = self._check_request(body, job, time_ms)
+        # (4) the releaser releases exactly what is its to release, once
+        mine = self.releasable(job, releaser)
+        named = [(i.dataset, i.manifest) for i in body.inputs]
+        if releaser is None and body.sealed_keys is None and named == inputs and mine == inputs:
+            pass  # a broker release of every input, keys handed over directly
+        elif not mine or named != mine:
+            raise GovernanceError("the release names other inputs than the releaser's own")
+        if any(m in job.input_keys or (d, m) in job.released for d, m in named):
+            raise GovernanceError("these inputs were released to this job already (replay)")
+        sealed = {k.manifest: k.sealed for k in body.sealed_keys or []}
+        if body.sealed_keys is not None and (
+            len(sealed) != len(body.sealed_keys)
+            or [(k.dataset, k.manifest) for k in body.sealed_keys] != named
+        ):
+            raise GovernanceError("the release must carry one sealed key per input it names")
+        if releaser is not None and body.sealed_keys is None:
+            raise GovernanceError("an owner's release carries its keys, sealed to the enclave")
+        # (5) record: the first release registers the enclave; DP budgets are charged
+        # for what is released now (the release is the charge)
+        if job.enclave is None:
+            job.enclave, job.nonce = enclave, body.nonce
+            job.platform, job.measurement, job.assurance = (
+                claims.platform,
+                claims.measurement,
+                claims.assurance,
+            )
+            self._enclaves[enclave.fingerprint] = job.id
+            self._nonces.add(body.nonce)
+        job.input_keys.update(sealed)
+        job.released = tuple(i for i in inputs if i in {*job.released, *named})
         dp = self.analyses[job.analysis].dp
-        if dp is not None:  # the release is the charge: no charge, no key, no result
-            for name in job.inputs:
+        if dp is not None:
+            for name, _ in named:
                 self.datasets[name].spent += float(dp.epsilon)
-        self._enclaves[enclave.fingerprint] = job.id
-        self._nonces.add(body.nonce)
+        job.waiting_for = self._waiting(job, inputs)
+        if len(job.released) == len(inputs):
+            job.status = "running"
+
+    def _waiting(self, job: Job, inputs: list[tuple[str, str]]) -> tuple[str, ...]:
+        """Who must still release: owners (fingerprints) and, for deposits, the broker."""
+        due = []
+        for name, manifest in inputs:
+            if (name, manifest) in job.released:
+                continue
+            deposit = self.deposits.get(manifest)
+            who = deposit.owner if deposit and deposit.release == "owner" else "key broker"
+            if who not in due:
+                due.append(who)
+        return tuple(due)
+
+    def _owner_deny(self, statement: Statement, author: Member, time_ms: int) -> None:
+        body: KeyDeny = statement.body
+        job = self.job(body.job)
+        if not any(self._dataset(name).owner == author.fingerprint for name in job.inputs):
+            raise GovernanceError("only the owner of one of the job's inputs can deny its keys")
+        self._deny(statement, time_ms)
 
     def _fail(self, job: Job, reason: str, time_ms: int, *, allowed: tuple[str, ...]) -> None:
         if job.status not in allowed:
@@ -603,7 +709,7 @@ class RoomState:
         body: JobFail = statement.body
         if body.job != job.id:
             raise GovernanceError("an enclave reports on its own job only")
-        self._fail(job, body.reason, time_ms, allowed=("running",))
+        self._fail(job, body.reason, time_ms, allowed=("requested", "running"))
 
     def _complete(self, statement: Statement, job: Job, time_ms: int) -> None:
         body: JobComplete = statement.body

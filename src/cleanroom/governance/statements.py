@@ -227,12 +227,27 @@ class ReleasePolicy(WireModel):
 
 
 class KeyDeposit(WireModel):
-    """A data key, HPKE-sealed to the key broker, for one version of a dataset."""
+    """How one version of a dataset's data key is released, with the owner's policy.
+
+    ``release: "owner"`` (the default for new datasets): the key stays on the
+    owner's machine and the owner's key agent signs each release itself; no
+    key is deposited. ``release: "broker"``: the key is HPKE-sealed to the
+    key broker (``sealed_key``), which releases it on the owner's behalf."""
 
     dataset: Name
     manifest: Digest  # canonical digest of the signed manifest
-    sealed_key: StrictStr = Field(min_length=40, max_length=200)
+    release: Literal["owner", "broker"] = "broker"
+    sealed_key: StrictStr | None = Field(default=None, min_length=40, max_length=200)
     policy: ReleasePolicy
+
+    @model_validator(mode="after")
+    def _mode(self) -> KeyDeposit:
+        if (self.release == "broker") != (self.sealed_key is not None):
+            raise ValueError(
+                "a broker deposit carries the key sealed to the broker; an owner deposit "
+                "carries no key"
+            )
+        return self
 
 
 class JobRequest(WireModel):
@@ -247,14 +262,25 @@ class ReleasedInput(WireModel):
     manifest: Digest
 
 
+class SealedInputKey(WireModel):
+    """A data key HPKE-sealed to the enclave's ephemeral key, bound to room, job,
+    dataset and manifest: only that enclave can open it."""
+
+    dataset: Name
+    manifest: Digest
+    sealed: StrictStr = Field(min_length=40, max_length=200)
+
+
 class KeyRelease(WireModel):
-    """Recorded by the key broker before it releases any key to an enclave."""
+    """Recorded before any key goes to an enclave, by the key broker (for the
+    inputs deposited with it) or by a data owner (for its own inputs)."""
 
     job: Digest
     enclave: dict[str, Any]  # the enclave's ephemeral identity document
     nonce: StrictStr = Field(min_length=43, max_length=43)
     evidence: dict[str, Any]
     inputs: list[ReleasedInput] = Field(min_length=1, max_length=32)
+    sealed_keys: list[SealedInputKey] | None = Field(default=None, max_length=32)
 
 
 class KeyDeny(WireModel):

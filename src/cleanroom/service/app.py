@@ -75,8 +75,10 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/v1/rooms/{room}/blobs/{digest}", "member, or an enclave for its job's inputs"),
     ("GET", "/v1/rooms/{room}/jobs", "member"),
     ("GET", "/v1/rooms/{room}/jobs/{job}", "member"),
+    ("GET", "/v1/rooms/{room}/key-requests", "member"),
     ("POST", "/v1/rooms/{room}/jobs/{job}/challenge", "the enclave launched for the job"),
     ("POST", "/v1/rooms/{room}/jobs/{job}/keys", "the enclave launched for the job"),
+    ("POST", "/v1/rooms/{room}/jobs/{job}/key-status", "the enclave launched for the job"),
     ("PUT", "/v1/rooms/{room}/jobs/{job}/result/{digest}", "the job's attested enclave"),
     ("POST", "/v1/rooms/{room}/jobs/{job}/report", "the job's attested enclave"),
     ("GET", "/v1/rooms/{room}/jobs/{job}/result", "a recipient of the job's result"),
@@ -464,6 +466,13 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         state, _ = service.member(room, who)
         return [j.view(names(state)) for j in sorted(state.jobs.values(), key=_requested)]
 
+    @app.get("/v1/rooms/{room}/key-requests")
+    def key_requests(room: RoomId, who: Caller) -> list[dict[str, Any]]:
+        """Key requests of jobs still waiting for an owner's release: each owner's
+        key agent checks them itself and answers with key.release or key.deny."""
+        service.member(room, who)
+        return service.broker.requests(room)
+
     @app.get("/v1/rooms/{room}/jobs/{job}")
     def job(room: RoomId, job: JobId, who: Caller) -> dict[str, Any]:
         state, _ = service.member(room, who)
@@ -501,6 +510,20 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
         )
         service.trust_enclave(service.ledger.state(room).job(job))
         return released
+
+    @app.post("/v1/rooms/{room}/jobs/{job}/key-status")
+    def key_status(room: RoomId, job: JobId, payload: Challenge) -> dict[str, Any]:
+        """Whether every input of the job has been released (by the broker and the
+        owners' key agents), and whose release is still due."""
+        service.broker.check_launch(room, job, payload.launch_token)
+        state = service.ledger.state(room)
+        found = state.job(job)
+        service.trust_enclave(found)
+        names = {f: m.identity.name for f, m in state.members.items()}
+        return {
+            "status": found.status,
+            "waiting_for": [names.get(w, w) for w in found.waiting_for],
+        }
 
     @app.put("/v1/rooms/{room}/jobs/{job}/result/{digest}", status_code=201)
     async def put_result(

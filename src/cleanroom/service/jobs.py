@@ -46,6 +46,7 @@ class RunnerSettings:
     parallelism: int = 2
     time_limit_s: float = 600.0
     memory_limit: str = "4GB"
+    release_wait_s: float = 120.0
     log_dir: Path | None = None
 
 
@@ -74,6 +75,7 @@ class JobRunner:
             *(sys.executable, "-m", "cleanroom.enclave"),
             *("--service", s.url, "--room", room, "--job", job, "--platform", s.platform),
             *("--time-limit", str(s.time_limit_s), "--memory-limit", s.memory_limit),
+            *("--release-wait", str(s.release_wait_s)),
         ]
 
     def _run(self, room: str, job: str) -> None:
@@ -89,7 +91,8 @@ class JobRunner:
             )
             try:
                 out, err = process.communicate(
-                    token + "\n", timeout=self.settings.time_limit_s + 120
+                    token + "\n",
+                    timeout=self.settings.time_limit_s + self.settings.release_wait_s + 120,
                 )
             except subprocess.TimeoutExpired:
                 process.kill()

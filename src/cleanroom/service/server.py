@@ -51,6 +51,7 @@ def build_service(settings: Settings) -> Service:
             parallelism=settings.job_parallelism,
             time_limit_s=settings.job_time_limit_s,
             memory_limit=settings.job_memory_limit,
+            release_wait_s=settings.job_release_wait_s,
             log_dir=settings.data_dir / "jobs",
         ),
     )

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     )
     job_parallelism: int = Field(default=2, ge=1, le=64, description="Jobs run at once.")
     job_time_limit_s: float = Field(default=600.0, gt=0, description="Query time limit per job.")
+    job_release_wait_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a job waits for data owners' key agents to release its inputs.",
+    )
     job_memory_limit: str = Field(
         default="4GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]i?B$", description="Memory per job."
     )
