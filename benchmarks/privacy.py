@@ -16,6 +16,8 @@ isolates what the controls add.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median
 from cleanroom.datasets.schema import Schema
 from cleanroom.policy import dp
-from cleanroom.policy.check import Source, check_dp, check_query
+from cleanroom.policy.check import PolicyError, Source, check_dp, check_query
 from cleanroom.policy.rules import AggregationRule, DpSpec
 
 # Each table carries the customer it is about, as a clean room dataset would:
@@ -205,6 +207,38 @@ DP_QUERIES = {
 }
 
 
+def attack_corpus() -> None:
+    """The check's time over every query the tests throw at it (allowed, refused,
+    attacks, the fuzzer's regression cases) and the largest it accepts to parse:
+    the median, the 99th percentile and the worst case."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests import test_output_privacy as attacks  # noqa: PLC0415 - test tables as data
+    from tests import test_policy as table  # noqa: PLC0415
+
+    corpus = [sql for sql, _, _ in table.ALLOWED.values()]
+    corpus += [sql for sql, _ in table.REFUSED.values()]
+    corpus += attacks.NOT_IN_THE_GRAMMAR + attacks.DIFFERENCING
+    vectors = Path(__file__).parent.parent / "tests" / "vectors" / "policy_fuzz"
+    corpus += [json.loads(f.read_text())["sql"] for f in sorted(vectors.glob("*.json"))]
+    # the largest shapes the bounds admit: a 600-branch CASE, a 3,000-value IN list
+    cases = " ".join(f"WHEN category = 'c{i}' THEN 'v{i}'" for i in range(600))
+    corpus.append(f"SELECT CASE {cases} END AS k, COUNT(*) FROM transactions GROUP BY 1")
+    values = ", ".join(f"'v{i}'" for i in range(3000))
+    corpus.append(f"SELECT COUNT(*) FROM transactions WHERE category IN ({values})")
+    timings = []
+    for sql in corpus:
+        start = time.perf_counter()
+        with contextlib.suppress(PolicyError):
+            check_query(sql, table.SOURCES)
+        timings.append((time.perf_counter() - start) * 1000)
+    ordered = sorted(timings)
+    p99 = ordered[int(0.99 * (len(ordered) - 1))]
+    print(
+        f"policy check over the attack corpus ({len(corpus)} queries, refusals included): "
+        f"median {median(timings):.1f} ms, 99th percentile {p99:.1f} ms, worst {ordered[-1]:.0f} ms"
+    )
+
+
 def timed_ms(con: duckdb.DuckDBPyConnection, sql: str) -> float:
     start = time.perf_counter()
     con.execute(sql).to_arrow_table()
@@ -236,6 +270,8 @@ def main() -> None:
         f"policy check: median {median(check_ms):.1f} ms, 95th percentile {p95:.1f} ms, "
         f"max {max(check_ms):.1f} ms per query over {len(check_ms)} checks (target < 20 ms)"
     )
+
+    attack_corpus()
 
     # 2. thresholds and DP vs no controls, same connection, alternating
     con = duckdb.connect(config={"autoinstall_known_extensions": False})

@@ -2,11 +2,13 @@
 
 Each query is an approved analysis; each run is a real job: a `cleanroom serve`
 process starts an enclave process, which attests (insecure virtual platform),
-obtains the keys from the key broker, verifies the ledger, downloads the
-encrypted inputs, runs the query over encrypted Parquet in its sandbox, seals
-the result to the recipient and records it. The plain side runs the same SQL
-in a fresh DuckDB connection over plaintext Parquet files with the same
-threads. Runs alternate (plain, job, plain, job...) and medians are compared.
+obtains the keys from the owner's key agent (``--release owner``, the default,
+an agent on this machine) or the key broker (``--release broker``), verifies
+the ledger, downloads the encrypted inputs, runs the query over encrypted
+Parquet in its sandbox, seals the result to the recipient and records it.
+The plain side runs the same SQL in a fresh DuckDB connection over plaintext
+Parquet files with the same threads. Runs alternate (plain, job, plain,
+job...) and medians are compared.
 
 Targets: query execution inside the enclave (its ``query_ms`` phase: the
 approved SQL executed and its result fetched, over encrypted Parquet) <= 1.15x
@@ -29,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,8 +44,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median
 from cleanroom import Party, Schema
+from cleanroom.agent import KeyAgent
 from cleanroom.attestation import measure
 from cleanroom.client import Client, Room
+from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.service.local import local_service
 
 TABLES = ["lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region"]
@@ -122,7 +127,16 @@ def approve_open(room: Room) -> None:
             room.approve(proposal["id"])
 
 
-def setup_room(url: str, work: Path, queries: dict[int, str]) -> Room:
+def start_agent(url: str, party: Party, room_id: str, state: Path) -> threading.Event:
+    """The owner's key agent on the same machine, with its own connection."""
+    client = Client(url, party, state_dir=state / "agent")
+    agent = KeyAgent(client.room(room_id), KeyVault(party, state / VAULT_DIR))
+    stop = threading.Event()
+    threading.Thread(target=agent.serve, kwargs={"poll_s": 0.02, "stop": stop}, daemon=True).start()
+    return stop
+
+
+def setup_room(url: str, work: Path, queries: dict[int, str], *, release: str = "owner") -> Room:
     party = Party.create("warehouse")
     client = Client(url, party, state_dir=work / "state")
     room = client.create_room(
@@ -131,7 +145,11 @@ def setup_room(url: str, work: Path, queries: dict[int, str]) -> Room:
     for table in TABLES:
         path = work / f"{table}.parquet"
         room.publish_dataset(
-            path, schema=schema_of(path), name=table, release_to=["insecure-virtual"]
+            path,
+            schema=schema_of(path),
+            name=table,
+            release_to=["insecure-virtual"],
+            release="owner" if release == "owner" else "broker",
         )
     room.propose(
         {
@@ -154,6 +172,8 @@ def setup_room(url: str, work: Path, queries: dict[int, str]) -> Room:
             }
         )
     approve_open(room)
+    if release == "owner":
+        start_agent(url, party, room.id, work / "state")
     return room
 
 
@@ -187,6 +207,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sf", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--release", choices=["owner", "broker"], default="owner", help="who releases the keys"
+    )
     args = parser.parse_args()
     print(f"{datetime.now(UTC):%Y-%m-%d} {machine()}; duckdb {duckdb.__version__}")
     with tempfile.TemporaryDirectory(prefix="cleanroom-tpch-") as tmp:
@@ -197,7 +220,7 @@ def main() -> None:
         print(f"TPC-H SF{args.sf:g} generated and written as Parquet in {elapsed:.1f} s")
         with local_service(work / "data", env={"CLEANROOM_JOB_PARALLELISM": "1"}) as url:
             started = time.perf_counter()
-            room = setup_room(url, work, queries)
+            room = setup_room(url, work, queries, release=args.release)
             print(
                 f"8 tables sealed, uploaded, keys deposited, 22 analyses approved in "
                 f"{time.perf_counter() - started:.1f} s"

@@ -165,7 +165,6 @@ def _await_releases(client: Client, base: str, launch_token: str, limit_s: float
     owner's key agent when it has checked the request. Never falls back to
     another release path: a denial or the time limit ends the job."""
     deadline = time.monotonic() + limit_s
-    delay = 0.05
     while True:
         status = client._call(
             "POST", f"{base}/key-status", json_body={"launch_token": launch_token}, auth=False
@@ -182,8 +181,7 @@ def _await_releases(client: Client, base: str, launch_token: str, limit_s: float
                 f"no key release from {waiting} within {limit_s:g} s",
                 category="key release timed out",
             )
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        time.sleep(0.02)  # a cheap route: the job starts as soon as the last owner releases
 
 
 def dp_kind(spec: DpSpec) -> JobKind:
