@@ -226,3 +226,38 @@ def test_a_deposit_names_its_release_mode_consistently() -> None:
     with pytest.raises(ValueError, match="carries the key"):
         KeyDeposit.model_validate({**base, "release": "broker"})
     assert KeyDeposit.model_validate({**base, "release": "owner"}).sealed_key is None
+
+
+@pytest.mark.parametrize("dataset", ["transactions", "customers"])
+def test_a_member_cannot_replace_another_owners_deposit(jr: JobRoom, dataset: str) -> None:
+    """The merchant names the bank's manifest (under either dataset name) to swap its
+    owner-held deposit for a broker deposit: refused, the bank's deposit stays."""
+    manifest = jr.state.datasets["transactions"].versions[-1].digest
+    body = {
+        "dataset": dataset,
+        "manifest": manifest,
+        "release": "broker",
+        "sealed_key": "A" * 60,
+        "policy": {"platforms": VIRTUAL},
+    }
+    with pytest.raises(GovernanceError, match=r"another member|not a version"):
+        jr.room.submit(
+            sign_statement(
+                jr.room.parties["merchant"], jr.room.room, "key.deposit", body, now=jr.clock
+            )
+        )
+    deposit = jr.state.deposits[manifest]
+    assert (deposit.owner, deposit.release) == (jr.room.fp("bank"), "owner")
+
+
+def test_a_deposit_must_name_a_manifest_of_the_authors_dataset(jr: JobRoom) -> None:
+    body = {
+        "dataset": "transactions",
+        "manifest": canonical_digest({"made": "up"}),
+        "release": "owner",
+        "policy": {"platforms": VIRTUAL},
+    }
+    with pytest.raises(GovernanceError, match="not a version"):
+        jr.room.submit(
+            sign_statement(jr.room.parties["bank"], jr.room.room, "key.deposit", body, now=jr.clock)
+        )

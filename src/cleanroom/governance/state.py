@@ -463,6 +463,19 @@ class RoomState:
         dataset = self.datasets.get(body.dataset)
         if dataset is not None and dataset.owner != author.fingerprint:
             raise GovernanceError(f"dataset {body.dataset!r} belongs to another member")
+        # the manifest must be a version of this dataset that the author signed (registered,
+        # or proposed for registration): a deposit can never replace another owner's
+        existing = self.deposits.get(body.manifest)
+        if existing is not None and (existing.owner, existing.dataset) != (
+            author.fingerprint,
+            body.dataset,
+        ):
+            raise GovernanceError("that manifest's key was deposited by another member")
+        if (body.dataset, author.fingerprint) not in self._manifest_owners(body.manifest):
+            raise GovernanceError(
+                f"the manifest is not a version of {body.dataset!r} signed by "
+                f"{author.identity.name}"
+            )
         policy = body.policy
         self.deposits[body.manifest] = Deposit(
             body.dataset,
@@ -472,6 +485,26 @@ class RoomState:
             frozenset(policy.platforms),
             frozenset(policy.measurements) if policy.measurements is not None else None,
         )
+
+    def _manifest_owners(self, digest: str) -> set[tuple[str, str]]:
+        """(dataset, owner) of every registered or proposed manifest with ``digest``."""
+        found = {
+            (name, dataset.owner)
+            for name, dataset in self.datasets.items()
+            for version in dataset.versions
+            if version.digest == digest
+        }
+        for proposal in self.proposals.values():
+            action = proposal.action
+            if (
+                isinstance(action, RegisterDataset)
+                and proposal.status not in ("rejected", "withdrawn")
+                and canonical_digest(action.manifest) == digest
+            ):
+                payload = action.manifest.get("payload")
+                name = payload.get("name") if isinstance(payload, dict) else None
+                found.add((str(name), _manifest_owner(action.manifest)))
+        return found
 
     def _request(self, statement: Statement, author: Member, time_ms: int) -> None:
         body: JobRequest = statement.body
