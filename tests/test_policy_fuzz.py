@@ -58,7 +58,7 @@ from tests.policy_oracles import (
 )
 from tests.test_policy import BANK_RULE, MERCHANT_RULE, SOURCES
 
-EXAMPLES = int(os.environ.get("CLEANROOM_FUZZ_EXAMPLES", "800"))
+EXAMPLES = int(os.environ.get("CLEANROOM_FUZZ_EXAMPLES", "2000"))
 VECTORS = Path(__file__).parent / "vectors" / "policy_fuzz"
 T, C, ID = "transactions", "customers", "customer_hash"
 
