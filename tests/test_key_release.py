@@ -24,7 +24,7 @@ from cleanroom.attestation import VirtualPlatform, binding, measure, verify_evid
 from cleanroom.attestation.virtual import EVIDENCE_TYP, KEY_ID
 from cleanroom.broker import KeyBroker, open_released
 from cleanroom.crypto import jws
-from cleanroom.crypto.canonical import canonical_json
+from cleanroom.crypto.canonical import canonical_digest, canonical_json
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.datasets.seal import unseal_key
 from cleanroom.errors import (
@@ -62,8 +62,10 @@ class JobRoom:
         approved: list[dict[str, str]] | None = None,
         allow_virtual: bool = True,
         platforms: list[str] | None = None,
+        release: str = "broker",
     ) -> None:
         self.clock = Clock()
+        self.release = release
         self.room = RoomFixture(make_ledger(tmp / "ledger", self.clock), self.clock)
         self.ledger = self.room.ledger
         self.keys: dict[str, bytes] = {}
@@ -108,7 +110,16 @@ class JobRoom:
             self.room.vote(voter, pid)
         key = unseal_key(out, sealed.manifest, party)
         self.keys[name] = key
-        self.room.deposit(owner, name, manifest, key, platforms)
+        if self.release == "broker":
+            self.room.deposit(owner, name, manifest, key, platforms)
+            return
+        body = {  # owner-held: the key stays with the owner, who releases it itself
+            "dataset": name,
+            "manifest": canonical_digest(manifest),
+            "release": "owner",
+            "policy": {"platforms": platforms},
+        }
+        self.room.submit(sign_statement(party, self.room.room, "key.deposit", body, now=self.clock))
 
     @property
     def state(self) -> Any:

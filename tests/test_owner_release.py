@@ -136,11 +136,20 @@ def test_forged_and_replayed_key_requests_get_nothing_from_an_agent(
     job = rooms["analyst"].run_job("offers")
     genuine = _wait_request(bank, job)
     other = Party.create("enclave")
-    forged = [
+    analyst = rooms["analyst"].client.party
+    forged: list[Any] = [
         {**genuine, "job": "0" * 64},  # a job the ledger does not have
         {**genuine, "enclave": other.identity_document()},  # keys to another enclave
         {**genuine, "nonce": b64url_encode(b"\x07" * 32)},  # evidence bound to another nonce
         {**genuine, "evidence": {**genuine["evidence"], "report": "AAAA"}},  # tampered
+        # malformed or stale requests must not make the owner sign a denial either
+        {**genuine, "nonce": "x"},
+        {**genuine, "enclave": analyst.identity_document()},  # a member's key, not fresh
+        {**genuine, "enclave": {"not": "an identity"}},
+        {"job": job},
+        {"job": 5},
+        42,
+        "junk",
     ]
     before = len(rooms["bank"].audit.verify().statements)
     bank.requests = lambda: forged  # type: ignore[method-assign]
@@ -149,6 +158,12 @@ def test_forged_and_replayed_key_requests_get_nothing_from_an_agent(
     # the genuine request: both owners release, the job runs
     bank.requests = lambda: [genuine]  # type: ignore[method-assign]
     assert [a.action for a in bank.step()] == ["released"]
+    # after the bank's release, a request naming another enclave is ignored, not denied
+    rival = {**genuine, "enclave": other.identity_document()}
+    merchant.requests = lambda: [rival]  # type: ignore[method-assign]
+    assert merchant.step() == []
+    assert rooms["analyst"].job(job)["status"] == "requested"
+    merchant.requests = lambda: [genuine]  # type: ignore[method-assign]
     assert [a.action for a in merchant.step()] == ["released"]
     assert rooms["analyst"].wait_job(job, timeout=120)["status"] == "succeeded"
     # replayed afterwards: the job is no longer waiting, so nothing is released

@@ -27,21 +27,7 @@ OWNERS = {"transactions": "bank", "customers": "merchant"}
 @pytest.fixture
 def jr(tmp_path: Path) -> JobRoom:
     """The room with both owners keeping their keys at home."""
-    room = JobRoom(tmp_path)
-    state = room.state
-    for name, owner in OWNERS.items():
-        body = {
-            "dataset": name,
-            "manifest": state.datasets[name].versions[-1].digest,
-            "release": "owner",
-            "policy": {"platforms": VIRTUAL},
-        }
-        room.room.submit(
-            sign_statement(
-                room.room.parties[owner], room.room.room, "key.deposit", body, now=room.clock
-            )
-        )
-    return room
+    return JobRoom(tmp_path, release="owner")
 
 
 def _body(jr: JobRoom, attempt: Attempt, names: list[str], **changes: Any) -> dict[str, Any]:
@@ -250,6 +236,26 @@ def test_a_member_cannot_replace_another_owners_deposit(jr: JobRoom, dataset: st
     assert (deposit.owner, deposit.release) == (jr.room.fp("bank"), "owner")
 
 
+def test_a_key_deposited_with_the_broker_cannot_be_called_home(tmp_path: Path) -> None:
+    """Switching a broker deposit to owner-held would not protect the key (the
+    broker's copy stays on the ledger): refused; a new version has a new key."""
+    room = JobRoom(tmp_path)  # broker deposits
+    manifest = room.state.datasets["transactions"].versions[-1].digest
+    body = {
+        "dataset": "transactions",
+        "manifest": manifest,
+        "release": "owner",
+        "policy": {"platforms": VIRTUAL},
+    }
+    with pytest.raises(GovernanceError, match="new version"):
+        room.room.submit(
+            sign_statement(
+                room.room.parties["bank"], room.room.room, "key.deposit", body, now=room.clock
+            )
+        )
+    assert room.state.deposits[manifest].release == "broker"
+
+
 def test_a_deposit_must_name_a_manifest_of_the_authors_dataset(jr: JobRoom) -> None:
     body = {
         "dataset": "transactions",
@@ -261,3 +267,24 @@ def test_a_deposit_must_name_a_manifest_of_the_authors_dataset(jr: JobRoom) -> N
         jr.room.submit(
             sign_statement(jr.room.parties["bank"], jr.room.room, "key.deposit", body, now=jr.clock)
         )
+
+
+def test_a_job_keeps_the_inputs_of_its_first_release(jr: JobRoom, tmp_path: Path) -> None:
+    """A new version registered between two owners' releases: the job's inputs were
+    fixed by the first release (else the first dataset's budget could be charged
+    twice and the job never complete); the later release is refused."""
+    attempt = _attempt(jr)
+    _release(jr, "bank", _body(jr, attempt, ["transactions"]))
+    pid = jr.room.register("bank", "transactions", tmp_path / "v3", ["bank"])
+    assert jr.room.status(pid) == "accepted"
+    body = {
+        "dataset": "transactions",
+        "manifest": jr.state.datasets["transactions"].versions[-1].digest,
+        "release": "owner",
+        "policy": {"platforms": VIRTUAL},
+    }
+    jr.room.submit(
+        sign_statement(jr.room.parties["bank"], jr.room.room, "key.deposit", body, now=jr.clock)
+    )
+    with pytest.raises(GovernanceError, match="changed since its first release"):
+        _release(jr, "merchant", _body(jr, attempt, ["customers"]))

@@ -47,7 +47,7 @@ from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.errors import AttestationError, CleanroomError, GovernanceError, StorageError
-from cleanroom.governance.state import RoomState
+from cleanroom.governance.state import KeyRequestError, RoomState
 from cleanroom.governance.statements import sign_statement
 from cleanroom.identities.identity import PublicIdentity
 
@@ -81,14 +81,12 @@ class KeyAgent:
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
 
     def requests(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.room.client._call(
-            "GET", f"/v1/rooms/{self.room.id}/key-requests"
-        )
-        return found
+        found = self.room.client._call("GET", f"/v1/rooms/{self.room.id}/key-requests")
+        return list(found) if isinstance(found, list) else []
 
     def step(self) -> list[Answer]:
         """One pass: answer every open request for this owner's datasets."""
-        pending = self.requests()
+        pending = [r for r in self.requests() if isinstance(r, dict)]  # the operator's word
         if not pending:
             return []
         state = self.room.audit.verify().state  # (1) the agent's own view of the ledger
@@ -113,12 +111,14 @@ class KeyAgent:
     def _answer(
         self, state: RoomState, request: dict[str, Any], mine: list[tuple[str, str]]
     ) -> Answer | None:
-        job_id = request["job"]
+        job_id = request.get("job", "")
         try:
             state.check_key_request(request, now_ms=self.clock())  # (2) the room's decision
             self._local_policy(request)
-        except AttestationError as exc:
-            log.warning("ignored a key request for job %s: %s", job_id[:12], exc)
+        except (AttestationError, KeyRequestError) as exc:
+            # the request itself is bad: anyone (the operator) could have made it, so it
+            # says nothing about the job, which a genuine request may still serve
+            log.warning("ignored a key request for job %s: %s", str(job_id)[:12], exc)
             return None
         except GovernanceError as exc:
             body = {"job": job_id, "reason": str(exc)[:2000]}

@@ -144,6 +144,12 @@ class Deposit:
         return "owner" if self.sealed_key is None else "broker"
 
 
+class KeyRequestError(GovernanceError):
+    """A key request that is malformed, stale, replayed or bound to another enclave:
+    wrong in itself, whatever the room's rules say (an owner's agent ignores it
+    rather than denying the job, since anyone can forge one)."""
+
+
 @dataclass
 class Job:
     id: str
@@ -160,6 +166,7 @@ class Job:
     assurance: str = ""
     released: tuple[tuple[str, str], ...] = ()  # (dataset, manifest digest)
     nonce: str = ""  # the key request's nonce, fixed by the job's first release
+    expected: tuple[tuple[str, str], ...] = ()  # its inputs, fixed by the first release too
     input_keys: dict[str, str] = field(default_factory=dict)  # manifest -> key sealed to enclave
     waiting_for: tuple[str, ...] = ()  # owners (fingerprints) whose release is still due
     output: dict[str, Any] | None = None
@@ -471,6 +478,11 @@ class RoomState:
             body.dataset,
         ):
             raise GovernanceError("that manifest's key was deposited by another member")
+        if existing is not None and existing.release == "broker" and body.release == "owner":
+            raise GovernanceError(
+                "this key was deposited with the broker, which can still open it: publish a "
+                "new version (a new key) to keep the key at home"
+            )
         if (body.dataset, author.fingerprint) not in self._manifest_owners(body.manifest):
             raise GovernanceError(
                 f"the manifest is not a version of {body.dataset!r} signed by "
@@ -625,27 +637,29 @@ class RoomState:
             body = KeyRelease.model_validate(
                 {**request, "inputs": [{"dataset": "x", "manifest": "0" * 64}]}
             )
-        except ValueError as exc:
-            raise GovernanceError(f"the key request is malformed: {exc}") from exc
-        job = self.job(body.job)
+            job = self.job(body.job)
+        except (ValueError, GovernanceError) as exc:
+            raise KeyRequestError(f"the key request is malformed: {exc}") from exc
         return self._check_request(body, job, now_ms)[2]
 
     def _check_request(
         self, body: KeyRelease, job: Job, time_ms: int
     ) -> tuple[PublicIdentity, Claims, list[tuple[str, str]]]:
+        # (1) and (2) are about the request itself (KeyRequestError): anyone can forge
+        # a bad one, so it says nothing about whether the room would release
         try:
             enclave = PublicIdentity.from_document(body.enclave)
         except CleanroomError as exc:
-            raise GovernanceError(f"invalid enclave identity: {exc}") from exc
+            raise KeyRequestError(f"invalid enclave identity: {exc}") from exc
         if job.enclave is None:  # (1) the first release: a fresh enclave key and nonce
             known = enclave.fingerprint in self._enclaves or enclave.fingerprint in self.members
             service = self.service is not None and enclave.fingerprint == self.service.fingerprint
             if known or service:
-                raise GovernanceError("an enclave key must be fresh for each job")
+                raise KeyRequestError("an enclave key must be fresh for each job")
             if body.nonce in self._nonces:
-                raise GovernanceError("the key release nonce was used before (replay)")
+                raise KeyRequestError("the key release nonce was used before (replay)")
         elif enclave.fingerprint != job.enclave.fingerprint or body.nonce != job.nonce:
-            raise GovernanceError("this job's keys already go to another enclave (replay)")
+            raise KeyRequestError("this job's keys already go to another enclave (replay)")
         # (2) the evidence verifies now and binds this nonce, enclave key and job
         claims = verify_evidence(body.evidence, now=datetime.fromtimestamp(time_ms / 1000, UTC))
         check_binding(claims, nonce=body.nonce, tee_pubkey=enclave.fingerprint, job=job.id)
@@ -653,7 +667,7 @@ class RoomState:
             job.platform,
             job.measurement,
         ):
-            raise GovernanceError("this job's releases must name the same evidence")
+            raise KeyRequestError("this job's releases must name the same evidence")
         # (3) the room's contract, rules, budgets and every owner's policy allow it
         return enclave, claims, self._check_release(job, claims)
 
@@ -663,6 +677,8 @@ class RoomState:
         body: KeyRelease = statement.body
         job = self.job(body.job)
         enclave, claims, inputs = self._check_request(body, job, time_ms)
+        if job.enclave is not None and tuple(inputs) != job.expected:
+            raise GovernanceError("the job's inputs changed since its first release")
         # (4) the releaser releases exactly what is its to release, once
         mine = self.releasable(job, releaser)
         named = [(i.dataset, i.manifest) for i in body.inputs]
@@ -683,7 +699,7 @@ class RoomState:
         # (5) record: the first release registers the enclave; DP budgets are charged
         # for what is released now (the release is the charge)
         if job.enclave is None:
-            job.enclave, job.nonce = enclave, body.nonce
+            job.enclave, job.nonce, job.expected = enclave, body.nonce, tuple(inputs)
             job.platform, job.measurement, job.assurance = (
                 claims.platform,
                 claims.measurement,
