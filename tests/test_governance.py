@@ -486,3 +486,29 @@ def test_removed_members_are_never_required_approvers(tmp_path: Path, clock: Clo
     room.vote("merchant", pid)
     room.vote("bank", pid)
     assert room.ledger.state(room.room).datasets["customers"].budget == (1.5, 0.0)
+
+
+def test_removing_an_owner_ends_the_use_of_its_data_at_once(tmp_path: Path, clock: Clock) -> None:
+    """The others vote a data owner out, then try to approve and run an analysis
+    over its dataset: its consent was withdrawn and its deposits retired by the
+    removal itself, so no analysis over it can be added or run."""
+    room = room_with(tmp_path, clock)
+    room.register("merchant", "customers", tmp_path, voters=["merchant", "bank"])
+    remove = room.propose("bank", {"type": "remove_member", "member": room.fp("merchant")})
+    for voter in sorted(room.ledger.state(room.room).proposals[remove].approvers):
+        name = next(n for n, p in room.parties.items() if p.fingerprint == voter)
+        room.vote(name, remove)
+    state = room.ledger.state(room.room)
+    assert state.members[room.fp("merchant")].status == "removed"
+    assert state.datasets["customers"].consent is False
+    assert not any(d.owner == room.fp("merchant") for d in state.deposits.values())
+    analysis = {
+        "type": "add_analysis",
+        "name": "theirs",
+        "language": "sql",
+        "text": "SELECT COUNT(*) AS n FROM customers",
+        "inputs": ["customers"],
+        "recipients": [room.fp("bank")],
+    }
+    with pytest.raises(GovernanceError, match="revoked consent"):
+        room.propose("analyst", analysis)

@@ -35,7 +35,7 @@ from cleanroom.ledger import (
     verify_export,
     verify_receipt,
 )
-from cleanroom.ledger.merkle import MerkleTree
+from cleanroom.ledger.merkle import EMPTY_ROOT, MerkleTree, verify_consistency
 from tests.rooms import Clock, RoomFixture, make_ledger
 
 MEASUREMENTS = {
@@ -465,3 +465,42 @@ def test_a_failed_commit_leaves_the_cache_exact(
     assert room.ledger.state(room.room).digest() == digest
     room.ledger.submit(room.room, [token])  # the same statement goes in once the disk is back
     verify_export(room.ledger.export(room.room), room.ledger.service.identity)
+
+
+def test_a_statement_withheld_and_appended_days_later_is_refused_offline(
+    room: RoomFixture,
+) -> None:
+    """The operator holds a signed statement back and appends it six days later,
+    re-signing the tree head: entry times drive proposal expiry and the time at
+    which evidence is checked, so an auditor refuses an entry recorded far from
+    when its statement was signed (the writer's own skew rule)."""
+    document = export_of(room)
+    tokens = tokens_of(document)
+    six_days = 6 * 24 * 3600 * 1000
+    entries = [Entry(i, room.clock() + i, t) for i, t in enumerate(tokens)]
+    late = Entry(len(tokens), room.clock() + six_days, tokens[-1])  # the revocation, held back
+    withheld = [*entries[:-1], Entry(len(tokens) - 1, late.time, late.statement)]
+    tree = MerkleTree([e.leaf_hash for e in withheld])
+    head = TreeHead.sign(room.ledger.service, room.room, tree.size, tree.root(), late.time + 1)
+    forged = {**document, "entries": [e.to_json() for e in withheld], "tree_heads": [head.token]}
+    with pytest.raises(IntegrityError, match="from the time its statement was signed"):
+        verify_export(forged, room.ledger.service.identity)
+    # the same entries recorded on time verify
+    assert verify_export(resign(room, document, tokens), room.ledger.service.identity)
+
+
+@pytest.mark.parametrize(
+    ("old_root", "proof"),
+    [
+        (b"\x00" * 32, []),  # an old root that is not the empty tree's
+        (None, [b"\x01" * 32]),  # a junk proof from the empty tree
+    ],
+)
+def test_consistency_from_the_empty_tree_takes_no_proof(
+    old_root: bytes | None, proof: list[bytes]
+) -> None:
+    tree = MerkleTree([bytes([i]) * 32 for i in range(5)])
+    root = EMPTY_ROOT if old_root is None else old_root
+    with pytest.raises(IntegrityError, match="empty tree"):
+        verify_consistency(0, tree.size, root, tree.root(), proof)
+    verify_consistency(0, tree.size, EMPTY_ROOT, tree.root(), [])

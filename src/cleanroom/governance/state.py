@@ -887,7 +887,16 @@ class RoomState:
         self.constitution.check_satisfiable(len(self.voters(excluding=action.member)))
 
     def _apply_remove_member(self, action: RemoveMember, proposal_id: str) -> None:
+        """A removed member's data stops being usable at once: no vote of the others
+        may keep using a party's data without it. Its consent is withdrawn and its
+        key deposits retired, as a consequence of this entry."""
         self.members[action.member].status = "removed"
+        for dataset in self.datasets.values():
+            if dataset.owner == action.member:
+                dataset.consent = False
+        for manifest in [m for m, d in self.deposits.items() if d.owner == action.member]:
+            del self.deposits[manifest]
+        self.contract_version += 1
 
     def _check_register_dataset(self, action: RegisterDataset, proposer: str) -> None:
         manifest = self._manifest(action)

@@ -162,7 +162,11 @@ def verify_consistency(  # noqa: PLR0912 - follows RFC 9162 2.1.4.2 step by step
     if not 0 <= old_size <= new_size:
         raise IntegrityError(f"tree size went backwards from {old_size} to {new_size}")
     if old_size == 0:
-        return  # the empty tree is a prefix of every tree
+        # the empty tree is a prefix of every tree; nothing can prove it, so a proof
+        # or an old root other than the empty tree's is an error (as transparency-dev's)
+        if proof or old_root != EMPTY_ROOT:
+            raise IntegrityError("a consistency proof from the empty tree must be empty")
+        return
     if old_size == new_size:
         if proof or old_root != new_root:
             raise IntegrityError("two different roots for the same tree size")

@@ -5,7 +5,8 @@ and either returns the verified ledger with the room state derived from it,
 or raises. Steps:
 
 (1) the export is well formed and names the expected service;
-(2) entries are numbered 0..n-1 in order, with non-decreasing times;
+(2) entries are numbered 0..n-1 in order, with non-decreasing times, each
+    within MAX_ENTRY_SKEW_MS of the time its statement was signed;
 (3) every tree head is signed by the service for this room, their sizes and
     times never decrease, and each root equals the root recomputed from the
     entries at that size (any edit, insertion, deletion or reordering of
@@ -51,6 +52,9 @@ from cleanroom.ledger.merkle import MerkleTree, verify_consistency
 from cleanroom.wire import WireModel, parse_model, read_json_file
 
 _CHUNK = 1_000
+# the most a statement's signing time and its entry's time may differ (the service's
+# max_skew_s is capped at this, so every honest ledger verifies)
+MAX_ENTRY_SKEW_MS = 10 * 60 * 1_000
 MAX_EXPORT_BYTES = 4 << 30  # about five million entries
 
 
@@ -195,6 +199,15 @@ def _verify_entries(
     if not heads or (require_covered and heads[-1].size != tree.size):  # (4)
         raise IntegrityError("the last entries are not covered by a signed tree head")
     statements = [parse_statement(e.statement) for e in entries]  # (5)
+    for entry, statement in zip(entries, statements, strict=True):
+        # the writer records a statement only near the time it was signed; a statement
+        # withheld and appended later would move proposal expiry and evidence checks
+        apart = abs(statement.created_at - entry.time)
+        if apart > MAX_ENTRY_SKEW_MS:
+            raise IntegrityError(
+                f"entry {entry.seq} was recorded {apart // 1000} s from the time its "
+                f"statement was signed (at most {MAX_ENTRY_SKEW_MS // 1000} s)"
+            )
     signatures = _DeferredSignatures()
     state = fold(
         ((e.time, s) for e, s in zip(entries, statements, strict=True)), signatures, service
