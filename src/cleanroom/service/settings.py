@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8321, ge=0, le=65535, description="Port to listen on (0: any).")
     max_skew_s: int = Field(
-        default=300, ge=5, le=3600, description="Accepted clock difference for request signatures."
+        default=300, ge=5, le=600, description="Accepted clock difference for request signatures."
     )
     max_upload_bytes: int = Field(
         default=64 << 30, ge=1, description="Largest dataset ciphertext accepted."
