@@ -223,3 +223,17 @@ def test_identity_file_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "empty.json").write_text("")
     with pytest.raises(DeserializationError, match="empty"):
         PublicIdentity.load(tmp_path / "empty.json")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o720])
+def test_keystore_directory_others_can_write_is_refused(
+    tmp_path: Path, bank: Party, mode: int
+) -> None:
+    """Whoever can write the directory can swap the keystore for one holding other
+    keys (an unprotected one, say): refused before anything is read."""
+    bank.save(tmp_path / "k")
+    (tmp_path / "k").chmod(mode)
+    with pytest.raises(KeystoreError, match="go-w"):
+        Party.load(tmp_path / "k")
+    (tmp_path / "k").chmod(0o700)
+    assert Party.load(tmp_path / "k").fingerprint == bank.fingerprint

@@ -251,6 +251,14 @@ class Party:
                 f"keystore {path} is accessible by other users (mode {mode:04o}); "
                 f"run: chmod 600 {path}"
             )
+        # others who can write the directory can swap the keystore for one of theirs
+        folder = Path(directory)
+        folder_mode = stat.S_IMODE(folder.stat().st_mode)
+        if folder_mode & 0o022:
+            raise KeystoreError(
+                f"keystore directory {folder} can be written by other users (mode "
+                f"{folder_mode:04o}); run: chmod go-w {folder}"
+            )
         return cls.from_keystore(read_json_file(path, what="keystore"), passphrase)
 
     @staticmethod
