@@ -35,6 +35,7 @@ from cleanroom.ledger import (
     verify_export,
     verify_receipt,
 )
+from cleanroom.ledger.log import QuarantinedError
 from cleanroom.ledger.merkle import EMPTY_ROOT, MerkleTree, verify_consistency
 from tests.rooms import Clock, RoomFixture, make_ledger
 
@@ -504,3 +505,36 @@ def test_consistency_from_the_empty_tree_takes_no_proof(
     with pytest.raises(IntegrityError, match="empty tree"):
         verify_consistency(0, tree.size, root, tree.root(), proof)
     verify_consistency(0, tree.size, EMPTY_ROOT, tree.root(), [])
+
+
+def test_a_room_whose_history_does_not_verify_is_quarantined_alone(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The operator (or a disk) corrupts one room's stored entries: that room is
+    refused with the reason, every other room is served as before."""
+    service = Party.create("ledger")
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(SQLiteStore(path), service, clock=clock)
+    bad, good = RoomFixture(ledger, clock), RoomFixture(ledger, clock)
+    ledger.tree_head(bad.room)
+    ledger.tree_head(good.room)
+    db = sqlite3.connect(path)
+    row = db.execute("SELECT data FROM entries WHERE room = ? AND seq = 2", (bad.room,)).fetchone()[
+        0
+    ]
+    db.execute(
+        "UPDATE entries SET data = ? WHERE room = ? AND seq = 2",
+        (row.replace(b'"time":', b'"time":1'), bad.room),
+    )
+    db.commit()
+    db.close()
+    reopened = Ledger(SQLiteStore(path), service, clock=clock)
+    assert reopened.healthy_rooms() == [good.room]
+    assert bad.room in reopened.quarantined
+    for _ in range(2):  # refused each time, without verifying again
+        with pytest.raises(QuarantinedError, match="quarantined"):
+            reopened.state(bad.room)
+    assert reopened.state(good.room).status == "active"
+    with pytest.raises(GovernanceError, match="no room"):
+        reopened.state("0" * 32)  # an unknown room is not quarantined
+    assert "0" * 32 not in reopened.quarantined

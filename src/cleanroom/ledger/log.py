@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cleanroom.crypto import jws
-from cleanroom.errors import GovernanceError
+from cleanroom.errors import GovernanceError, IntegrityError
 from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import Statement, parse_statement
 from cleanroom.identities.keystore import Party
@@ -36,6 +36,14 @@ from cleanroom.ledger.entries import Entry, Receipt, TreeHead
 from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.store import LedgerStore, StoredEntry, StoredHead
 from cleanroom.ledger.verify import verify_entries
+
+
+class QuarantinedError(IntegrityError):
+    """A room whose stored history does not verify: refused, not served."""
+
+
+class _NoRoomError(GovernanceError):
+    """No such room on this ledger."""
 
 
 def now_ms() -> int:
@@ -79,6 +87,7 @@ class Ledger:
         self.clock = clock
         self._workers = verify_workers if verify_workers is not None else (os.cpu_count() or 1)
         self._rooms: dict[str, _Room] = {}
+        self.quarantined: dict[str, str] = {}  # room -> why its history did not verify
         self._lock = threading.RLock()
 
     # -- reading ---------------------------------------------------------------------
@@ -86,14 +95,25 @@ class Ledger:
     def _room(self, room: str) -> _Room:
         cached = self._rooms.get(room)
         if cached is None:
-            cached = self._load(room)
+            if room in self.quarantined:
+                raise QuarantinedError(self.quarantined[room])
+            try:
+                cached = self._load(room)
+            except _NoRoomError:
+                raise
+            except (IntegrityError, GovernanceError) as exc:
+                # a room whose stored history does not verify is set apart, with the
+                # reason; the others are served (one bad room must not stop the service)
+                reason = f"room {room[:12]}... failed verification and is quarantined: {exc}"
+                self.quarantined[room] = reason
+                raise QuarantinedError(reason) from exc
             self._rooms[room] = cached
         return cached
 
     def _load(self, room: str) -> _Room:
         stored = list(self.store.entries(room))
         if not stored:
-            raise GovernanceError(f"no room {room[:12]}... on this ledger")
+            raise _NoRoomError(f"no room {room[:12]}... on this ledger")
         entries = [Entry.decode(s.data) for s in stored]
         verified = verify_entries(
             room,
@@ -111,6 +131,18 @@ class Ledger:
 
     def rooms(self) -> list[str]:
         return self.store.rooms()
+
+    def healthy_rooms(self) -> list[str]:
+        """Every room whose history verifies (verifying each one not yet loaded)."""
+        healthy = []
+        for room in self.rooms():
+            try:
+                with self._lock:
+                    self._room(room)
+            except QuarantinedError:
+                continue
+            healthy.append(room)
+        return healthy
 
     def state(self, room: str) -> RoomState:
         """The derived room state; callers must not mutate it."""
