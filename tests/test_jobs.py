@@ -293,7 +293,7 @@ def test_an_operator_tampering_with_the_result_is_caught_by_the_recipient(
     job = rooms["analyst"].run_job("offers")
     view = rooms["analyst"].wait_job(job, timeout=120)
     assert view["status"] == "succeeded", view["reason"]
-    blob = _blob(data, view["output"]["sha256"])
+    blob = data / "results" / view["output"]["sha256"]
     blob.write_bytes(blob.read_bytes()[:-3])
     out = tmp_path / "result.csv"
     with pytest.raises(IntegrityError, match="does not match its digest"):

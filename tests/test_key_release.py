@@ -485,7 +485,7 @@ def test_an_enclave_reads_only_its_own_inputs_and_nothing_once_its_job_ends(
         for p in state.proposals.values()
         if p.action.type == "register_dataset" and p.status == "open"
     )
-    service = Service(jr.ledger, LocalBlobStore(blobs))
+    service = Service(jr.ledger, LocalBlobStore(blobs), LocalBlobStore(tmp_path / "results"))
     service.trust_enclave(jr.state.jobs[job])
     room = jr.room.room
 

@@ -17,14 +17,17 @@ and may then read the ledger, download its inputs and report its result.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,9 +49,16 @@ from cleanroom.governance.statements import STATEMENT_TYP, RoomCreate, parse_sta
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger.log import Ledger
 from cleanroom.service import problems
-from cleanroom.service.auth import NonceCache, content_sha256, require_signed, verify_request
+from cleanroom.service.auth import (
+    NonceCache,
+    check_body_digest,
+    content_sha256,
+    require_signed,
+    verify_request,
+)
 from cleanroom.service.blobs import BlobStore, check_digest
 from cleanroom.service.jobs import JobRunner
+from cleanroom.service.limits import BodyGuard, BodyLimits
 
 Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
 RoomId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A room id.")]
@@ -72,7 +82,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/v1/rooms/{room}/consistency", "member"),
     ("GET", "/v1/rooms/{room}/export", "member, or the enclave of a running job"),
     ("PUT", "/v1/rooms/{room}/blobs/{digest}", "member owning a manifest with that digest"),
-    ("GET", "/v1/rooms/{room}/blobs/{digest}", "member, or an enclave for its job's inputs"),
+    ("GET", "/v1/rooms/{room}/blobs/{digest}", "member for registered datasets, or an enclave"),
     ("GET", "/v1/rooms/{room}/jobs", "member"),
     ("GET", "/v1/rooms/{room}/jobs/{job}", "member"),
     ("GET", "/v1/rooms/{room}/key-requests", "member"),
@@ -100,7 +110,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Unsigned, badly signed, stale or replayed request", **_PROBLEM},
     403: {"description": "Not a member of this room, or not allowed", **_PROBLEM},
     404: {"description": "No such object", **_PROBLEM},
+    408: {"description": "The request body arrived too slowly", **_PROBLEM},
     409: {"description": "Not allowed by the room's rules", **_PROBLEM},
+    413: {"description": "The request body is too large", **_PROBLEM},
     422: {"description": "The request does not match its schema", **_PROBLEM},
     503: {"description": "The service cannot serve this now", **_PROBLEM},
 }
@@ -135,27 +147,34 @@ class Report(BaseModel):
 
 
 class Service:
-    """State shared by the routes: the ledger, blob store, known keys, nonces,
-    the key broker and (when jobs can run) the job runner."""
+    """State shared by the routes: the ledger, the blob stores (dataset
+    ciphertext, job results: kept apart, so that what a blob is decides who
+    reads it), known keys, nonces, the key broker and (when jobs can run) the
+    job runner. ``nonces`` persists the replay window (a file) across restarts."""
 
     def __init__(
         self,
         ledger: Ledger,
         blobs: BlobStore,
+        results: BlobStore,
         *,
         max_skew_s: int = 300,
         max_upload_bytes: int = 64 << 30,
+        limits: BodyLimits | None = None,
+        nonces: Path | None = None,
     ) -> None:
         self.ledger = ledger
         self.blobs = blobs
+        self.results = results
         self.max_skew_s = max_skew_s
         self.max_upload_bytes = max_upload_bytes
-        self.nonces = NonceCache(window_s=2 * max_skew_s)
+        self.limits = limits or BodyLimits()
+        self.nonces = NonceCache(window_s=2 * max_skew_s, path=nonces)
         self.broker = KeyBroker(ledger)
         self.runner: JobRunner | None = None
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._lock = threading.Lock()
-        for room in ledger.rooms():
+        for room in ledger.healthy_rooms():  # a quarantined room is not served
             self.learn(ledger.state(room))
 
     def learn(self, state: RoomState) -> None:
@@ -211,18 +230,39 @@ class Service:
     def authenticate(
         self, request: Request, body: bytes | None, extra: dict[str, Any] | None = None
     ) -> str:
+        """The signer of ``request``; ``body=None`` checks the signature over the
+        headers only (then check the body with :meth:`signed_body`)."""
+
         def lookup(key_id: str) -> Ed25519PublicKey | None:
             return self.key(key_id) or (extra or {}).get(key_id)
 
         return verify_request(
             request.method,
-            str(request.url),
+            _signed_url(request),
             dict(request.headers),
             body,
             lookup=lookup,
             nonces=self.nonces,
             max_skew_s=self.max_skew_s,
         )
+
+    async def signed_body(self, request: Request) -> tuple[str, bytes]:
+        """Authenticate from the headers first, only then read the body (capped by
+        :class:`BodyGuard`) and check it against the signed Content-Digest."""
+        who = self.authenticate(request, None)
+        body = await request.body()
+        check_body_digest(request.headers, body)
+        return who, body
+
+
+def _signed_url(request: Request) -> str:
+    """The request target exactly as sent (percent-encoding and all), which is
+    what the client signed: routing works on the decoded path, and decoding is
+    a function of what was signed."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    query = request.scope.get("query_string", b"")
+    target = raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+    return f"{request.url.scheme}://{request.url.netloc}{target}"
 
 
 def create_app(service: Service) -> FastAPI:
@@ -244,12 +284,13 @@ def create_app(service: Service) -> FastAPI:
     _blob_routes(app, service)
     _job_routes(app, service)
     _enclave_routes(app, service)
+    app.add_middleware(BodyGuard, limits=service.limits)
     return app
 
 
 async def _caller(request: Request) -> str:
     service: Service = request.app.state.service
-    return service.authenticate(request, await request.body())
+    return (await service.signed_body(request))[0]
 
 
 Caller = Annotated[str, Depends(_caller)]
@@ -258,8 +299,15 @@ Caller = Annotated[str, Depends(_caller)]
 def _public_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def health() -> dict[str, Any]:
+        """Up; rooms whose stored history failed verification are listed (quarantined:
+        refused, while every other room is served)."""
+        quarantined = sorted(service.ledger.quarantined)
+        return {
+            "status": "degraded" if quarantined else "ok",
+            "version": __version__,
+            "quarantined_rooms": quarantined,
+        }
 
     @app.get("/v1/service")
     def service_identity() -> dict[str, Any]:
@@ -298,7 +346,7 @@ def _room_routes(app: FastAPI, service: Service) -> None:
     def list_rooms(who: Caller) -> list[dict[str, Any]]:
         """The rooms the caller belongs to (and no other)."""
         visible = []
-        for room in service.ledger.rooms():
+        for room in service.ledger.healthy_rooms():
             state = service.ledger.state(room)
             member = state.members.get(who)
             if member is not None and member.status != "removed":
@@ -323,11 +371,19 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         state, _ = service.member(room, who)
         return state.proposal_views()
 
-    @app.post("/v1/rooms/{room}/statements", status_code=201)
-    def submit(
+    @app.post(
+        "/v1/rooms/{room}/statements",
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SubmitStatements.model_json_schema()}},
+            }
+        },
+    )
+    async def submit(
         room: RoomId,
-        payload: SubmitStatements,
-        who: Caller,
+        request: Request,
         known: Annotated[
             int | None,
             Query(
@@ -338,27 +394,45 @@ def _room_routes(app: FastAPI, service: Service) -> None:
             ),
         ] = None,
     ) -> dict[str, Any]:
+        who, body = await service.signed_body(request)  # before the body is read
         service.member(room, who)
-        for token in payload.statements:
-            if jws.parse(token, typ=STATEMENT_TYP).kid != who:  # the ledger checks the rest
-                raise AuthorizationError("submit only statements you signed yourself")
-        entries = service.ledger.submit(room, payload.statements, with_receipts=True)
-        service.learn(service.ledger.state(room))
-        service.start_jobs(room, payload.statements)
-        receipts = service.ledger.receipts(room, entries)
-        answer: dict[str, Any] = {
-            "entries": [e.to_json() for e in entries],
-            "receipts": [r.to_json() for r in receipts],
+        try:
+            payload = SubmitStatements.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(_errors(exc, "body")) from exc
+        return await asyncio.to_thread(_submit, service, room, who, payload, known)
+
+
+def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+    return [
+        {**e, "loc": (where, *e.get("loc", ()))}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def _submit(
+    service: Service, room: str, who: str, payload: SubmitStatements, known: int | None
+) -> dict[str, Any]:
+    for token in payload.statements:
+        if jws.parse(token, typ=STATEMENT_TYP).kid != who:  # the ledger checks the rest
+            raise AuthorizationError("submit only statements you signed yourself")
+    entries = service.ledger.submit(room, payload.statements, with_receipts=True)
+    service.learn(service.ledger.state(room))
+    service.start_jobs(room, payload.statements)
+    receipts = service.ledger.receipts(room, entries)
+    answer: dict[str, Any] = {
+        "entries": [e.to_json() for e in entries],
+        "receipts": [r.to_json() for r in receipts],
+    }
+    head = receipts[-1].tree_head
+    if known is not None and known <= head.size:
+        proof = service.ledger.consistency_proof(room, known, head.size)
+        answer["consistency"] = {
+            "old": known,
+            "new": head.size,
+            "proof": [h.hex() for h in proof],
         }
-        head = receipts[-1].tree_head
-        if known is not None and known <= head.size:
-            proof = service.ledger.consistency_proof(room, known, head.size)
-            answer["consistency"] = {
-                "old": known,
-                "new": head.size,
-                "proof": [h.hex() for h in proof],
-            }
-        return answer
+    return answer
 
 
 def _ledger_routes(app: FastAPI, service: Service) -> None:
@@ -427,20 +501,23 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
         },
     )
     def download(room: RoomId, digest: Digest, who: Caller) -> StreamingResponse:
+        """Dataset ciphertext only (job results come from their own route and store):
+        a registered version's to members, a released input's to its job's enclave.
+        A proposal, open or not, opens nothing."""
         state, job = service.reader(room, who)
         check_digest(digest)
         if job is not None:
             released = {state.version(n, m).manifest.sha256 for n, m in job.released}
             if digest not in released:
                 raise AuthorizationError("an enclave reads its own job's inputs only")
-        elif _owned_manifest(state, digest, None) is None:
-            raise NotFoundError("no dataset in this room has that digest")
-        return _stream(service, digest)
+        elif digest not in {v.manifest.sha256 for d in state.datasets.values() for v in d.versions}:
+            raise NotFoundError("no registered dataset in this room has that digest")
+        return _stream(service.blobs, digest)
 
 
-def _stream(service: Service, digest: str) -> StreamingResponse:
-    size = service.blobs.size(digest)
-    stream: Iterator[bytes] = service.blobs.read(digest)
+def _stream(store: BlobStore, digest: str) -> StreamingResponse:
+    size = store.size(digest)
+    stream: Iterator[bytes] = store.read(digest)
     return StreamingResponse(
         stream,
         media_type="application/octet-stream",
@@ -488,7 +565,7 @@ def _job_routes(app: FastAPI, service: Service) -> None:
             raise NotFoundError(f"job {job[:12]}... has no result ({found.status})")
         if who not in found.sealed_keys:
             raise AuthorizationError("only the job's result recipients may fetch its result")
-        return _stream(service, found.output["sha256"])
+        return _stream(service.results, found.output["sha256"])
 
 
 def _enclave_routes(app: FastAPI, service: Service) -> None:
@@ -542,14 +619,13 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
             raise DeserializationError("a result upload needs a Content-Length") from None
         if not 0 < size <= service.max_upload_bytes:
             raise IntegrityError(f"a result must be 1 to {service.max_upload_bytes} bytes")
-        if not service.blobs.exists(digest):
-            await service.blobs.put(digest, size, request.stream())
+        if not service.results.exists(digest):
+            await service.results.put(digest, size, request.stream())
         return {"digest": digest, "bytes": size}
 
     @app.post("/v1/rooms/{room}/jobs/{job}/report", status_code=201)
     async def report(room: RoomId, job: JobId, request: Request) -> dict[str, Any]:
-        body = await request.body()
-        who = service.authenticate(request, body)
+        who, body = await service.signed_body(request)
         running = service.enclave_job(room, who)
         if running is None or running.id != job:
             raise AuthorizationError("only the job's attested enclave reports its outcome")
@@ -563,8 +639,8 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
         if statement.kind == "job.complete":
             output = statement.body.output
             # the ledger shows the size as a bucket: the blob must fall in it
-            if not service.blobs.exists(output.sha256) or (
-                bytes_bucket(service.blobs.size(output.sha256)) != output.bytes
+            if not service.results.exists(output.sha256) or (
+                bytes_bucket(service.results.size(output.sha256)) != output.bytes
             ):
                 raise IntegrityError("upload the result before reporting it")
         (entry,) = service.ledger.submit(room, [payload.statement], with_receipts=True)
@@ -575,15 +651,16 @@ def _requested(job: Job) -> int:
     return job.requested_at
 
 
-def _owned_manifest(state: RoomState, digest: str, owner: str | None) -> dict[str, Any] | None:
-    """A manifest in the room (registered, or proposed and not refused) with ``digest``."""
+def _owned_manifest(state: RoomState, digest: str, owner: str) -> dict[str, Any] | None:
+    """A manifest ``owner`` proposed in the room (registered, or open) with ``digest``:
+    what lets it upload that ciphertext (never what lets anyone read it)."""
     for proposal in state.proposals.values():
         action = proposal.action
         if action.type != "register_dataset" or proposal.status in ("rejected", "withdrawn"):
             continue
         payload = action.manifest.get("payload", {})
         ciphertext = payload.get("ciphertext", {}) if isinstance(payload, dict) else {}
-        if ciphertext.get("sha256") == digest and (owner is None or proposal.proposer == owner):
+        if ciphertext.get("sha256") == digest and proposal.proposer == owner:
             manifest: dict[str, Any] = action.manifest
             return manifest
     return None

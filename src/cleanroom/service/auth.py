@@ -11,7 +11,14 @@ checks, in order:
     over the covered components, the content digest matching the body;
 (3) ``created`` is within ``max_skew`` of the server's clock (stale or future
     signatures are refused);
-(4) the (key id, nonce) pair was not seen within the replay window.
+(4) the (key id, nonce) pair was not seen within the replay window (kept
+    in a file, so a restart does not reopen it).
+
+``@path`` is the request target exactly as sent, percent-encoding included:
+the client signs ``httpx``'s encoded URL and the service verifies the raw
+target, never a decoded form. A service authenticates from the headers
+(``body=None``) before it reads a body, then checks the body against the
+signed ``Content-Digest`` (:func:`check_body_digest`).
 
 Cryptography and canonicalisation are the ``http-message-signatures``
 package's; the time and replay policy are ours, with the clock injected.
@@ -21,12 +28,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,7 +49,7 @@ from http_message_signatures import (
 )
 
 from cleanroom.crypto.encoding import b64url_encode
-from cleanroom.errors import AuthenticationError
+from cleanroom.errors import AuthenticationError, OperationalError
 from cleanroom.identities.keystore import Party
 
 TAG = "cleanroom"  # RFC 9421 signed application tag
@@ -117,21 +127,51 @@ class _Message:
 
 class NonceCache:
     """Nonces seen per key within the replay window (a signature older than the
-    window is refused as stale anyway, so nothing older needs remembering)."""
+    window is refused as stale anyway, so nothing older needs remembering).
 
-    def __init__(self, window_s: int = 2 * MAX_SKEW_S) -> None:
+    Given a ``path`` the window is kept in SQLite there, so a request captured
+    before a restart cannot be replayed after it; without one it lives only in
+    memory (for a service embedded in one process).
+    """
+
+    def __init__(self, window_s: int = 2 * MAX_SKEW_S, path: Path | None = None) -> None:
         self.window_s = window_s
-        self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            ":memory:" if path is None else str(path), check_same_thread=False
+        )
+        with self._lock, self._db:
+            if path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS nonces (key_id TEXT NOT NULL, nonce TEXT NOT NULL, "
+                "seen REAL NOT NULL, PRIMARY KEY (key_id, nonce)) WITHOUT ROWID"
+            )
+        self._added = 0
 
     def check_and_add(self, key_id: str, nonce: str, now: float) -> None:
         with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: t for k, t in self._seen.items() if t > now - self.window_s}
-            seen = self._seen.get((key_id, nonce))
-            if seen is not None and seen > now - self.window_s:
-                raise AuthenticationError("the request was replayed (nonce already used)")
-            self._seen[(key_id, nonce)] = now
+            try:
+                with self._db:
+                    self._added += 1
+                    if self._added % 1_000 == 0:
+                        self._db.execute(
+                            "DELETE FROM nonces WHERE seen <= ?", (now - self.window_s,)
+                        )
+                    row = self._db.execute(
+                        "SELECT seen FROM nonces WHERE key_id = ? AND nonce = ?", (key_id, nonce)
+                    ).fetchone()
+                    if row is not None and row[0] > now - self.window_s:
+                        raise AuthenticationError("the request was replayed (nonce already used)")
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO nonces VALUES (?, ?, ?)", (key_id, nonce, now)
+                    )
+            except sqlite3.Error as exc:
+                raise OperationalError(f"cannot record the request nonce: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 def require_signed(headers: Mapping[str, str]) -> None:
@@ -201,3 +241,10 @@ def content_sha256(headers: Mapping[str, str]) -> str:
             if len(digest) == 32:
                 return digest.hex()
     raise AuthenticationError("the request needs a sha-256 Content-Digest (RFC 9530)")
+
+
+def check_body_digest(headers: Mapping[str, str], body: bytes) -> None:
+    """Refuse a body that is not the one the signed Content-Digest names (for a
+    request authenticated with ``body=None`` before its body was read)."""
+    if hashlib.sha256(body).hexdigest() != content_sha256(headers):
+        raise AuthenticationError("the body does not match the signed Content-Digest")

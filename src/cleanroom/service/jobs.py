@@ -64,7 +64,7 @@ class JobRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def fail_unfinished(self) -> None:
-        for room in self.ledger.rooms():
+        for room in self.ledger.healthy_rooms():
             for job in list(self.ledger.state(room).jobs.values()):
                 if job.status in ("requested", "running"):
                     self._fail(room, job.id, "service restarted")

@@ -1,8 +1,11 @@
 """``cleanroom serve``: settings, wiring and uvicorn.
 
-:func:`build_service` opens the data directory (SQLite ledger, blobs, service
-key; PostgreSQL when ``database_url`` is set), and :func:`serve` runs it with
-uvicorn, signing due tree heads on a timer.
+:func:`build_service` opens the data directory (SQLite ledger, dataset
+ciphertext in ``blobs/``, job results in ``results/``, the replay window in
+``nonces.sqlite3``, the service key; PostgreSQL when ``database_url`` is set),
+and :func:`serve` runs it with uvicorn (h11, keep-alive and header limits;
+body limits are :mod:`cleanroom.service.limits`), signing due tree heads on a
+timer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from cleanroom.ledger.log import TreeHeadPolicy
 from cleanroom.service.app import ROUTES, Service, create_app
 from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
+from cleanroom.service.limits import BodyLimits
 from cleanroom.service.settings import Settings, load_settings
 
 __all__ = ["ROUTES", "Service", "Settings", "build_app", "build_service", "load_settings", "serve"]
@@ -39,8 +43,15 @@ def build_service(settings: Settings) -> Service:
     service = Service(
         ledger,
         LocalBlobStore(settings.data_dir / "blobs"),
+        LocalBlobStore(settings.data_dir / "results"),
         max_skew_s=settings.max_skew_s,
         max_upload_bytes=settings.max_upload_bytes,
+        limits=BodyLimits(
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout_s=settings.body_timeout_s,
+            min_body_rate=settings.min_body_rate,
+        ),
+        nonces=settings.data_dir / "nonces.sqlite3",
     )
     runner = JobRunner(
         ledger,
@@ -88,6 +99,7 @@ def build_app(settings: Settings) -> FastAPI:
             if service.runner is not None:
                 service.runner.close()
             service.ledger.store.close()
+            service.nonces.close()
 
     app.router.lifespan_context = lifespan
     return app
@@ -100,5 +112,11 @@ def serve(settings: Settings) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     settings = settings.model_copy(update={"port": sock.getsockname()[1]})
-    config = uvicorn.Config(build_app(settings), log_level="warning")
+    config = uvicorn.Config(
+        build_app(settings),
+        log_level="warning",
+        http="h11",
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=64 << 10,  # request line and headers
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -41,6 +41,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=64 << 30, ge=1, description="Largest dataset ciphertext accepted."
     )
+    max_body_bytes: int = Field(
+        default=4 << 20,
+        ge=1024,
+        description="Largest request body on every route but the two streaming uploads.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Time a request body may take, plus one second per min_body_rate bytes.",
+    )
+    min_body_rate: int = Field(
+        default=64 << 10, ge=1, description="Slowest accepted average body rate, bytes/s."
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, le=300, description="An idle keep-alive connection is closed after this."
+    )
     tree_head_max_entries: int = Field(default=256, ge=1)
     tree_head_max_delay_ms: int = Field(default=1_000, ge=0)
     enclave_platform: Literal["insecure-virtual", "configfs-tsm"] = Field(
