@@ -407,7 +407,7 @@ def operator_view(room: str, env: dict[str, str]) -> None:
     """What the operator holds: the result's ciphertext, unreadable without a key."""
     with sdk(env) as client:
         output = client.room(room).jobs()[-1]["output"]
-    blob = next((OUT / "service-data" / "blobs").rglob(output["sha256"]))
+    blob = next((OUT / "service-data" / "results").rglob(output["sha256"]))
     console.print(f"[dim]the operator's copy of the result: {blob.relative_to(OUT)}[/]")
     try:
         duckdb.sql(f"SELECT * FROM read_parquet('{blob}')").fetchall()
