@@ -99,6 +99,10 @@ class ValidationError(InvalidInputError):
         self.column = column
 
 
+class RateLimitedError(InvalidInputError):
+    """Too many requests of one kind from one party: try again later."""
+
+
 class OperationalError(CleanroomError):
     """The environment failed: storage, network or an external service."""
 

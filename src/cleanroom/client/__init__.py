@@ -62,6 +62,7 @@ from cleanroom.errors import (
     InvalidInputError,
     NotFoundError,
     OperationalError,
+    RateLimitedError,
 )
 from cleanroom.fs import atomic_path
 from cleanroom.governance import statements as st
@@ -98,6 +99,7 @@ _ERRORS: dict[int, type[CleanroomError]] = {
     403: AuthorizationError,
     404: NotFoundError,
     409: GovernanceError,
+    429: RateLimitedError,
     422: DeserializationError,
 }
 

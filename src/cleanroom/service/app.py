@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +44,7 @@ from cleanroom.errors import (
     GovernanceError,
     IntegrityError,
     NotFoundError,
+    RateLimitedError,
 )
 from cleanroom.governance.outcomes import bytes_bucket
 from cleanroom.governance.state import Job, Member, RoomState
@@ -146,6 +149,15 @@ class Report(BaseModel):
     statement: Token
 
 
+@dataclass(frozen=True)
+class RoomPolicy:
+    """Who may create rooms on this service, and how often: without it anyone can
+    fill the service with rooms that list any public identity as invited."""
+
+    creators: frozenset[str] | None = None  # fingerprints; None: any valid identity
+    per_hour: int = 20
+
+
 class Service:
     """State shared by the routes: the ledger, the blob stores (dataset
     ciphertext, job results: kept apart, so that what a blob is decides who
@@ -162,7 +174,10 @@ class Service:
         max_upload_bytes: int = 64 << 30,
         limits: BodyLimits | None = None,
         nonces: Path | None = None,
+        rooms: RoomPolicy | None = None,
     ) -> None:
+        self.room_policy = rooms or RoomPolicy()
+        self._created: dict[str, list[float]] = {}
         self.ledger = ledger
         self.blobs = blobs
         self.results = results
@@ -181,6 +196,21 @@ class Service:
         with self._lock:
             for fingerprint, member in state.members.items():
                 self._keys[fingerprint] = member.identity.signing_key
+
+    def admit_room_creator(self, fingerprint: str) -> None:
+        """Refuse creators the operator does not admit, and more than the policy's
+        rooms per hour from one creator."""
+        policy = self.room_policy
+        if policy.creators is not None and fingerprint not in policy.creators:
+            raise AuthorizationError("this service does not let you create rooms")
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._created.get(fingerprint, []) if now - t < 3600]
+            if len(recent) >= policy.per_hour:
+                raise RateLimitedError(
+                    f"you created {policy.per_hour} rooms in the last hour; try again later"
+                )
+            self._created[fingerprint] = [*recent, now]
 
     def trust_enclave(self, job: Job) -> None:
         """Accept request signatures by a job's attested enclave (authorization
@@ -337,6 +367,7 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         signer = service.authenticate(request, body, candidates)
         if signer != statement.author:
             raise AuthorizationError("a room is created by the author of its room.create statement")
+        service.admit_room_creator(signer)
         entry = service.ledger.create_room(payload.statement)
         state = service.ledger.state(statement.room)
         service.learn(state)

@@ -21,6 +21,7 @@ from cleanroom.errors import (
     GovernanceError,
     NotFoundError,
     OperationalError,
+    RateLimitedError,
 )
 
 log = logging.getLogger("cleanroom.service")
@@ -29,6 +30,7 @@ MEDIA_TYPE = "application/problem+json"
 _STATUS: list[tuple[type[CleanroomError], int, str]] = [
     (AuthenticationError, 401, "unauthenticated"),
     (AuthorizationError, 403, "forbidden"),
+    (RateLimitedError, 429, "rate-limited"),
     (NotFoundError, 404, "not-found"),
     (GovernanceError, 409, "not-allowed-by-the-room"),
     (OperationalError, 503, "unavailable"),

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from cleanroom.ledger.local import open_ledger
 from cleanroom.ledger.log import TreeHeadPolicy
-from cleanroom.service.app import ROUTES, Service, create_app
+from cleanroom.service.app import ROUTES, RoomPolicy, Service, create_app
 from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
 from cleanroom.service.limits import BodyLimits
@@ -52,6 +52,12 @@ def build_service(settings: Settings) -> Service:
             min_body_rate=settings.min_body_rate,
         ),
         nonces=settings.data_dir / "nonces.sqlite3",
+        rooms=RoomPolicy(
+            creators=frozenset(settings.room_creators)
+            if settings.room_creators is not None
+            else None,
+            per_hour=settings.rooms_per_creator_per_hour,
+        ),
     )
     runner = JobRunner(
         ledger,

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     )
     job_parallelism: int = Field(default=2, ge=1, le=64, description="Jobs run at once.")
     job_time_limit_s: float = Field(default=600.0, gt=0, description="Query time limit per job.")
+    room_creators: list[str] | None = Field(
+        default=None,
+        description="Fingerprints of the parties this service lets create rooms "
+        "(default: any party with a valid identity).",
+    )
+    rooms_per_creator_per_hour: int = Field(
+        default=20, ge=1, le=10_000, description="Rooms one party may create in an hour."
+    )
     job_release_wait_s: float = Field(
         default=120.0,
         gt=0,
