@@ -175,7 +175,9 @@ class Service:
         limits: BodyLimits | None = None,
         nonces: Path | None = None,
         rooms: RoomPolicy | None = None,
+        member_quota_bytes: int = 256 << 30,
     ) -> None:
+        self.member_quota_bytes = member_quota_bytes
         self.room_policy = rooms or RoomPolicy()
         self._created: dict[str, list[float]] = {}
         self.ledger = ledger
@@ -520,6 +522,19 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
         size = int(manifest["payload"]["ciphertext"]["bytes"])
         if size > service.max_upload_bytes:
             raise IntegrityError(f"the dataset is larger than this service accepts ({size} bytes)")
+        # the declared size is checked against the member's quota in this room before a
+        # byte is accepted: announcing a huge manifest reserves nothing on disk
+        stored = sum(
+            int(m["payload"]["ciphertext"]["bytes"])
+            for m in _proposed_manifests(state, who)
+            if m["payload"]["ciphertext"]["sha256"] != digest
+            and service.blobs.exists(m["payload"]["ciphertext"]["sha256"])
+        )
+        if stored + size > service.member_quota_bytes:
+            raise RateLimitedError(
+                f"this upload ({size} bytes) would take you past your quota in this room "
+                f"({service.member_quota_bytes} bytes; {stored} used)"
+            )
         if not service.blobs.exists(digest):
             await service.blobs.put(digest, size, request.stream())
         return {"digest": digest, "bytes": size}
@@ -680,6 +695,18 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
 
 def _requested(job: Job) -> int:
     return job.requested_at
+
+
+def _proposed_manifests(state: RoomState, owner: str) -> list[dict[str, Any]]:
+    """The manifests ``owner`` proposed in the room (registered, or still open)."""
+    found = []
+    for proposal in state.proposals.values():
+        action = proposal.action
+        if action.type != "register_dataset" or proposal.status in ("rejected", "withdrawn"):
+            continue
+        if proposal.proposer == owner and isinstance(action.manifest.get("payload"), dict):
+            found.append(action.manifest)
+    return found
 
 
 def _owned_manifest(state: RoomState, digest: str, owner: str) -> dict[str, Any] | None:

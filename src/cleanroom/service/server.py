@@ -52,6 +52,7 @@ def build_service(settings: Settings) -> Service:
             min_body_rate=settings.min_body_rate,
         ),
         nonces=settings.data_dir / "nonces.sqlite3",
+        member_quota_bytes=settings.member_quota_bytes,
         rooms=RoomPolicy(
             creators=frozenset(settings.room_creators)
             if settings.room_creators is not None

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     )
     job_parallelism: int = Field(default=2, ge=1, le=64, description="Jobs run at once.")
     job_time_limit_s: float = Field(default=600.0, gt=0, description="Query time limit per job.")
+    member_quota_bytes: int = Field(
+        default=256 << 30,
+        ge=1,
+        description="Dataset ciphertext one member may store in one room.",
+    )
     room_creators: list[str] | None = Field(
         default=None,
         description="Fingerprints of the parties this service lets create rooms "
