@@ -44,6 +44,7 @@ FailureCategory = Literal[
     "key release timed out",  # an owner's key agent did not answer in time
     "enclave crashed",  # the process exited without recording an outcome
     "service restarted",
+    "service busy",  # the room already had as many jobs waiting as the service queues
 ]
 FAILURE_CATEGORIES: tuple[FailureCategory, ...] = get_args(FailureCategory)
 

@@ -24,7 +24,8 @@ import logging
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,21 +48,82 @@ class RunnerSettings:
     time_limit_s: float = 600.0
     memory_limit: str = "4GB"
     release_wait_s: float = 120.0
+    threads: int | None = None  # DuckDB threads per enclave (None: the machine's cores)
+    max_queued_per_room: int = 8
     log_dir: Path | None = None
 
 
 class JobRunner:
+    """Runs jobs fairly across rooms: each room has its own queue (at most
+    ``max_queued_per_room`` jobs wait; more fail at once with ``service busy``),
+    and a free worker takes the next job of the room with the fewest running,
+    so one room's burst cannot starve the others."""
+
     def __init__(self, ledger: Ledger, broker: KeyBroker, settings: RunnerSettings) -> None:
         self.ledger = ledger
         self.broker = broker
         self.settings = settings
-        self._pool = ThreadPoolExecutor(settings.parallelism, thread_name_prefix="cleanroom-job")
+        self._queues: dict[str, deque[str]] = {}
+        self._running: dict[str, int] = {}
+        self._turn = 0
+        self._closed = False
+        self._ready = threading.Condition()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"cleanroom-job-{n}", daemon=True)
+            for n in range(settings.parallelism)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, room: str, job: str) -> None:
-        self._pool.submit(self._run, room, job)
+        with self._ready:
+            queue = self._queues.setdefault(room, deque())
+            full = len(queue) >= self.settings.max_queued_per_room
+            if not full:
+                queue.append(job)
+                self._ready.notify()
+        if full:
+            self._fail(room, job, "service busy")
+
+    def position(self, room: str, job: str) -> int | None:
+        """The job's place in its room's queue (1: next), or None if not waiting."""
+        with self._ready:
+            queue = self._queues.get(room, deque())
+            return queue.index(job) + 1 if job in queue else None
+
+    def _next(self) -> tuple[str, str] | None:
+        with self._ready:
+            while not self._closed:
+                waiting = sorted(r for r, q in self._queues.items() if q)
+                if waiting:
+                    # the room with the fewest running jobs; ties taken in turn
+                    self._turn += 1
+                    rotated = (
+                        waiting[self._turn % len(waiting) :] + waiting[: self._turn % len(waiting)]
+                    )
+                    room = min(rotated, key=lambda r: self._running.get(r, 0))
+                    job = self._queues[room].popleft()
+                    self._running[room] = self._running.get(room, 0) + 1
+                    return room, job
+                self._ready.wait()
+            return None
+
+    def _work(self) -> None:
+        while (picked := self._next()) is not None:
+            room, job = picked
+            try:
+                self._run(room, job)
+            except Exception:  # a worker must outlive any one job
+                log.exception("job %s could not be run", job[:12])
+            finally:
+                with self._ready:
+                    self._running[room] -= 1
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._closed = True
+            self._queues.clear()
+            self._ready.notify_all()
 
     def fail_unfinished(self) -> None:
         for room in self.ledger.healthy_rooms():
@@ -76,6 +138,7 @@ class JobRunner:
             *("--service", s.url, "--room", room, "--job", job, "--platform", s.platform),
             *("--time-limit", str(s.time_limit_s), "--memory-limit", s.memory_limit),
             *("--release-wait", str(s.release_wait_s)),
+            *(("--threads", str(s.threads)) if s.threads else ()),
         ]
 
     def _run(self, room: str, job: str) -> None:

@@ -70,6 +70,8 @@ def build_service(settings: Settings) -> Service:
             time_limit_s=settings.job_time_limit_s,
             memory_limit=settings.job_memory_limit,
             release_wait_s=settings.job_release_wait_s,
+            threads=settings.job_threads,
+            max_queued_per_room=settings.job_queue_per_room,
             log_dir=settings.data_dir / "jobs",
         ),
     )

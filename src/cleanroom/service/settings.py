@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     rooms_per_creator_per_hour: int = Field(
         default=20, ge=1, le=10_000, description="Rooms one party may create in an hour."
     )
+    job_threads: int | None = Field(
+        default=None, ge=1, le=256, description="DuckDB threads per job (default: all cores)."
+    )
+    job_queue_per_room: int = Field(
+        default=8, ge=1, le=1000, description="Jobs one room may have waiting to run."
+    )
     job_release_wait_s: float = Field(
         default=120.0,
         gt=0,
