@@ -501,7 +501,7 @@ class _Checker:
                 f"aggregation rule: {_sql(aggregate)}"
             )
 
-    def base(self, scope: _Scope) -> None:  # noqa: PLR0912 - numbered steps, one per rule
+    def base(self, scope: _Scope) -> None:
         """The one scope that reads inputs: it must aggregate them."""
         select = scope.select
         if select.args.get("distinct"):
@@ -527,8 +527,6 @@ class _Checker:
             found = part.find(*AGGREGATES)
             if found is not None:
                 raise PolicyError(f"aggregates are not allowed here: {_sql(part)}")
-        for node in _clause(select, "where"):
-            grammar.condition(node, resolve)
         # (2) every column outside aggregates and join conditions is a dimension
         for clause in ("expressions", "where", "group", "having", "order"):
             for part in _clause(select, clause):
@@ -541,12 +539,19 @@ class _Checker:
                 raise PolicyError(f"aggregates cannot be nested: {_sql(aggregate)}")
             self.aggregate(scope, aggregate)
         # (4) values and functions: families agree, every function in the catalogue
+        self.values(scope, resolve)
+
+    def values(self, scope: _Scope, resolve: grammar.Resolve) -> None:
+        """Every expression of a SELECT: functions from the catalogue, families that
+        agree, boolean conditions, whole-number limits; then its output families."""
+        select = scope.select
         for clause in ("expressions", "where", "group", "having", "order"):
             for part in _clause(select, clause):
                 self.functions_in(part)
                 family(part, resolve)
-        for node in _clause(select, "having"):
-            grammar.condition(node, resolve)
+        for clause in ("where", "having"):
+            for node in _clause(select, clause):
+                grammar.condition(node, resolve)
         for clause in ("limit", "offset"):
             _literal_int(select.args.get(clause), clause.upper())
         scope.outputs = _outputs(select, resolve)
@@ -580,16 +585,7 @@ class _Checker:
         for part in [*_clause(select, "where"), *_group_keys(select)]:
             if part.find(*AGGREGATES) is not None:
                 raise PolicyError(f"aggregates are not allowed here: {_sql(part)}")
-        for clause in ("expressions", "where", "group", "having", "order"):
-            for part in _clause(select, clause):
-                self.functions_in(part)
-                family(part, resolve)
-        for clause in ("where", "having"):
-            for node in _clause(select, clause):
-                grammar.condition(node, resolve)
-        for clause in ("limit", "offset"):
-            _literal_int(select.args.get(clause), clause.upper())
-        scope.outputs = _outputs(select, resolve)
+        self.values(scope, resolve)
 
     def list_scope(self, scope: _Scope) -> None:
         select = scope.select
@@ -609,12 +605,7 @@ class _Checker:
                             f"{table}.{column.name} is not a list column of its list rule: "
                             f"{_sql(column.parent or column)}"
                         )
-                self.functions_in(part)
-                family(part, resolve)
-        for node in _clause(select, "where"):
-            grammar.condition(node, resolve)
-        for clause in ("limit", "offset"):
-            _literal_int(select.args.get(clause), clause.upper())
+        self.values(scope, resolve)
 
 
 def _each_input_once(scope: _Scope) -> None:
