@@ -187,3 +187,24 @@ def test_an_owner_denies_a_job_its_rules_no_longer_allow(
     view = rooms["analyst"].wait_job(job, timeout=60)
     assert view["status"] == "failed"
     assert request["job"] == job
+
+
+def test_an_agent_verifies_the_ledger_once_per_new_request(
+    service_dir: tuple[str, Path], tmp_path: Path
+) -> None:
+    """While a job waits for another owner, its request stays open: the agent does
+    not download and verify the whole ledger again at every poll."""
+    url, _ = service_dir
+    rooms = _room(url, tmp_path, agents=False)
+    bank = _agent(rooms["bank"], tmp_path)
+    job = rooms["analyst"].run_job("offers")
+    _wait_request(bank, job)
+    verifications = []
+    audit = bank.room.audit
+    real = audit.verify
+    audit.verify = lambda *a: verifications.append(1) or real(*a)  # type: ignore[method-assign]
+    assert [a.action for a in bank.step()] == ["released"]
+    for _ in range(5):  # the merchant has not released: the request is still open
+        assert bank.step() == []
+    assert len(verifications) == 1
+    assert rooms["analyst"].job(job)["waiting_for"] == ["merchant"]

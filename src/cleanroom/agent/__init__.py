@@ -31,6 +31,7 @@ waits, then fails with ``key release timed out``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -79,31 +80,38 @@ class KeyAgent:
         self.party = room.client.party
         self.measurements = measurements  # the owner's local policy, on top of the room's
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._seen: set[str] = set()  # requests already examined
 
     def requests(self) -> list[dict[str, Any]]:
         found = self.room.client._call("GET", f"/v1/rooms/{self.room.id}/key-requests")
         return list(found) if isinstance(found, list) else []
 
     def step(self) -> list[Answer]:
-        """One pass: answer every open request for this owner's datasets."""
-        pending = [r for r in self.requests() if isinstance(r, dict)]  # the operator's word
-        if not pending:
+        """One pass: answer every open request for this owner's datasets. The whole
+        ledger is verified only when a request not seen before is waiting (a job can
+        wait minutes for another owner; its request is not re-examined every poll)."""
+        pending = {
+            _request_key(r): r for r in self.requests() if isinstance(r, dict)
+        }  # the operator's word
+        new = {k: r for k, r in pending.items() if k not in self._seen}
+        if not new:
             return []
         state = self.room.audit.verify().state  # (1) the agent's own view of the ledger
         answers = []
         me = self.party.fingerprint
-        for request in pending:
+        for key, request in new.items():
             job = state.jobs.get(str(request.get("job", "")))
-            if job is None or job.status != "requested":
-                continue
-            mine = [
-                item
-                for item in state.releasable(job, me)
-                if item not in job.released and item[1] not in job.input_keys
-            ]
-            if not mine:
-                continue
-            answer = self._answer(state, request, mine)
+            mine = (
+                [
+                    item
+                    for item in state.releasable(job, me)
+                    if item not in job.released and item[1] not in job.input_keys
+                ]
+                if job is not None and job.status == "requested"
+                else []
+            )
+            answer = self._answer(state, request, mine) if mine else None
+            self._seen.add(key)  # answered, ignored or not ours: never examined again
             if answer is not None:
                 answers.append(answer)
         return answers
@@ -168,9 +176,13 @@ class KeyAgent:
             try:
                 for answer in self.step():
                     log.info("%s job %s: %s", answer.action, answer.job[:12], answer.detail)
-            except CleanroomError as exc:
+            except Exception as exc:  # noqa: BLE001 - an agent outlives any one bad request
                 log.warning("key agent: %s", exc)
             stop.wait(poll_s)
+
+
+def _request_key(request: dict[str, Any]) -> str:
+    return json.dumps(request, sort_keys=True, default=str)
 
 
 def _enclave(request: dict[str, Any]) -> PublicIdentity:

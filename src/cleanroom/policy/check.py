@@ -29,6 +29,8 @@ row's value is converted implicitly: nothing in an error can depend on data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +105,7 @@ class _Input:
     @classmethod
     def of(cls, source: Source) -> _Input:
         rule = source.rule
-        lower = frozenset[str]
+        none: frozenset[str] = frozenset()
 
         def names(values: Any) -> frozenset[str]:
             return frozenset(v.lower() for v in values)
@@ -117,21 +119,17 @@ class _Input:
             name=source.name.lower(),
             identity=source.schema.identity_column.lower(),
             families=families,
-            dimensions=names(rule.dimensions) if isinstance(rule, AggregationRule) else lower(),
+            dimensions=names(rule.dimensions) if isinstance(rule, AggregationRule) else none,
             join_columns=(
-                names(rule.join_columns)
-                if isinstance(rule, (AggregationRule, ListRule))
-                else lower()
+                names(rule.join_columns) if isinstance(rule, (AggregationRule, ListRule)) else none
             ),
-            list_columns=names(rule.list_columns) if isinstance(rule, ListRule) else lower(),
+            list_columns=names(rule.list_columns) if isinstance(rule, ListRule) else none,
             aggregates=(
                 frozenset((a.function, c.lower()) for a in rule.aggregates for c in a.columns)
                 if isinstance(rule, AggregationRule)
                 else frozenset()
             ),
-            disallowed=(
-                names(rule.disallowed_columns) if isinstance(rule, CustomRule) else lower()
-            ),
+            disallowed=(names(rule.disallowed_columns) if isinstance(rule, CustomRule) else none),
             permissive=not source.protected,
         )
 
@@ -939,15 +937,11 @@ def _lineage(node: exp.Expr, scope: SqlglotScope) -> set[tuple[str, str]]:
 # -- entry points ----------------------------------------------------------------------
 
 
-def check_query(text: str, sources: dict[str, Source], *, bounded: bool = True) -> Checked:
-    """Check ``text`` against the rules of ``sources``; returns the SQL to run.
-
-    Any failure inside the check is a refusal (:class:`PolicyError`), never
-    another exception. ``bounded=False`` enforces every threshold with a plain
-    ``HAVING COUNT(DISTINCT ...)``: the same result, slower (for comparison).
-    """
+@contextmanager
+def _fail_closed() -> Iterator[None]:
+    """Any failure inside a check is a refusal, naming only the failure's kind."""
     try:
-        return _check_query(text, sources, bounded=bounded)
+        yield
     except PolicyError:
         raise
     except RecursionError as exc:
@@ -956,6 +950,17 @@ def check_query(text: str, sources: dict[str, Source], *, bounded: bool = True) 
         raise PolicyError(
             f"the analysis could not be checked, so it is refused ({type(exc).__name__})"
         ) from exc
+
+
+def check_query(text: str, sources: dict[str, Source], *, bounded: bool = True) -> Checked:
+    """Check ``text`` against the rules of ``sources``; returns the SQL to run.
+
+    Any failure inside the check is a refusal (:class:`PolicyError`), never
+    another exception. ``bounded=False`` enforces every threshold with a plain
+    ``HAVING COUNT(DISTINCT ...)``: the same result, slower (for comparison).
+    """
+    with _fail_closed():
+        return _check_query(text, sources, bounded=bounded)
 
 
 def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Checked:
@@ -1039,16 +1044,8 @@ def check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:
     unit; values must be columns the rules let be summed. Its rows never leave
     the enclave: only noisy aggregates do.
     """
-    try:
+    with _fail_closed():
         return _check_dp(text, sources, spec)
-    except PolicyError:
-        raise
-    except RecursionError as exc:
-        raise PolicyError("the analysis nests too deeply to check") from exc
-    except Exception as exc:
-        raise PolicyError(
-            f"the analysis could not be checked, so it is refused ({type(exc).__name__})"
-        ) from exc
 
 
 def _check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:  # noqa: PLR0912
@@ -1083,8 +1080,9 @@ def _check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:  
     values = {a.column.lower() for a in spec.aggregates if a.column is not None}
     groups = {g.lower() for g in spec.group_by}
     for name, column in outputs.items():
-        source = scope.sources[column.table.lower()]
-        assert isinstance(source, _Input)  # noqa: S101 - outputs resolved to inputs above
+        source = scope.sources.get(column.table.lower())
+        if not isinstance(source, _Input):
+            raise PolicyError(f"DP row query outputs are columns of inputs: {_sql(column)}")
         base = column.name.lower()
         if name in values and name == spec.unit.lower():
             raise PolicyError(f"the privacy unit {spec.unit!r} cannot be aggregated")
