@@ -1,4 +1,4 @@
-"""Per-job key-release overhead: owner-held release vs the in-service key broker.
+"""Per-job key-release overhead: owner-held release vs the attested key broker.
 
 The same room shape (two data owners, two small datasets, one approved
 analysis) twice on one `cleanroom serve`: once with both owners' keys kept at
@@ -61,6 +61,16 @@ def setup(url: str, work: Path, release: str) -> Room:
     )
     rooms = {n: c.room(created.id) for n, c in clients.items()}
     rooms["merchant"].accept()
+    # the contract first: a broker deposit needs the attested broker approved
+    rooms["bank"].propose(
+        {
+            "type": "set_measurements",
+            "measurements": [{"platform": "insecure-virtual", "value": measure()}],
+            "allow_insecure_virtual": True,
+        }
+    )
+    for room in rooms.values():
+        approve_open(room)
     table = pa.table({"customer": [f"c{i}" for i in range(1000)], "amount": list(range(1000))})
     for owner, name in (("bank", "transactions"), ("merchant", "customers")):
         rooms[owner].publish_dataset(
@@ -72,15 +82,6 @@ def setup(url: str, work: Path, release: str) -> Room:
         )
         for room in rooms.values():
             approve_open(room)
-    rooms["bank"].propose(
-        {
-            "type": "set_measurements",
-            "measurements": [{"platform": "insecure-virtual", "value": measure()}],
-            "allow_insecure_virtual": True,
-        }
-    )
-    for room in rooms.values():
-        approve_open(room)
     rooms["bank"].propose(
         {
             "type": "add_analysis",

@@ -7,7 +7,17 @@ bare uvicorn/Starlette endpoint that writes and fsyncs them; >= 300 governance
 operations/s (signed statements, verified and durably appended, receipts
 returned and verified by the client) with 20 concurrent clients, zero errors.
 
+The hostile mix (``benchmarks/_hostile.py``): honest members in three rooms
+(signed proposals, ballots and reads) alone, then beside an attacker's edge
+attacks (oversized and slow bodies, slow request heads, room creation past the
+rate limit), beside its expensive proposals (a 4,000-term OR chain for the
+policy check) alone, and beside everything at once; honest throughput and p99
+side by side, with the ratios, and the service's CPU time and memory. Target
+(tests/attacks/test_hostile_mix.py): honest p99 beside the attacker <= 2x the
+quiet p99 + 50 ms, zero honest errors.
+
     .venv/bin/python benchmarks/service.py [--gib 1] [--clients 20] [--ops 2000]
+    .venv/bin/python benchmarks/service.py --hostile [--phase-s 10] [--rounds 2]   # only the mix
 """
 
 from __future__ import annotations
@@ -24,11 +34,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median, timed
+from _hostile import (
+    ALL,
+    EDGE,
+    SERVICE_ENV,
+    Attacker,
+    HonestRun,
+    RssPeak,
+    cpu_seconds,
+    honest_rooms,
+    merge_reports,
+    rss_mib,
+    run_honest,
+    service_pid,
+)
 from cleanroom import Party, Schema
 from cleanroom.client import Client
 from cleanroom.datasets.manifest import Manifest, key_id_of
@@ -191,18 +216,91 @@ def bench_governance(work: Path, clients: int, ops: int) -> None:
             print(f"first error: {errors[0]!r}")
 
 
+HOSTILE_PHASES: list[tuple[str, tuple[str, ...]]] = [
+    ("honest members alone", ()),
+    ("beside the edge attacks", EDGE),
+    ("beside expensive proposals only", ("expensive",)),
+    ("beside every attack at once", ALL),
+]
+
+
+def bench_hostile(work: Path, phase_s: float, rounds: int, rooms: int) -> None:
+    data = work / "hostile"
+    runs: dict[str, list[HonestRun]] = {name: [] for name, _ in HOSTILE_PHASES}
+    cpu = dict.fromkeys(runs, 0.0)  # the service's CPU seconds in each phase
+    reports: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    with local_service(data, env=SERVICE_ENV) as url:
+        pairs = honest_rooms(url, rooms)
+        try:
+            with Attacker(url, pairs[0][0].id) as attacker:
+                run_honest(pairs, 2.0)  # warm-up
+                pid = service_pid(data)
+                before = rss_mib(pid)
+                with RssPeak(pid) as memory:
+                    for _ in range(rounds):
+                        for name, kinds in HOSTILE_PHASES:
+                            used = cpu_seconds(pid)
+                            if kinds:
+                                attacker.start(kinds)
+                            runs[name].append(run_honest(pairs, phase_s))
+                            if kinds:
+                                reports[name].append(attacker.stop())
+                            cpu[name] += cpu_seconds(pid) - used
+        finally:
+            for pair in pairs:
+                for room in pair:
+                    room.client.close()
+    print(
+        f"hostile mix: {rooms} rooms x 2 honest members (each cycle: a proposal, two "
+        f"ballots, two reads), {rounds} rounds of {phase_s:g} s per phase, phases alternating"
+    )
+    merged = {name: HonestRun.merged(parts) for name, parts in runs.items()}
+    quiet = merged[HOSTILE_PHASES[0][0]]
+    bound = 2 * quiet.p99 + 0.050
+    for name, run in merged.items():
+        ratios = ""
+        if run is not quiet:
+            ratios = (
+                f"   throughput {run.ops_per_s / quiet.ops_per_s:4.2f}x, "
+                f"p99 {run.p99 / quiet.p99:5.2f}x "
+                f"(bound {1000 * bound:.0f} ms {'met' if run.p99 <= bound else 'MISSED'})"
+            )
+        busy = f", service CPU {100 * cpu[name] / run.seconds:3.0f}% of a core"
+        held = merge_reports(reports[name])["held_s"]
+        if held:
+            ratios += f", slow connections held <= {max(held.values()):.2f} s"
+        print(f"  {name:33s} {run.line()}{busy}{ratios}")
+        for error in run.errors[:3]:
+            print(f"    error: {error}")
+    attacks = merge_reports([r for parts in reports.values() for r in parts])
+    for kind, seen in attacks["outcomes"].items():
+        hold = attacks["held_s"].get(kind)
+        longest = f", longest hold {hold:.2f} s" if hold is not None else ""
+        print(f"  attacker {kind:18s} answers {dict(sorted(seen.items()))}{longest}")
+    print(
+        f"  service RSS {before:.0f} MiB before the attacks, peak {memory.peak:.0f} MiB "
+        f"during them (+{memory.peak - before:.0f} MiB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--ops", type=int, default=2000)
+    parser.add_argument("--hostile", action="store_true", help="run only the hostile mix")
+    parser.add_argument("--phase-s", type=float, default=10.0, help="hostile mix: per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="hostile mix: rounds of phases")
+    parser.add_argument("--rooms", type=int, default=3, help="hostile mix: honest rooms")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="cleanroom-service-bench-"))
     try:
-        bench_upload(work, args.gib, args.repeat)
-        bench_governance(work, args.clients, args.ops)
+        if not args.hostile:
+            bench_upload(work, args.gib, args.repeat)
+            bench_governance(work, args.clients, args.ops)
+        bench_hostile(work, args.phase_s, args.rounds, args.rooms)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -11,7 +11,10 @@ import pyarrow as pa
 
 from cleanroom import Party, Schema, seal_dataset
 from cleanroom.attestation import VirtualPlatform, binding
-from cleanroom.broker import KeyBroker, seal_deposit
+from cleanroom.attestation.virtual import measure
+from cleanroom.broker import seal_deposit
+from cleanroom.broker.attested import AttestedBroker
+from cleanroom.broker.desk import KeyDesk
 from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.governance import (
     member_accept,
@@ -23,7 +26,10 @@ from cleanroom.governance import (
     statement_digest,
     vote,
 )
+from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger import Ledger, SQLiteStore, TreeHeadPolicy
+
+CODE = measure()  # the code's measurement, once: what the rooms' contracts approve
 
 ROLES = {
     "bank": ["data_provider", "result_recipient"],
@@ -60,6 +66,10 @@ class RoomFixture:
         self.clock = clock
         self.roles = roles or ROLES
         self.parties = {name: Party.create(name) for name in self.roles}
+        # the attested key broker, in this process (the service runs it in its own)
+        self.broker = AttestedBroker(
+            VirtualPlatform(CODE, now=clock), ledger.service.identity, clock=clock
+        )
         self.room = new_room_id()
         creator = next(iter(self.parties))
         self.create_token = room_create(
@@ -105,14 +115,15 @@ class RoomFixture:
     def deposit(
         self, owner: str, name: str, manifest: dict[str, Any], key: bytes, platforms: list[str]
     ) -> str:
-        """Deposit a dataset version's key with the ledger's key broker."""
+        """Deposit a dataset version's key with the room's attested key broker."""
         digest = canonical_digest(manifest)
+        offer = self.broker.offer(f"deposit-{digest[:16]}-{self.clock()}")
+        broker = PublicIdentity.from_document(offer["identity"])
         body = {
             "dataset": name,
             "manifest": digest,
-            "sealed_key": seal_deposit(
-                key, self.ledger.service.identity, room=self.room, dataset=name, manifest=digest
-            ),
+            "sealed_key": seal_deposit(key, broker, room=self.room, dataset=name, manifest=digest),
+            "broker": offer,
             "policy": {"platforms": platforms},
         }
         statement = sign_statement(
@@ -163,27 +174,27 @@ def make_ledger(path: Path, clock: Clock, **policy: int) -> Ledger:
 @dataclass
 class Attempt:
     """One enclave's try at a key release, step by step: a launch token and a
-    nonce from the broker, then evidence and the release, each of which a test
+    nonce from the service's key desk, then evidence and the release, each of which a test
     may replace to attack that step."""
 
-    broker: KeyBroker
+    desk: KeyDesk
     room: str
     job: str
     clock: Clock
     enclave: Party = field(default_factory=lambda: Party.create("enclave"))
 
     def __post_init__(self) -> None:
-        self.token = self.broker.launch(self.room, self.job)
-        self.nonce = self.broker.challenge(self.room, self.job, self.token)
+        self.token = self.desk.launch(self.room, self.job)
+        self.nonce = self.desk.challenge(self.room, self.job, self.token)
 
     def evidence(
         self, measurement: str | None = None, *, at: Clock | None = None, nonce: str | None = None
     ) -> dict[str, Any]:
-        """Virtual evidence binding ``nonce`` (default: the broker's), this enclave and job."""
+        """Virtual evidence binding ``nonce`` (default: the desk's), this enclave and job."""
         report = binding(
             nonce=nonce or self.nonce, tee_pubkey=self.enclave.fingerprint, job=self.job
         )
-        return VirtualPlatform(measurement, now=at or self.clock).attest(report)
+        return VirtualPlatform(measurement or CODE, now=at or self.clock).attest(report)
 
     def release(
         self,
@@ -192,7 +203,7 @@ class Attempt:
         nonce: str | None = None,
         token: str | None = None,
     ) -> dict[str, Any]:
-        return self.broker.release(
+        return self.desk.release(
             self.room,
             self.job,
             token=token or self.token,

@@ -136,7 +136,7 @@ def test_protected_keystore_fields_are_authenticated(
         if field == "protection":
             document["protection"]["iterations"] = 2
         elif field == "name":
-            document["name"] = "mallory"
+            document["name"] = "attacker"
         else:
             document["fingerprint"] = "0" * 64
 
@@ -174,7 +174,7 @@ def test_invalid_party_names(name: str) -> None:
 
 def test_identity_name_change_breaks_the_self_signature(bank: Party) -> None:
     document = bank.identity_document()
-    document["payload"]["name"] = "bank-of-mallory"
+    document["payload"]["name"] = "bank-of-the-attacker"
     with pytest.raises(IntegrityError, match="failed"):
         PublicIdentity.from_document(document)
 

@@ -302,7 +302,7 @@ class _HostileRunner(JobRunner):
 
     def __init__(self, jr: JobRoom, log_dir: Path, last: str) -> None:
         settings = RunnerSettings(url="http://127.0.0.1:9", log_dir=log_dir)
-        super().__init__(jr.ledger, jr.broker, settings)
+        super().__init__(jr.ledger, jr.desk, settings)
         self.script = HOSTILE.replace("{LAST!r}", repr(last))
 
     def _command(self, room: str, job: str) -> list[str]:

@@ -134,6 +134,16 @@ def _room(
     rooms = {n: clients[n].room(created.id) for n in parties}
     rooms["merchant"].accept()
     rooms["analyst"].accept()
+    # the contract first: a broker deposit needs the attested broker approved
+    measurements = rooms["analyst"].propose(
+        {
+            "type": "set_measurements",
+            "measurements": [{"platform": "insecure-virtual", "value": measurement or measure()}],
+            "allow_insecure_virtual": True,
+        }
+    )
+    for approver in rooms.values():
+        _approve_if_needed(approver, measurements)
     bank, merchant = _tables()
     platforms = release_to or VIRTUAL
     for owner, data, schema, name in (
@@ -157,15 +167,6 @@ def _room(
             )
             for approver in rooms.values():
                 _approve_if_needed(approver, pid)
-    measurements = rooms["analyst"].propose(
-        {
-            "type": "set_measurements",
-            "measurements": [{"platform": "insecure-virtual", "value": measurement or measure()}],
-            "allow_insecure_virtual": True,
-        }
-    )
-    for approver in rooms.values():
-        _approve_if_needed(approver, measurements)
     analysis = rooms["analyst"].propose(
         {
             "type": "add_analysis",

@@ -20,9 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom import Party, Schema, seal_dataset
-from cleanroom.attestation import VirtualPlatform, binding, measure, verify_evidence
+from cleanroom.attestation import VirtualPlatform, binding, verify_evidence
 from cleanroom.attestation.virtual import EVIDENCE_TYP, KEY_ID
-from cleanroom.broker import KeyBroker, open_released
+from cleanroom.broker import open_released
+from cleanroom.broker.desk import KeyDesk
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_digest, canonical_json
 from cleanroom.crypto.encoding import b64url_encode
@@ -40,10 +41,9 @@ from cleanroom.service.app import Service, create_app
 from cleanroom.service.auth import sign_request
 from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
-from tests.rooms import Attempt, Clock, RoomFixture, make_ledger
+from tests.rooms import CODE, Attempt, Clock, RoomFixture, make_ledger
 from tests.test_ledger import resign, tokens_of
 
-CODE = measure()
 OTHER_CODE = "insecure-virtual:" + "ab" * 48
 SQL = "SELECT count(*) FROM transactions JOIN customers USING (id)"
 SCHEMA = Schema.from_json(
@@ -69,19 +69,13 @@ class JobRoom:
         self.room = RoomFixture(make_ledger(tmp / "ledger", self.clock), self.clock)
         self.ledger = self.room.ledger
         self.keys: dict[str, bytes] = {}
+        default = [{"platform": "insecure-virtual", "value": CODE}]
+        # the attested broker (insecure virtual here) must be approved to take deposits
+        self.contract(default, allow_virtual=True)
         for owner, name in (("bank", "transactions"), ("merchant", "customers")):
             self._publish(owner, name, tmp, platforms or VIRTUAL)
-        measurements = approved or [{"platform": "insecure-virtual", "value": CODE}]
-        pid = self.room.propose(
-            "analyst",
-            {
-                "type": "set_measurements",
-                "measurements": measurements,
-                "allow_insecure_virtual": allow_virtual,
-            },
-        )
-        for voter in ("bank", "merchant", "analyst"):
-            self.room.vote(voter, pid)
+        if (approved or default, allow_virtual) != (default, True):
+            self.contract(approved or default, allow_virtual=allow_virtual)
         pid = self.room.propose(
             "analyst",
             {
@@ -95,7 +89,19 @@ class JobRoom:
         )
         for voter in ("bank", "merchant"):
             self.room.vote(voter, pid)
-        self.broker = KeyBroker(self.ledger, clock=self.clock)
+        self.desk = KeyDesk(self.ledger, broker=self.room.broker, clock=self.clock)
+
+    def contract(self, measurements: list[dict[str, str]], *, allow_virtual: bool) -> None:
+        pid = self.room.propose(
+            "analyst",
+            {
+                "type": "set_measurements",
+                "measurements": measurements,
+                "allow_insecure_virtual": allow_virtual,
+            },
+        )
+        for voter in ("bank", "merchant", "analyst"):
+            self.room.vote(voter, pid)
 
     def _publish(self, owner: str, name: str, tmp: Path, platforms: list[str]) -> None:
         party = self.room.parties[owner]
@@ -143,7 +149,7 @@ class JobRoom:
         nonce: str | None = None,
         bind_nonce: str | None = None,
     ) -> tuple[Party, dict[str, Any]]:
-        attempt = Attempt(self.broker, self.room.room, job, self.clock)
+        attempt = Attempt(self.desk, self.room.room, job, self.clock)
         if enclave is not None:
             attempt.enclave = enclave
         evidence = evidence or attempt.evidence(measurement, nonce=bind_nonce)
@@ -162,30 +168,37 @@ def jr(tmp_path: Path) -> JobRoom:
 def test_an_attested_enclave_gets_exactly_the_deposited_keys(jr: JobRoom) -> None:
     job = jr.request()
     enclave, released = jr.attempt(job)
+    assert released == {"status": "running", "waiting_for": [], "stale": []}
     assert kinds(jr)[-1] == "key.release"
     state = jr.state
     assert state.jobs[job].status == "running"
     assert state.jobs[job].enclave.fingerprint == enclave.fingerprint
     assert state.jobs[job].assurance == "insecure-virtual"
-    for item in released["keys"]:
+    # the release is signed by the attested broker the keys were deposited with
+    last = parse_statement(jr.ledger.entries(jr.room.room)[-1].statement)
+    assert last.author == jr.room.broker.fingerprint
+    assert last.author not in (jr.ledger.service.fingerprint, *state.members)
+    assert sorted(state.jobs[job].released) == sorted(jr.state.job_inputs(job))
+    for name, manifest in state.jobs[job].released:
         key = open_released(
             enclave,
-            item["sealed"],
+            state.jobs[job].input_keys[manifest],
             room=jr.room.room,
             job=job,
-            dataset=item["dataset"],
-            manifest=item["manifest"],
+            dataset=name,
+            manifest=manifest,
         )
-        assert key == jr.keys[item["dataset"]]
+        assert key == jr.keys[name]
     # the released key is bound to its job: it does not open for another
+    name, manifest = state.jobs[job].released[0]
     with pytest.raises(Exception, match="decryption failed"):
         open_released(
             enclave,
-            released["keys"][0]["sealed"],
+            state.jobs[job].input_keys[manifest],
             room=jr.room.room,
             job="0" * 64,
-            dataset=released["keys"][0]["dataset"],
-            manifest=released["keys"][0]["manifest"],
+            dataset=name,
+            manifest=manifest,
         )
 
 
@@ -245,23 +258,23 @@ def test_denials_release_nothing_and_are_recorded(jr: JobRoom, case: str) -> Non
 
 
 def test_stale_evidence_and_expired_nonces_are_denied(jr: JobRoom) -> None:
-    late = Attempt(jr.broker, jr.room.room, jr.request(), jr.clock)
+    late = Attempt(jr.desk, jr.room.room, jr.request(), jr.clock)
     jr.clock.advance(61_000)
     with pytest.raises(AuthorizationError, match="nonce expired"):
         late.release()
-    stale = Attempt(jr.broker, jr.room.room, jr.request(), jr.clock)
+    stale = Attempt(jr.desk, jr.room.room, jr.request(), jr.clock)
     with pytest.raises(AuthorizationError, match="stale"):
         stale.release(stale.evidence(at=Clock(jr.clock() - 11 * 60_000)))
 
 
 def test_a_wrong_launch_token_gets_no_nonce_and_leaves_no_entry(jr: JobRoom) -> None:
     job = jr.request()
-    jr.broker.launch(jr.room.room, job)
+    jr.desk.launch(jr.room.room, job)
     size = jr.ledger.size(jr.room.room)
     with pytest.raises(AuthenticationError, match="launch"):
-        jr.broker.challenge(jr.room.room, job, "not-the-token-at-all")
+        jr.desk.challenge(jr.room.room, job, "not-the-token-at-all")
     with pytest.raises(AuthenticationError, match="launch"):
-        jr.broker.release(
+        jr.desk.release(
             jr.room.room, job, token="guess" * 8, nonce="n" * 43, enclave={}, evidence={}
         )
     assert jr.ledger.size(jr.room.room) == size
@@ -270,9 +283,9 @@ def test_a_wrong_launch_token_gets_no_nonce_and_leaves_no_entry(jr: JobRoom) -> 
 
 def test_a_nonce_is_single_use_and_a_running_job_gets_no_second_release(jr: JobRoom) -> None:
     job = jr.request()
-    attempt = Attempt(jr.broker, jr.room.room, job, jr.clock)
+    attempt = Attempt(jr.desk, jr.room.room, job, jr.clock)
     attempt.release()
-    second_token = jr.broker.launch(jr.room.room, job)
+    second_token = jr.desk.launch(jr.room.room, job)
     with pytest.raises(AuthorizationError, match="not issued"):
         attempt.release(token=second_token)
     assert kinds(jr).count("key.release") == 1
@@ -290,10 +303,19 @@ def test_without_explicit_consent_the_virtual_platform_is_refused(tmp_path: Path
 
 
 def test_an_owner_policy_without_the_platform_keeps_its_key(tmp_path: Path) -> None:
-    strict = JobRoom(tmp_path, platforms=["sev-snp", "tdx"])
+    strict = JobRoom(tmp_path, platforms=["sev-snp", "tdx"], release="owner")
     job = strict.request()
     with pytest.raises(AuthorizationError, match="releases its key to"):
         strict.attempt(job)
+
+
+def test_a_key_is_never_deposited_with_a_broker_its_owner_policy_does_not_allow(
+    tmp_path: Path,
+) -> None:
+    """The broker runs on the insecure virtual platform; an owner that releases to
+    hardware platforms only cannot seal its key to it (the ledger refuses)."""
+    with pytest.raises(GovernanceError, match="deposit's own policy does not allow"):
+        JobRoom(tmp_path, platforms=["sev-snp", "tdx"])
 
 
 def test_consent_revoked_after_the_request_denies_the_release(jr: JobRoom) -> None:
@@ -400,8 +422,18 @@ def test_an_operator_forging_a_release_for_other_code_is_caught_offline(jr: JobR
         "evidence": evidence,
         "inputs": [{"dataset": n, "manifest": m} for n, m in jr.state.job_inputs(job)],
     }
+    body["sealed_keys"] = [{**i, "sealed": "A" * 80} for i in body["inputs"]]
+    # the service key signs no release at all: the operator cannot release keys
     forged = sign_statement(jr.ledger.service, jr.room.room, "key.release", body, now=jr.clock)
-    with pytest.raises(AttestationError, match="not approved"):
+    with pytest.raises(GovernanceError, match=r"ledger service cannot make key\.release"):
+        verify_export(
+            resign(jr.room, document, [*tokens_of(document), forged]), jr.ledger.service.identity
+        )
+    # nor would the broker's key (were it stolen) release to other code: the fold
+    # re-verifies the evidence against the contract
+    broker = jr.room.broker._party
+    forged = sign_statement(broker, jr.room.room, "key.release", body, now=jr.clock)
+    with pytest.raises(GovernanceError, match=f"measurement {OTHER_CODE} is not approved"):
         verify_export(
             resign(jr.room, document, [*tokens_of(document), forged]), jr.ledger.service.identity
         )
@@ -418,7 +450,7 @@ def test_a_release_replaying_a_used_nonce_is_caught_offline(jr: JobRoom) -> None
     )
     # the operator re-uses the first release's nonce and evidence for the second job
     replay = sign_statement(
-        jr.ledger.service,
+        jr.room.broker._party,  # even the broker's own key cannot replay a release
         jr.room.room,
         "key.release",
         {**release.body.model_dump(), "job": second},
@@ -445,7 +477,7 @@ def test_evidence_envelope_is_checked_before_any_verifier_runs() -> None:
 def test_jobs_left_running_by_a_previous_service_are_failed_at_start(jr: JobRoom) -> None:
     requested, running = jr.request(), jr.request()
     jr.attempt(running)
-    runner = JobRunner(jr.ledger, jr.broker, RunnerSettings(url="http://127.0.0.1:9"))
+    runner = JobRunner(jr.ledger, jr.desk, RunnerSettings(url="http://127.0.0.1:9"))
     try:
         runner.fail_unfinished()
     finally:
@@ -457,7 +489,7 @@ def test_jobs_left_running_by_a_previous_service_are_failed_at_start(jr: JobRoom
 
 def test_an_enclave_that_cannot_start_its_job_fails_it_with_a_category(jr: JobRoom) -> None:
     job = jr.request()
-    runner = JobRunner(jr.ledger, jr.broker, RunnerSettings(url="http://127.0.0.1:9"))
+    runner = JobRunner(jr.ledger, jr.desk, RunnerSettings(url="http://127.0.0.1:9"))
     try:
         runner._run(jr.room.room, job)  # the enclave process runs, finds no service, exits 1
     finally:

@@ -58,12 +58,13 @@ def _body(jr: JobRoom, attempt: Attempt, names: list[str], **changes: Any) -> di
 
 
 def _release(jr: JobRoom, who: str, body: dict[str, Any]) -> str:
-    signer = jr.room.parties[who] if who != "service" else jr.ledger.service
+    signers = {"service": jr.ledger.service, "broker": jr.room.broker._party}
+    signer = signers[who] if who in signers else jr.room.parties[who]
     return jr.room.submit(sign_statement(signer, jr.room.room, "key.release", body, now=jr.clock))
 
 
 def _attempt(jr: JobRoom) -> Attempt:
-    return Attempt(jr.broker, jr.room.room, jr.request(), jr.clock)
+    return Attempt(jr.desk, jr.room.room, jr.request(), jr.clock)
 
 
 def test_each_owner_releases_its_own_input_and_the_job_runs_when_all_are(jr: JobRoom) -> None:
@@ -95,7 +96,8 @@ def test_each_owner_releases_its_own_input_and_the_job_runs_when_all_are(jr: Job
         ("merchant", ["transactions"], "releaser's own"),  # another owner's input
         ("bank", ["transactions", "customers"], "releaser's own"),  # one's own and another's
         ("analyst", ["transactions"], "releaser's own"),  # not an owner at all
-        ("service", ["transactions"], "releaser's own"),  # the broker, for an owner's input
+        ("service", ["transactions"], "ledger service cannot make key.release"),  # the operator
+        ("broker", ["transactions"], "not a member"),  # a broker no deposit names
     ],
 )
 def test_nobody_releases_what_is_not_theirs(
@@ -107,21 +109,24 @@ def test_nobody_releases_what_is_not_theirs(
     assert jr.state.jobs[attempt.job].enclave is None
 
 
-def test_the_broker_cannot_release_everything_at_once_past_the_owners(jr: JobRoom) -> None:
+def test_nobody_releases_everything_at_once_past_the_owners(jr: JobRoom) -> None:
     attempt = _attempt(jr)
     body = _body(jr, attempt, ["transactions", "customers"])
-    del body["sealed_keys"]  # the broker's old form: every input, keys handed over directly
-    with pytest.raises(GovernanceError, match="releaser's own"):
+    del body["sealed_keys"]  # the old broker form: every input, keys handed over directly
+    with pytest.raises(GovernanceError, match=r"ledger service cannot make key\.release"):
         _release(jr, "service", body)
+    with pytest.raises(GovernanceError, match="releaser's own"):
+        _release(jr, "bank", body)
+    assert jr.state.jobs[attempt.job].released == ()
 
 
 def test_a_second_release_must_go_to_the_same_enclave_with_the_same_nonce(jr: JobRoom) -> None:
     attempt = _attempt(jr)
     _release(jr, "bank", _body(jr, attempt, ["transactions"]))
-    rival = Attempt(jr.broker, jr.room.room, attempt.job, jr.clock)  # another enclave, nonce
+    rival = Attempt(jr.desk, jr.room.room, attempt.job, jr.clock)  # another enclave, nonce
     with pytest.raises(GovernanceError, match="another enclave"):
         _release(jr, "merchant", _body(jr, rival, ["customers"]))
-    same_key = Attempt(jr.broker, jr.room.room, attempt.job, jr.clock, enclave=attempt.enclave)
+    same_key = Attempt(jr.desk, jr.room.room, attempt.job, jr.clock, enclave=attempt.enclave)
     with pytest.raises(GovernanceError, match="another enclave"):
         _release(jr, "merchant", _body(jr, same_key, ["customers"]))  # a fresh nonce
     assert jr.state.jobs[attempt.job].status == "requested"
@@ -207,10 +212,12 @@ def test_a_deposit_names_its_release_mode_consistently() -> None:
         "manifest": canonical_digest({"x": 1}),
         "policy": {"platforms": VIRTUAL},
     }
-    with pytest.raises(ValueError, match="carries no key"):
+    with pytest.raises(ValueError, match="owner deposit carries neither"):
         KeyDeposit.model_validate({**base, "release": "owner", "sealed_key": "A" * 60})
-    with pytest.raises(ValueError, match="carries the key"):
+    with pytest.raises(ValueError, match="carries the key sealed to an attested broker"):
         KeyDeposit.model_validate({**base, "release": "broker"})
+    with pytest.raises(ValueError, match="carries the key sealed to an attested broker"):
+        KeyDeposit.model_validate({**base, "release": "broker", "sealed_key": "A" * 60})
     assert KeyDeposit.model_validate({**base, "release": "owner"}).sealed_key is None
 
 
@@ -224,6 +231,7 @@ def test_a_member_cannot_replace_another_owners_deposit(jr: JobRoom, dataset: st
         "manifest": manifest,
         "release": "broker",
         "sealed_key": "A" * 60,
+        "broker": jr.room.broker.offer("n" * 16),
         "policy": {"platforms": VIRTUAL},
     }
     with pytest.raises(GovernanceError, match=r"another member|not a version"):

@@ -15,14 +15,13 @@ import pyarrow as pa
 import pytest
 
 from cleanroom import Party, seal_dataset
-from cleanroom.attestation import measure
-from cleanroom.broker import KeyBroker
+from cleanroom.broker.desk import KeyDesk
 from cleanroom.datasets.seal import unseal_key
 from cleanroom.errors import AuthorizationError, GovernanceError
 from cleanroom.governance.statements import request_job
 from cleanroom.policy import dp
 from cleanroom.policy.rules import DpSpec
-from tests.rooms import Attempt, Clock, RoomFixture, make_ledger
+from tests.rooms import CODE, Attempt, Clock, RoomFixture, make_ledger
 from tests.test_policy import BANK_RULE, CUSTOMERS, MERCHANT_RULE, TRANSACTIONS
 
 JOIN = "FROM transactions t JOIN customers c ON t.customer_hash = c.customer_hash"
@@ -72,6 +71,15 @@ class RuleRoom:
         )
         schemas = {"transactions": TRANSACTIONS, "customers": CUSTOMERS}
         owners = {"transactions": "bank", "customers": "merchant"}
+        # the contract approves the attested broker before it takes deposits
+        self.accept(
+            "analyst",
+            {
+                "type": "set_measurements",
+                "measurements": [{"platform": "insecure-virtual", "value": CODE}],
+                "allow_insecure_virtual": True,
+            },
+        )
         for name, owner in owners.items():
             party = self.fx.parties[owner]
             sealed = seal_dataset(
@@ -90,15 +98,7 @@ class RuleRoom:
                 self.accept(
                     owner, {"type": "set_privacy_budget", "dataset": name, "epsilon": budget}
                 )
-        self.accept(
-            "analyst",
-            {
-                "type": "set_measurements",
-                "measurements": [{"platform": "insecure-virtual", "value": measure()}],
-                "allow_insecure_virtual": True,
-            },
-        )
-        self.broker = KeyBroker(self.ledger)
+        self.desk = KeyDesk(self.ledger, broker=self.fx.broker)
 
     def accept(self, proposer: str, action: dict[str, Any]) -> str:
         pid = self.fx.propose(proposer, action)
@@ -134,7 +134,7 @@ class RuleRoom:
         )
 
     def release(self, job: str) -> dict[str, Any]:
-        return Attempt(self.broker, self.fx.room, job, self.clock).release()
+        return Attempt(self.desk, self.fx.room, job, self.clock).release()
 
 
 def test_a_leaking_analysis_is_refused_at_proposal_naming_the_rule(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -350,3 +351,86 @@ def _token(party: Party, payload: bytes) -> str:
     signing_input = f"{b64url_encode(header.encode())}.{b64url_encode(payload)}"
     signature = party.signing_private.sign(signing_input.encode())
     return f"{signing_input}.{b64url_encode(signature)}"
+
+
+HEADER_TIMEOUT_S = 2
+
+
+def _trickle_head(url: str, *, first: bytes = b"", interval_s: float = 1.0) -> tuple[str, float]:
+    """Open a connection, send ``first`` (whole requests, answered) and then a
+    request head one byte every ``interval_s``, never finishing it. Returns how
+    the service ended it (``408``, ``closed``, or ``open`` if it did not within
+    five times the bound) and after how many seconds of trickling."""
+    head = _head("POST", "/v1/rooms", {"Content-Length": "2", "X-Slow": "a" * 64})
+    with _connect(url) as sock:
+        if first:
+            sock.sendall(first)
+            assert _whole_answer(sock).startswith(b"HTTP/1.1 200 ")
+        sock.settimeout(interval_s)
+        started = time.monotonic()
+        for byte in head[:-4]:  # the blank line that ends the head never comes
+            if time.monotonic() - started > 5 * HEADER_TIMEOUT_S:
+                return "open", time.monotonic() - started
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                answer = None
+            except OSError:
+                return "closed", time.monotonic() - started
+            if answer is not None:
+                outcome = answer.split(b" ", 2)[1].decode() if answer else "closed"
+                return outcome, time.monotonic() - started
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                return "closed", time.monotonic() - started
+    return "open", time.monotonic() - started
+
+
+def _whole_answer(sock: socket.socket) -> bytes:
+    """One answer with a Content-Length, read to its last byte."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return data
+
+
+def test_slow_request_heads_are_cut_off(tmp_path: Path) -> None:
+    """A request line and headers must arrive within ``header_timeout_s`` of the
+    connection opening or of the previous answer: uvicorn itself sets no bound
+    (its keep-alive timer starts only after an answer and stops at the first
+    byte of the next request), so a client sending one byte a second held a
+    connection, and a server task, for as long as it liked."""
+    env = {"CLEANROOM_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S)}
+    with local_service(tmp_path / "data", env=env) as url:
+        health = _head("GET", "/v1/health", {})
+        cases = {
+            "silent": lambda: _trickle_head(url, interval_s=5 * HEADER_TIMEOUT_S + 1),
+            "fresh": lambda: _trickle_head(url),
+            "keep-alive": lambda: _trickle_head(url, first=health),
+        }
+        with ThreadPoolExecutor(len(cases)) as pool:
+            running = {name: pool.submit(case) for name, case in cases.items()}
+            # meanwhile a head that arrives in pieces within the bound is served
+            with _connect(url) as sock:
+                for piece in (health[:5], health[5:12], health[12:]):
+                    sock.sendall(piece)
+                    time.sleep(HEADER_TIMEOUT_S / 4)
+                assert _whole_answer(sock).startswith(b"HTTP/1.1 200 ")
+            ended = {name: future.result() for name, future in running.items()}
+        for name, (outcome, seconds) in ended.items():
+            assert outcome in ("408", "closed"), (name, outcome, seconds)
+            assert seconds < HEADER_TIMEOUT_S + 1.5, (name, outcome, seconds)
+        # a connection that sent part of a request is told why; an idle one just closes
+        assert ended["fresh"][0] == "408"
+        assert ended["keep-alive"][0] == "408"
+        assert ended["silent"][0] == "closed"
+        assert httpx.get(f"{url}/v1/health").status_code == 200

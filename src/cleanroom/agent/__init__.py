@@ -41,11 +41,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cleanroom.attestation import verify_evidence
-from cleanroom.broker import release_context
+from cleanroom.broker import seal_release
+from cleanroom.broker.memory import ReleaseMemory, WithheldError
 from cleanroom.client import Room
 from cleanroom.client.vault import KeyVault
-from cleanroom.crypto.encoding import b64url_encode
-from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.errors import AttestationError, CleanroomError, GovernanceError, StorageError
 from cleanroom.governance.state import KeyRequestError, RoomState
@@ -81,6 +80,9 @@ class KeyAgent:
         self.measurements = measurements  # the owner's local policy, on top of the room's
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self._seen: set[str] = set()  # requests already examined
+        # what this owner released, kept beside its vault: a release the operator
+        # keeps off the ledger is never followed by another (cleanroom.broker.memory)
+        self.released = ReleaseMemory(vault.directory / RELEASED_FILE)
 
     def requests(self) -> list[dict[str, Any]]:
         found = self.room.client._call("GET", f"/v1/rooms/{self.room.id}/key-requests")
@@ -101,16 +103,10 @@ class KeyAgent:
         me = self.party.fingerprint
         for key, request in new.items():
             job = state.jobs.get(str(request.get("job", "")))
-            mine = (
-                [
-                    item
-                    for item in state.releasable(job, me)
-                    if item not in job.released and item[1] not in job.input_keys
-                ]
-                if job is not None and job.status == "requested"
-                else []
-            )
+            mine = state.due(job, me) if job is not None else []
             answer = self._answer(state, request, mine) if mine else None
+            if answer is _WAIT:
+                continue  # examined again once an earlier release is on the ledger
             self._seen.add(key)  # answered, ignored or not ours: never examined again
             if answer is not None:
                 answers.append(answer)
@@ -119,35 +115,61 @@ class KeyAgent:
     def _answer(
         self, state: RoomState, request: dict[str, Any], mine: list[tuple[str, str]]
     ) -> Answer | None:
-        job_id = request.get("job", "")
+        job_id = str(request.get("job", ""))
+        try:  # never a second release while one is off the ledger
+            again = self.released.check(
+                state, job_id, _fingerprint(request), str(request.get("nonce", ""))
+            )
+        except WithheldError as exc:
+            log.warning("key agent: %s", exc)
+            return None
+        except GovernanceError:
+            return _WAIT
+        if again is not None:  # signed before, not on the ledger yet: the same, again
+            self.room._submit(again)
+            return Answer(job_id, "released", "again")
         try:
             state.check_key_request(request, now_ms=self.clock())  # (2) the room's decision
             self._local_policy(request)
         except (AttestationError, KeyRequestError) as exc:
             # the request itself is bad: anyone (the operator) could have made it, so it
             # says nothing about the job, which a genuine request may still serve
-            log.warning("ignored a key request for job %s: %s", str(job_id)[:12], exc)
+            log.warning("ignored a key request for job %s: %s", job_id[:12], exc)
             return None
         except GovernanceError as exc:
-            body = {"job": job_id, "reason": str(exc)[:2000]}
-            try:
-                self.room._submit(sign_statement(self.party, self.room.id, "key.deny", body))
-            except CleanroomError as failure:
-                log.warning("could not deny job %s: %s", job_id[:12], failure)
-                return None
-            return Answer(job_id, "denied", str(exc))
+            return self._deny(job_id, str(exc))
+        return self._release(state, job_id, request, mine)
+
+    def _deny(self, job_id: str, reason: str) -> Answer | None:
+        body = {"job": job_id, "reason": reason[:2000]}
+        try:
+            self.room._submit(sign_statement(self.party, self.room.id, "key.deny", body))
+        except CleanroomError as failure:
+            log.warning("could not deny job %s: %s", job_id[:12], failure)
+            return None
+        return Answer(job_id, "denied", reason)
+
+    def _release(
+        self, state: RoomState, job_id: str, request: dict[str, Any], mine: list[tuple[str, str]]
+    ) -> Answer:
         enclave = _enclave(request)
         sealed = []
         for dataset, manifest in mine:
             key = self.vault.open(self.room.id, dataset, manifest)
             if key_id_of(key) != state.version(dataset, manifest).manifest.key_id:
                 raise StorageError(f"the vault's key for {dataset!r} is not its manifest's key")
-            context = release_context(self.room.id, job_id, dataset, manifest)
             sealed.append(
                 {
                     "dataset": dataset,
                     "manifest": manifest,
-                    "sealed": b64url_encode(seal(key, enclave.encryption_key, context)),
+                    "sealed": seal_release(
+                        key,
+                        enclave,
+                        room=self.room.id,
+                        job=job_id,
+                        dataset=dataset,
+                        manifest=manifest,
+                    ),
                 }
             )
         body = {
@@ -159,7 +181,9 @@ class KeyAgent:
             "sealed_keys": sealed,
         }
         # (3) signed by the owner; the service and every auditor re-check it in full
-        self.room._submit(sign_statement(self.party, self.room.id, "key.release", body))
+        statement = sign_statement(self.party, self.room.id, "key.release", body)
+        self.released.remember(self.room.id, job_id, enclave.fingerprint, body["nonce"], statement)
+        self.room._submit(statement)
         return Answer(job_id, "released", ", ".join(d for d, _ in mine))
 
     def _local_policy(self, request: dict[str, Any]) -> None:
@@ -183,6 +207,17 @@ class KeyAgent:
 
 def _request_key(request: dict[str, Any]) -> str:
     return json.dumps(request, sort_keys=True, default=str)
+
+
+_WAIT = Answer("", "wait")  # not answered now: an earlier release must be recorded first
+RELEASED_FILE = "released.json"
+
+
+def _fingerprint(request: dict[str, Any]) -> str:
+    try:
+        return _enclave(request).fingerprint
+    except (CleanroomError, KeyError, TypeError):
+        return ""
 
 
 def _enclave(request: dict[str, Any]) -> PublicIdentity:

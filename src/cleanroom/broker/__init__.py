@@ -1,14 +1,17 @@
-"""Key release: the broker that gives data keys only to attested enclaves.
+"""Key release: the service's key desk and the attested key broker.
 
-See :mod:`cleanroom.broker.broker` for the protocol and its checks.
+:mod:`cleanroom.broker.protocol` holds the HPKE contexts every side shares;
+:mod:`cleanroom.broker.desk` the service's bookkeeping (it opens nothing);
+:mod:`cleanroom.broker.attested` the broker that runs in its own attested
+process (:mod:`cleanroom.broker.link` starts it and talks to it).
 """
 
-from cleanroom.broker.broker import (
-    KeyBroker,
+from cleanroom.broker.protocol import (
     deposit_context,
     open_released,
     release_context,
     seal_deposit,
+    seal_release,
 )
 
-__all__ = ["KeyBroker", "deposit_context", "open_released", "release_context", "seal_deposit"]
+__all__ = ["deposit_context", "open_released", "release_context", "seal_deposit", "seal_release"]

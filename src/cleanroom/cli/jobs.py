@@ -165,8 +165,16 @@ def _show(job: dict[str, Any]) -> None:
     console.print(f"job {job['id'][:16]} ({job['analysis']}): [{colour}]{status}[/]")
     if job["reason"]:
         console.print(f"  reason: {job['reason']}", highlight=False)
+    if job.get("queue_position") is not None:
+        console.print(f"  queued: position {job['queue_position']} in this room's queue")
     if status == "requested" and job.get("waiting_for"):
         console.print(f"  {_waiting(job['waiting_for'])}", highlight=False)
+    if job.get("stale"):
+        console.print(
+            f"  stale deposits (the key broker restarted): {', '.join(job['stale'])}; "
+            "their owners run `cleanroom dataset redeposit`",
+            highlight=False,
+        )
     if job["platform"]:
         console.print(f"  enclave: {job['platform']}, measurement {job['measurement']}")
     if job["output"]:
@@ -207,7 +215,9 @@ def job_run(
             job,
             timeout=timeout,
             on_update=lambda v: shown.update(
-                f"job {job[:16]}: {_waiting(v['waiting_for'])}"
+                f"job {job[:16]}: queued, position {v['queue_position']}"
+                if v.get("queue_position") is not None
+                else f"job {job[:16]}: {_waiting(v['waiting_for'])}"
                 if v["status"] == "requested" and v.get("waiting_for")
                 else f"job {job[:16]}: {v['status']}..."
             ),

@@ -97,6 +97,7 @@ app.add_typer(keys_app, name="keys")
 keys_app.command("serve")(rooms.keys_serve)
 dataset_app.command("list")(rooms.dataset_list)
 dataset_app.command("download")(rooms.dataset_download)
+dataset_app.command("redeposit")(rooms.dataset_redeposit)
 
 _HINTS: list[tuple[type[CleanroomError], str]] = [
     (ValidationError, "fix the input or its schema; nothing was written"),
@@ -526,6 +527,25 @@ def serve_command(
         f"cleanroom service on http://{settings.host}:{settings.port} (data in {settings.data_dir})"
     )
     serve(settings)
+
+
+@app.command("broker")
+def broker_command(
+    platform: str = typer.Option(
+        "insecure-virtual",
+        "--platform",
+        help="How the broker attests: insecure-virtual (development; no hardware protects "
+        "its key) or configfs-tsm (a confidential VM).",
+    ),
+) -> None:
+    """Run the attested key broker (the service starts it itself; see docs/jobs.md).
+
+    Its key pair is made in memory at start and never written. It reads the
+    service's identity, then one JSON request per line, on standard input.
+    """
+    from cleanroom.broker.__main__ import main as broker_main  # noqa: PLC0415
+
+    raise typer.Exit(broker_main(["--platform", platform]))
 
 
 @app.command("version")

@@ -108,6 +108,20 @@ def room_join(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTOR
     console.print(f"Joined room {room}: {handle.state()['status']}")
 
 
+@room_app.command("decline")
+def room_decline(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
+    """Decline your invitation to a room (sign member.decline).
+
+    The room disappears from your `room list`; a room still being formed can then
+    never become active, and the room cannot invite you again.
+
+    Example: cleanroom room decline --room 3f2a... --service http://127.0.0.1:8321
+    --as keys/merchant
+    """
+    _room(service, keystore, room).decline()
+    console.print(f"Declined room {room}.")
+
+
 @room_app.command("list")
 def room_list(service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
     """List the rooms you belong to.
@@ -305,7 +319,8 @@ def dataset_publish(
         "--release",
         help="Who releases the data key to attested enclaves: 'owner' (the key stays on "
         "this machine; run `cleanroom keys serve` so jobs can get it) or 'broker' (the key "
-        "is deposited sealed to the service's key broker).",
+        "is deposited sealed to the service's attested key broker, after its evidence is "
+        "checked against the room's contract).",
     ),
     room: str = ROOM,
     service: str = SERVICE,
@@ -421,9 +436,36 @@ def dataset_download(
 
 
 def audit_export_from_service(room: str, service: str, keystore: Path, output: Path) -> int:
-    """Export as a member: verified, and checked against the heads seen before."""
+    """Export as a member: verified, and checked against the heads seen before.
+
+    A removed member gets the history up to its removal; when a signed tree head
+    covers exactly that, the file is a plain export (`cleanroom audit verify`
+    checks it); otherwise it keeps the consistency proof to a later head, which
+    the SDK's ``verify_prefix_export`` checks."""
     audit = _room(service, keystore, room).audit
     document = audit.export()
     verified = audit.verify(document)
+    if "prefix" in document and verified.head.size == len(verified.entries):
+        document = {k: v for k, v in document.items() if k != "prefix"}
     write_file(output, pretty_json(document))
     return len(verified.entries)
+
+
+def dataset_redeposit(
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+) -> None:
+    """Deposit again every key you deposited with a key broker that has since
+    restarted (its new key cannot open the old deposits; jobs on them wait).
+
+    The keys come from your key vault; the broker's evidence is checked first.
+
+    Example: cleanroom dataset redeposit --room 3f2a... --service http://127.0.0.1:8321
+    --as keys/bank
+    """
+    handle = _room(service, keystore, room)
+    done = handle.redeposit()
+    console.print(
+        f"re-deposited {', '.join(done)} with the key broker" if done else "nothing is stale"
+    )

@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
+from pydantic import Field, StrictStr
 
 from cleanroom.broker import seal_deposit
 from cleanroom.client.state import HEADS_FILE, PIN_FILE, ClientState
@@ -45,7 +46,7 @@ from cleanroom.client.trust import (
 )
 from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.crypto.canonical import canonical_digest
-from cleanroom.crypto.encoding import b64url_decode
+from cleanroom.crypto.encoding import b64url_decode, b64url_encode
 from cleanroom.crypto.hpke import SealContext
 from cleanroom.datasets.manifest import DATA_FILE, MANIFEST_FILE, key_id_of
 from cleanroom.datasets.parquet import read_encrypted
@@ -53,6 +54,7 @@ from cleanroom.datasets.schema import Schema
 from cleanroom.datasets.seal import seal_dataset, sha256_file, unseal_key
 from cleanroom.datasets.sources import plain_format, write_plain
 from cleanroom.errors import (
+    AttestationError,
     AuthenticationError,
     AuthorizationError,
     CleanroomError,
@@ -63,17 +65,19 @@ from cleanroom.errors import (
     NotFoundError,
     OperationalError,
     RateLimitedError,
+    RollbackError,
 )
 from cleanroom.fs import atomic_path
 from cleanroom.governance import statements as st
 from cleanroom.governance.outcomes import rows_bucket
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
-from cleanroom.ledger.entries import TreeHead, verify_receipt
-from cleanroom.ledger.verify import VerifiedLedger, verify_export
+from cleanroom.ledger.entries import Entry, TreeHead, verify_receipt
+from cleanroom.ledger.merkle import MerkleTree, verify_consistency
+from cleanroom.ledger.verify import VerifiedLedger, verify_entries, verify_export
 from cleanroom.progress import NoProgress, Progress
 from cleanroom.service.auth import sign_request
-from cleanroom.wire import read_json_file
+from cleanroom.wire import WireModel, parse_model, read_json_file
 
 __all__ = [
     "HEADS_FILE",
@@ -87,6 +91,7 @@ __all__ = [
     "ServiceIdentityError",
     "ServiceRotation",
     "sign_service_rotation",
+    "verify_prefix_export",
 ]
 
 STATE_DIR = "state"  # inside a keystore directory
@@ -326,13 +331,37 @@ class Room:
         return head
 
     def accept(self, invitation: str | None = None) -> None:
-        """Accept membership (of the room, or of the add_member proposal ``invitation``)."""
-        if invitation is None:
-            first = self.client._call(
-                "GET", f"/v1/rooms/{self.id}/entries", params={"start": 0, "limit": 1}
-            )["entries"][0]
-            invitation = st.statement_digest(first["statement"])
+        """Accept membership (of the room, or of the add_member proposal ``invitation``;
+        by default this party's own invitation)."""
+        invitation = invitation or self.invitation()
         self._submit(st.member_accept(self.client.party, self.id, invitation))
+
+    def decline(self, invitation: str | None = None) -> None:
+        """Turn this party's invitation down (a signed ``member.decline``). The room
+        then no longer lists it, no statement of the room can use this party, and a
+        room still being formed can never become active."""
+        invitation = invitation or self.invitation()
+        self._submit(st.member_decline(self.client.party, self.id, invitation))
+
+    def invitation(self) -> str:
+        """The digest of the statement that invited this party: the latest accepted
+        add_member proposal naming it, or else the room's ``room.create``."""
+        me = self.client.party.fingerprint
+        for proposal in reversed(self.proposals()):
+            action = proposal["action"]
+            if proposal["status"] != "accepted" or action.get("type") != "add_member":
+                continue
+            try:
+                named = PublicIdentity.from_document(action.get("identity")).fingerprint
+            except CleanroomError:
+                continue
+            if named == me:
+                found: str = proposal["id"]
+                return found
+        first = self.client._call(
+            "GET", f"/v1/rooms/{self.id}/entries", params={"start": 0, "limit": 1}
+        )["entries"][0]
+        return st.statement_digest(first["statement"])
 
     def propose(self, action: dict[str, Any]) -> str:
         token = st.propose(self.client.party, self.id, action)
@@ -372,16 +401,30 @@ class Room:
         machine, in the key vault (``key_vault``, by default ``data-keys`` in
         the client's state directory), and this owner's key agent
         (``cleanroom keys serve``) releases it to each attested enclave itself.
-        ``release="broker"``: the key is deposited sealed to the key broker,
-        which releases it on the owner's behalf. Either way keys go only to
+        ``release="broker"``: the key is deposited sealed to the service's
+        attested key broker, once its evidence checks out against the room's
+        contract (so the contract must already approve a measurement), and the
+        broker releases it on the owner's behalf; a copy stays in the vault (if
+        this client has one) to re-deposit when the broker restarts with a new
+        key (:meth:`redeposit`). Either way keys go only to
         enclaves on the ``release_to`` platforms (add ``"insecure-virtual"``
         explicitly for development rooms) whose measurement the room approved
         (and, if given, is in ``measurements``). ``rule`` is the dataset's
         analysis rule (see docs/privacy.md); without one, only analyses its
         owner approves by vote may read it.
         """
-        vault = self._vault(key_vault) if release == "owner" else None
+        vault = (
+            self._vault(key_vault)
+            if release == "owner" or key_vault is not None or self.client.state_dir is not None
+            else None
+        )
         declared = schema if isinstance(schema, Schema) else Schema.load(schema)
+        policy = {
+            "platforms": list(release_to),
+            "measurements": list(measurements) if measurements is not None else None,
+        }
+        if release == "broker":  # refused before anything is sealed, proposed or uploaded
+            self._checked_broker(policy)
         with tempfile.TemporaryDirectory(prefix="cleanroom-publish-") as work:
             sealed = seal_dataset(
                 source,
@@ -400,8 +443,8 @@ class Room:
                 vault.keep(self.id, name, canonical_digest(manifest), key)
             proposal = self.propose(action)
             self.upload(sealed.directory / DATA_FILE, progress=progress)
-            if vault is None:
-                self.deposit_key(name, manifest, key, release_to, measurements)
+            if release == "broker":
+                self._deposit(name, canonical_digest(manifest), key, policy)
             else:
                 self.keep_key_at_home(name, manifest, release_to, measurements)
         return proposal
@@ -444,22 +487,90 @@ class Room:
         platforms: Sequence[str],
         measurements: Sequence[str] | None = None,
     ) -> None:
-        """Deposit a dataset version's data key, sealed to the key broker, with a
-        release policy (a ``key.deposit`` statement; a new one replaces it)."""
-        digest = canonical_digest(manifest)
+        """Deposit a dataset version's data key with the service's attested key
+        broker, with a release policy (a ``key.deposit`` statement; a new one
+        replaces it). The broker's evidence must bind a nonce chosen here and
+        pass the room's contract (from the verified ledger) and this policy;
+        only then is the key sealed to the broker's key."""
+        policy = {
+            "platforms": list(platforms),
+            "measurements": list(measurements) if measurements is not None else None,
+        }
+        self._deposit(dataset, canonical_digest(manifest), key, policy)
+
+    def _deposit(self, dataset: str, digest: str, key: bytes, policy: dict[str, Any]) -> None:
+        offer, broker = self._checked_broker(policy)
         body = {
             "dataset": dataset,
             "manifest": digest,
             "release": "broker",
-            "sealed_key": seal_deposit(
-                key, self.client.service, room=self.id, dataset=dataset, manifest=digest
-            ),
-            "policy": {
-                "platforms": list(platforms),
-                "measurements": list(measurements) if measurements is not None else None,
-            },
+            "sealed_key": seal_deposit(key, broker, room=self.id, dataset=dataset, manifest=digest),
+            "broker": offer,
+            "policy": policy,
         }
         self._submit(st.sign_statement(self.client.party, self.id, "key.deposit", body))
+
+    def _checked_broker(self, policy: dict[str, Any]) -> tuple[dict[str, Any], PublicIdentity]:
+        """The service's key broker, with evidence binding a nonce chosen here, checked
+        against the room's contract (from the verified ledger) and ``policy``."""
+        state = self.audit.verify().state
+        nonce = b64url_encode(os.urandom(24))
+        offer = self.client._call("GET", "/v1/broker", params={"nonce": nonce})
+        if not isinstance(offer, dict) or offer.get("nonce") != nonce:
+            raise AttestationError("the key broker's evidence does not answer this nonce")
+        measurements = policy["measurements"]
+        try:
+            identity, _ = state.check_broker(
+                offer,
+                time.time_ns() // 1_000_000,
+                frozenset(policy["platforms"]),
+                frozenset(measurements) if measurements is not None else None,
+            )
+        except GovernanceError as exc:
+            raise AttestationError(str(exc)) from exc
+        return offer, identity
+
+    def stale_deposits(self) -> list[str]:
+        """This owner's datasets whose current version is deposited with a key broker
+        that is no longer the service's (it restarted, with a new key)."""
+        return [d for d, _ in self._stale()]
+
+    def _stale(self) -> list[tuple[str, str]]:
+        state = self.audit.verify().state
+        nonce = b64url_encode(os.urandom(24))
+        current = PublicIdentity.from_document(
+            self.client._call("GET", "/v1/broker", params={"nonce": nonce}).get("identity")
+        ).fingerprint
+        me = self.client.party.fingerprint
+        return [
+            (name, dataset.versions[-1].digest)
+            for name, dataset in state.datasets.items()
+            if dataset.owner == me
+            and dataset.versions
+            and (deposit := state.deposits.get(dataset.versions[-1].digest)) is not None
+            and deposit.broker is not None
+            and deposit.broker.fingerprint != current
+        ]
+
+    def redeposit(self, *, key_vault: Path | None = None) -> list[str]:
+        """Deposit again, with the broker now running, every key of this owner's
+        datasets still sealed to a broker that restarted (its old key is gone, so
+        those deposits are stale and jobs on them wait). The keys come from this
+        owner's vault; the release policy stays. Returns the datasets re-deposited."""
+        vault = self._vault(key_vault)
+        state = self.audit.verify().state
+        done = []
+        for name, digest in self._stale():
+            deposit = state.deposits[digest]
+            policy = {
+                "platforms": sorted(deposit.platforms),
+                "measurements": sorted(deposit.measurements)
+                if deposit.measurements is not None
+                else None,
+            }
+            self._deposit(name, digest, vault.open(self.id, name, digest), policy)
+            done.append(name)
+        return done
 
     def upload(self, path: Path, progress: Progress | None = None) -> None:
         """Stream a sealed dataset's ciphertext; the service checks it against the manifest."""
@@ -528,10 +639,11 @@ class Room:
     def run_job(self, analysis: str) -> str:
         """Ask for an accepted analysis to run; returns the job id. The service's job
         runner starts an enclave, which must attest before it gets any key."""
-        analyses = {a["name"]: a for a in self.state()["analyses"]}
-        if analysis not in analyses:
+        # the digest signed is the one the verified ledger approved, never the service's word
+        found = self.audit.verify().state.analyses.get(analysis)
+        if found is None:
             raise NotFoundError(f"no analysis {analysis!r} in this room")
-        token = st.request_job(self.client.party, self.id, analysis, analyses[analysis]["digest"])
+        token = st.request_job(self.client.party, self.id, analysis, found.digest)
         self._submit(token)
         return st.statement_digest(token)
 
@@ -642,9 +754,66 @@ class Audit:
 
     def verify(self, document: dict[str, Any] | None = None) -> VerifiedLedger:
         """Verify the whole ledger offline (downloading it unless given) and check it
-        extends what this party saw before (a rollback or fork raises)."""
+        extends what this party saw before (a rollback or fork raises).
+
+        A removed member is given the ledger up to and including its removal (a
+        ``prefix`` export, see :func:`verify_prefix_export`): that prefix is verified,
+        and the later head it is proven consistent with must extend the heads seen."""
         document = document if document is not None else self.export()
-        verified = verify_export(document, self.room.client.service)
         client = self.room.client
+        if isinstance(document, dict) and "prefix" in document:
+            verified, head, proof = verify_prefix_export(document, client.service)
+            given = {"old": len(verified.entries), "new": head.size, "proof": proof}
+            self.room._observe(head, given)
+            return verified
+        verified = verify_export(document, client.service, room=self.room.id)
         client.known.observe_verified(verified, client.pin, client.url)
         return verified
+
+
+class _Prefix(WireModel):
+    tree_head: StrictStr
+    consistency: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(max_length=128)
+
+
+class _PrefixExport(WireModel):
+    format: Literal["cleanroom-ledger-export"]
+    version: Literal[1]
+    room: StrictStr
+    service: dict[str, Any]
+    entries: list[dict[str, Any]] = Field(min_length=1)
+    tree_heads: list[StrictStr]
+    prefix: _Prefix
+
+
+def verify_prefix_export(
+    document: Any, service: PublicIdentity
+) -> tuple[VerifiedLedger, TreeHead, list[str]]:
+    """Verify offline the ledger a removed member reads: its first entries (up to
+    and including the member's removal) and a later signed tree head they are a
+    prefix of. Returns the verified prefix, that head and the consistency proof.
+
+    (1) the document is well formed and names the expected service; (2), (3) and
+    (5) of :func:`cleanroom.ledger.verify_export` hold for the entries and the
+    tree heads among them; (4) instead of a head covering exactly the entries,
+    the RFC 9162 consistency proof from the entries' own root to the later head
+    (signed by the service for this room, no older than the heads before it)
+    verifies. So nothing in the prefix can be edited, dropped or reordered."""
+    wire = parse_model(_PrefixExport, document, what="ledger export")  # (1)
+    try:
+        named = PublicIdentity.from_document(wire.service)
+    except CleanroomError as exc:
+        raise IntegrityError(f"the export's service identity is invalid: {exc}") from exc
+    if named.fingerprint != service.fingerprint:
+        raise IntegrityError("the export was made by a different ledger service than the key given")
+    entries = [Entry.from_json(e) for e in wire.entries]
+    verified = verify_entries(  # (2), (3), (5); (4) below
+        wire.room, entries, wire.tree_heads, service, require_covered=False
+    )
+    head = TreeHead.verify(wire.prefix.tree_head, service, room=wire.room)  # (4)
+    if head.time < verified.head.time:
+        raise RollbackError("the export's latest tree head is older than the heads it holds")
+    root = MerkleTree([e.leaf_hash for e in entries]).root()
+    proof = [bytes.fromhex(h) for h in wire.prefix.consistency]
+    verify_consistency(len(entries), head.size, root, head.root, proof)
+    return verified, head, wire.prefix.consistency

@@ -6,6 +6,10 @@ Layout of a party's state directory (by default ``KEYSTORE/state``)::
                         it replaced and the rotation statements that did so
     tree-heads.json     per room: the last tree head accepted, and the
                         identity of the service key that signed it
+    keystore-record.json  the identity this state belongs to, and whether its
+                        keystore was protected by a passphrase: a keystore
+                        swapped for another (other keys, or no passphrase where
+                        there was one) is refused with KeystoreError
 
 Both files are signed by the party's own key, so an edited, truncated or
 swapped file is an error naming the file; it is never silently replaced by a
@@ -25,10 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.client.trust import Pin, ServiceIdentityError, ServiceRotation, decide_pin
-from cleanroom.errors import CleanroomError, IntegrityError, StorageError
+from cleanroom.errors import (
+    CleanroomError,
+    DeserializationError,
+    IntegrityError,
+    KeystoreError,
+    StorageError,
+)
 from cleanroom.fs import write_private_file
 from cleanroom.identities.identity import PublicIdentity
-from cleanroom.identities.keystore import Party
+from cleanroom.identities.keystore import KEYSTORE_FILE, Party
 from cleanroom.ledger.entries import TreeHead
 from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.verify import VerifiedLedger, check_extends
@@ -36,6 +46,8 @@ from cleanroom.wire import read_json_file
 
 PIN_FILE = "service-pins.json"
 HEADS_FILE = "tree-heads.json"
+KEYSTORE_RECORD_FILE = "keystore-record.json"
+KEYSTORE_RECORD_TYP = "cleanroom-keystore-record+jws"
 PINS_TYP = "cleanroom-service-pins+jws"
 HEADS_TYP = "cleanroom-tree-heads+jws"
 _LEGACY_HEADS = "tree-heads.{fp16}.json"  # before pins: one file per service key
@@ -56,8 +68,61 @@ class ClientState:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageError(f"cannot create state directory {directory}") from exc
+        recorded = self._check_keystore()  # before any other file is trusted
         self._pins: dict[str, Pin] = self._read_pins()
         self._heads: dict[str, tuple[PublicIdentity, dict[str, Any], TreeHead]] = self._read_heads()
+        self._record_keystore(recorded)
+
+    # -- the keystore this state belongs to ------------------------------------------
+
+    def _keystore(self) -> Path | None:
+        """The keystore directory this state sits in (``KEYSTORE/state``), if any."""
+        if self.directory is None or not (self.directory.parent / KEYSTORE_FILE).exists():
+            return None
+        return self.directory.parent
+
+    def _check_keystore(self) -> dict[str, Any] | None:
+        """Refuse a keystore other than the one this state was first used with.
+
+        (1) a keystore that was protected by a passphrase then and is not now was
+        swapped (an unprotected one loads silently, with whatever keys it holds);
+        (2) a keystore holding another identity was swapped; (3) the record itself
+        is signed by the identity it names, so an edited record is an error too.
+        Returns the record's payload (None: no record yet)."""
+        if self.directory is None or not (self.directory / KEYSTORE_RECORD_FILE).exists():
+            return None
+        path, keystore = self.directory / KEYSTORE_RECORD_FILE, self._keystore()
+        try:
+            document = read_json_file(path, what="client state file")
+        except DeserializationError:
+            document = None
+        claimed = document.get("payload") if isinstance(document, dict) else None
+        if not isinstance(claimed, dict) or not isinstance(claimed.get("party"), str):
+            return self._load(KEYSTORE_RECORD_FILE, KEYSTORE_RECORD_TYP)  # damaged: raises
+        where = keystore if keystore is not None else "(given in memory)"
+        unprotected = keystore is not None and not Party.is_protected(keystore)
+        if claimed.get("protected") is True and unprotected:  # (1)
+            raise KeystoreError(
+                f"the keystore at {keystore} has no passphrase, but it had one when it was "
+                f"first used ({path}): it may have been swapped for another; refused"
+            )
+        if claimed.get("party") != self.party.fingerprint:  # (2)
+            raise KeystoreError(
+                f"the keystore at {where} holds identity {self.party.fingerprint}, but "
+                f"{self.directory} was first used with {claimed.get('party')!r} ({path}): it "
+                "may have been swapped for another; refused"
+            )
+        return self._load(KEYSTORE_RECORD_FILE, KEYSTORE_RECORD_TYP)  # (3)
+
+    def _record_keystore(self, recorded: dict[str, Any] | None) -> None:
+        """Record the keystore on first use (once the other state files verified), and
+        that it is protected once it is (a passphrase is never silently dropped)."""
+        keystore = self._keystore()
+        protected = Party.is_protected(keystore) if keystore is not None else None
+        if recorded is not None and (recorded.get("protected") is True or not protected):
+            return
+        body = {"format": "cleanroom-keystore-record", "protected": protected}
+        self._save(KEYSTORE_RECORD_FILE, KEYSTORE_RECORD_TYP, body)
 
     # -- files ---------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from cleanroom.errors import StorageError, ValidationError
+from cleanroom.errors import SchemaError, StorageError, ValidationError
 
 CSV_SUFFIXES = frozenset({".csv"})
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
@@ -249,10 +249,21 @@ def plain_format(path: Path) -> str:
 
 
 def write_plain(table: pa.Table, path: Path, file_format: str) -> None:
-    """Write a plaintext table as ``"csv"`` or ``"parquet"``."""
+    """Write a plaintext table as ``"csv"`` or ``"parquet"``. CSV holds flat values
+    only: a table with list, struct or map columns is refused before anything is
+    written, naming them (Parquet holds them)."""
     if file_format == "parquet":
         pq.write_table(table, path)
     elif file_format == "csv":
-        pacsv.write_csv(table, str(path))
+        nested = [f"{f.name} ({f.type})" for f in table.schema if pa.types.is_nested(f.type)]
+        if nested:
+            raise SchemaError(
+                f"CSV holds flat values only, and {', '.join(nested)} "
+                f"{'is' if len(nested) == 1 else 'are'} nested: write a .parquet file instead"
+            )
+        try:
+            pacsv.write_csv(table, str(path))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(f"the table cannot be written as CSV: {exc}") from exc
     else:
         raise ValueError(f"unknown plain format {file_format!r}")

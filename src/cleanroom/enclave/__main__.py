@@ -15,9 +15,10 @@ import json
 import sys
 
 from cleanroom.attestation import VirtualPlatform
+from cleanroom.attestation.evidence import Attester
 from cleanroom.attestation.tsm import TsmProvider
 from cleanroom.enclave.failures import category_of
-from cleanroom.enclave.runtime import Attester, run_job
+from cleanroom.enclave.runtime import run_job
 from cleanroom.enclave.sql import Limits
 
 

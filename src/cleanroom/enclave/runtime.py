@@ -37,17 +37,19 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
 from cleanroom.attestation import binding
-from cleanroom.broker import open_released
+from cleanroom.attestation.evidence import Attester
+from cleanroom.broker.protocol import open_released
 from cleanroom.client import Client, Room, result_context
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.crypto.hpke import seal
@@ -65,12 +67,6 @@ from cleanroom.policy.rules import DpSpec
 
 JobKind = Callable[[str, list[Input], Limits, Path], JobResult]
 KINDS: dict[str, JobKind] = {"sql": run_sql}
-
-
-class Attester(Protocol):
-    platform: str
-
-    def attest(self, report_data: bytes, host_data: str = "") -> dict[str, Any]: ...
 
 
 class _Clock:
@@ -97,6 +93,9 @@ class JobRun:
     timings: dict[str, Any]
 
 
+JOB_ID = re.compile(r"[0-9a-f]{64}")
+
+
 def run_job(
     service_url: str,
     room_id: str,
@@ -108,6 +107,8 @@ def run_job(
 ) -> JobRun:
     """Run one job end to end; returns what it recorded. Raises on failure, after
     recording ``job.fail`` with the failure's category once the keys arrived."""
+    if not JOB_ID.fullmatch(job_id):  # evidence binds this job: never anything else
+        raise IntegrityError("a job id is 64 lowercase hex digits")
     clock = _Clock()
     party = Party.create("enclave")
     sealer = _warm_sealer()
@@ -166,9 +167,12 @@ def _await_releases(client: Client, base: str, launch_token: str, limit_s: float
     another release path: a denial or the time limit ends the job."""
     deadline = time.monotonic() + limit_s
     while True:
-        status = client._call(
-            "POST", f"{base}/key-status", json_body={"launch_token": launch_token}, auth=False
-        )
+        try:
+            status = client._call(
+                "POST", f"{base}/key-status", json_body={"launch_token": launch_token}, auth=False
+            )
+        except AuthorizationError as exc:  # the broker's denial, recorded as key.deny
+            raise JobFailedError(str(exc), category="key release denied") from exc
         if status["status"] != "requested":
             if status["status"] != "running":
                 raise JobFailedError(

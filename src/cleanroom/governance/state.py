@@ -10,11 +10,18 @@ that time are marked expired, which depends on time alone.
 Checks, numbered as in the code:
 (1) the statement belongs to this room; (2) it was never recorded before
 (replay); (3) its author is a member in a state allowed to make it, the
-ledger service (key releases, denials, failed jobs) or the attested enclave
-of a running job (its result), and its signature verifies under that
-author's key; (4) the kind-specific rules.
+ledger service (denials, failed jobs), an attested key broker a deposit was
+sealed to (its releases and denials) or the attested enclave of a running job
+(its result), and its signature verifies under that author's key; (4) the
+kind-specific rules.
 
-Jobs: requested -> running (the key broker recorded a key release) ->
+Members: invited -> active (member.accept) | declined (member.decline, final;
+a room still being formed is then declined for good); active -> removed (an
+accepted remove_member). A removed member may still sign consent.revoke for
+its own datasets, nothing else.
+
+Jobs: requested -> running (every input's key released: by its owner, or by
+the attested broker its owner deposited it with) ->
 succeeded | failed. A key release is re-checked here in full: the evidence
 verifies at the entry's time and binds the nonce, enclave key and job; the
 measurement is approved by the contract (insecure-virtual only if the contract
@@ -32,7 +39,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,14 +50,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cleanroom.attestation import Policy, appraise, check_binding, verify_evidence
 from cleanroom.attestation.claims import Claims
+from cleanroom.attestation.evidence import check_broker_binding
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.datasets.manifest import Manifest
-from cleanroom.errors import CleanroomError, GovernanceError
+from cleanroom.errors import AttestationError, CleanroomError, GovernanceError
 from cleanroom.governance.constitution import DATASET_ACTIONS, Constitution
 from cleanroom.governance.statements import (
     AddAnalysis,
     AddMember,
+    AttestationTerms,
     Ballot,
     ChangeConstitution,
     ConsentRevoke,
@@ -60,6 +71,7 @@ from cleanroom.governance.statements import (
     KeyRelease,
     MemberAccept,
     MemberBody,
+    MemberDecline,
     ProposalWithdraw,
     RegisterDataset,
     RemoveMember,
@@ -74,6 +86,8 @@ from cleanroom.governance.statements import (
 )
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.policy.check import Source, check_dp, check_query
+from cleanroom.policy.grammar import PolicyError
+from cleanroom.policy.memo import CheckMemo
 from cleanroom.policy.rules import DpSpec, Rule, check_rule
 
 SignatureCheck = Callable[[jws.ParsedToken, Ed25519PublicKey], None]
@@ -83,8 +97,10 @@ SignatureCheck = Callable[[jws.ParsedToken, Ed25519PublicKey], None]
 class Member:
     identity: PublicIdentity
     roles: frozenset[str]
-    status: str  # "invited" | "active" | "removed"
+    status: str  # "invited" | "active" | "declined" | "removed"
     invitation: str  # digest of the statement the member must accept
+    removed_at: int = -1  # the position of the entry that removed it (-1: not removed)
+    withdrawn: set[str] = field(default_factory=set)  # datasets it revoked once removed
 
     @property
     def fingerprint(self) -> str:
@@ -138,6 +154,8 @@ class Deposit:
     sealed_key: str | None  # None: the owner's key agent releases the key itself
     platforms: frozenset[str]
     measurements: frozenset[str] | None
+    broker: PublicIdentity | None = None  # the attested broker the key is sealed to
+    broker_claims: Claims | None = None  # its attestation, re-appraised at each release
 
     @property
     def release(self) -> str:
@@ -239,18 +257,22 @@ class RoomState:
     analyses: dict[str, Analysis] = field(default_factory=dict)
     measurements: tuple[tuple[str, str], ...] = ()
     allow_insecure_virtual: bool = False
+    terms: AttestationTerms | None = None  # the contract's terms besides the measurement
     limits: SetLimits | None = None
     proposals: dict[str, Proposal] = field(default_factory=dict)
     service: PublicIdentity | None = None
     deposits: dict[str, Deposit] = field(default_factory=dict)  # by manifest digest
     jobs: dict[str, Job] = field(default_factory=dict)
     _enclaves: dict[str, str] = field(default_factory=dict)  # enclave fingerprint -> job
+    brokers: dict[str, PublicIdentity] = field(default_factory=dict)  # named by deposits
     _nonces: set[str] = field(default_factory=set)
     contract_version: int = 0
     size: int = 0
     last_time: int = 0
     seen: set[str] = field(default_factory=set)
     _deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap of open proposals
+    # the service's memo of check outcomes (its own view only): not part of the state
+    memo: CheckMemo | None = field(default=None, repr=False, compare=False)
 
     # -- genesis ------------------------------------------------------------------
 
@@ -264,8 +286,8 @@ class RoomState:
     ) -> RoomState:
         """The state after a ``room.create`` statement (the first ledger entry).
 
-        ``service`` is the ledger service whose key signs key releases and
-        denials; without it, such statements are refused."""
+        ``service`` is the ledger service whose key signs key denials and
+        failed jobs; without it, such statements are refused."""
         if statement.kind != "room.create":
             raise GovernanceError("a room's first statement must be room.create")
         body: RoomCreate = statement.body
@@ -304,6 +326,8 @@ class RoomState:
             self._apply_service(statement, time_ms, check, self.service)
         elif statement.author in self._enclaves:
             self._apply_enclave(statement, time_ms, check)
+        elif statement.author in self.brokers:
+            self._apply_broker(statement, time_ms, check, self.brokers[statement.author])
         else:
             self._apply_member(statement, time_ms, check)
         self._record(statement, time_ms)
@@ -312,14 +336,25 @@ class RoomState:
         self, statement: Statement, time_ms: int, check: SignatureCheck, service: PublicIdentity
     ) -> None:
         check(statement.parsed, service.signing_key)
-        handler = {
-            "key.release": self._broker_release,
-            "key.deny": self._deny,
-            "job.fail": self._service_fail,
-        }.get(statement.kind)
+        handler = {"key.deny": self._deny, "job.fail": self._service_fail}.get(statement.kind)
         if handler is None:
             raise GovernanceError(f"the ledger service cannot make {statement.kind} statements")
         handler(statement, time_ms)  # (4)
+
+    def _apply_broker(
+        self, statement: Statement, time_ms: int, check: SignatureCheck, broker: PublicIdentity
+    ) -> None:
+        check(statement.parsed, broker.signing_key)
+        if statement.kind == "key.release":  # (4)
+            self._release(statement, time_ms, releaser=broker.fingerprint)
+        elif statement.kind == "key.deny":
+            body: KeyDeny = statement.body
+            job = self.job(body.job)
+            if not self.releasable(job, broker.fingerprint):
+                raise GovernanceError("a key broker can deny only jobs that need its keys")
+            self._deny(statement, time_ms)
+        else:
+            raise GovernanceError(f"a key broker cannot make {statement.kind} statements")
 
     def _apply_enclave(self, statement: Statement, time_ms: int, check: SignatureCheck) -> None:
         job = self.jobs[self._enclaves[statement.author]]
@@ -337,9 +372,13 @@ class RoomState:
         author = self.members.get(statement.author)
         if author is None:
             raise GovernanceError("statement author is not a member of this room")
-        if statement.kind == "member.accept":
+        if self.status == "declined":
+            raise GovernanceError("an invitee declined this room: it can never become active")
+        if statement.kind in ("member.accept", "member.decline"):
             if author.status != "invited":
                 raise GovernanceError(f"{author.identity.name} has no pending invitation")
+        elif statement.kind == "consent.revoke" and author.status == "removed":
+            pass  # a removed owner can always still withdraw its own data (see _revoke)
         elif author.status != "active":
             raise GovernanceError(
                 f"{author.identity.name} is not an active member ({author.status})"
@@ -349,6 +388,7 @@ class RoomState:
         check(statement.parsed, author.identity.signing_key)
         handler = {  # (4)
             "member.accept": self._accept,
+            "member.decline": self._decline,
             "proposal.create": self._propose,
             "ballot": self._ballot,
             "proposal.withdraw": self._withdraw,
@@ -387,6 +427,18 @@ class RoomState:
             raise GovernanceError("acceptance names a different invitation than the member's")
         author.status = "active"
         self._maybe_activate()
+
+    def _decline(self, statement: Statement, author: Member, time_ms: int) -> None:
+        """The invitee turns its invitation down. A room still being formed can then
+        never become active (every listed member must accept): it is ``declined``,
+        for good, and takes no further statement. In an active room (an invitation
+        by ``add_member``) only the invitee's membership ends."""
+        body: MemberDecline = statement.body
+        if body.invitation != author.invitation:
+            raise GovernanceError("the decline names a different invitation than the member's")
+        author.status = "declined"
+        if self.status == "pending":
+            self.status = "declined"
 
     def _propose(self, statement: Statement, author: Member, time_ms: int) -> None:
         action = statement.body.action
@@ -456,6 +508,17 @@ class RoomState:
         dataset = self._dataset(body.dataset)
         if dataset.owner != author.fingerprint:
             raise GovernanceError("only the dataset's owner can revoke consent")
+        if author.status == "removed":
+            # the removal already withdrew its consent: the owner's own revocation is
+            # recorded once per dataset (its signed word on the ledger) and changes
+            # nothing else; a repeat is refused, so a removed member cannot fill the ledger
+            if dataset.name in author.withdrawn:
+                raise GovernanceError(f"{author.identity.name} already revoked {dataset.name}")
+            author.withdrawn.add(dataset.name)
+            if dataset.consent:  # cannot happen (removal withdrew it), kept fail-closed
+                dataset.consent = False
+                self.contract_version += 1
+            return
         if not dataset.consent:
             raise GovernanceError(f"consent for {dataset.name} is already revoked")
         dataset.consent = False
@@ -489,7 +552,7 @@ class RoomState:
                 f"{author.identity.name}"
             )
         policy = body.policy
-        self.deposits[body.manifest] = Deposit(
+        deposit = Deposit(
             body.dataset,
             body.manifest,
             author.fingerprint,
@@ -497,6 +560,48 @@ class RoomState:
             frozenset(policy.platforms),
             frozenset(policy.measurements) if policy.measurements is not None else None,
         )
+        if body.broker is not None:
+            deposit.broker, deposit.broker_claims = self.check_broker(
+                body.broker.model_dump(), time_ms, deposit.platforms, deposit.measurements
+            )
+            self.brokers[deposit.broker.fingerprint] = deposit.broker
+        self.deposits[body.manifest] = deposit
+
+    def check_broker(
+        self,
+        offer: dict[str, Any],
+        time_ms: int,
+        platforms: frozenset[str],
+        measurements: frozenset[str] | None,
+    ) -> tuple[PublicIdentity, Claims]:
+        """The broker a key may be sealed to: its evidence verifies at ``time_ms``
+        and binds its identity and the depositor's nonce; its platform and
+        measurement are approved by the room's contract and by the deposit's own
+        policy; its key is no member's, enclave's or the service's. The SDK checks
+        a broker with this before sealing a key to it; the ledger again on deposit."""
+        try:
+            identity = PublicIdentity.from_document(offer.get("identity"))
+            nonce = str(offer.get("nonce", ""))
+            claims = verify_evidence(
+                offer.get("evidence"), now=datetime.fromtimestamp(time_ms / 1000, UTC)
+            )
+            check_broker_binding(claims, nonce=nonce, tee_pubkey=identity.fingerprint)
+            appraise(claims, self.release_policy())
+        except CleanroomError as exc:
+            raise GovernanceError(f"the key broker is not attested: {exc}") from exc
+        taken = {*self.members, *self._enclaves}
+        if self.service is not None:
+            taken.add(self.service.fingerprint)
+        if identity.fingerprint in taken:
+            raise GovernanceError("a key broker's key must be its own")
+        if claims.platform not in platforms or (
+            measurements is not None and claims.measurement not in measurements
+        ):
+            raise GovernanceError(
+                f"the key broker runs {claims.measurement}, which the "
+                "deposit's own policy does not allow"
+            )
+        return identity, claims
 
     def _manifest_owners(self, digest: str) -> set[tuple[str, str]]:
         """(dataset, owner) of every registered or proposed manifest with ``digest``."""
@@ -528,7 +633,7 @@ class RoomState:
         if analysis.digest != body.digest:
             raise GovernanceError(f"the text of analysis {analysis.name!r} is not the one expected")
         self._consenting(analysis.inputs)
-        self.jobs[statement.digest] = Job(
+        job = Job(
             statement.digest,
             analysis.name,
             analysis.digest,
@@ -537,6 +642,9 @@ class RoomState:
             analysis.inputs,
             analysis.recipients,
         )
+        self.jobs[statement.digest] = job
+        if all(self._dataset(name).versions for name in job.inputs):
+            job.waiting_for = self._waiting(job, self.job_inputs(job.id))  # who must release
 
     def _consenting(self, names: Iterable[str]) -> None:
         for name in names:
@@ -568,20 +676,41 @@ class RoomState:
         if not self.measurements:
             raise GovernanceError("the room's contract approves no measurement: nothing may run")
         return Policy(
-            frozenset(self.measurements), allow_insecure_virtual=self.allow_insecure_virtual
+            frozenset(self.measurements),
+            allow_insecure_virtual=self.allow_insecure_virtual,
+            terms=self.terms.policy() if self.terms is not None else None,
         )
 
     def _check_release(self, job: Job, claims: Claims) -> list[tuple[str, str]]:
+        # R5 the job still waits for keys
         if job.status != "requested":
             raise GovernanceError(f"job {job.id[:12]}... is {job.status}: keys go to new jobs only")
-        appraise(claims, self.release_policy())
+        # R6 the contract approves the platform, measurement and terms (a refusal of
+        # the room's, not a fault of the request: a releaser denies it, signed)
+        try:
+            appraise(claims, self.release_policy())
+        except AttestationError as exc:
+            raise GovernanceError(str(exc)) from exc
+        # R7 the analysis is still the approved, active text the job named
         analysis = self._analysis(job.analysis)
         if analysis.status != "active" or analysis.digest != job.analysis_digest:
             raise GovernanceError(f"analysis {job.analysis!r} is no longer approved")
+        # R8 every input's owner still consents
         self._consenting(job.inputs)
+        # R9 the inputs' rules still admit the analysis
         self.check_policy(
             analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
         )
+        self._check_budget(job, analysis)  # R10
+        inputs = self.job_inputs(job.id)
+        self._check_deposits(inputs, claims)  # R11
+        return inputs
+
+    def _owner_release(self, statement: Statement, author: Member, time_ms: int) -> None:
+        self._release(statement, time_ms, releaser=author.fingerprint)
+
+    def _check_budget(self, job: Job, analysis: Analysis) -> None:
+        # R10 a DP analysis finds budget left in every input not yet charged for this job
         if analysis.dp is not None:
             charged = {name for name, _ in job.released}  # by this job's earlier releases
             for name in analysis.inputs:
@@ -593,7 +722,10 @@ class RoomState:
                         f"the privacy budget of {name!r} is exhausted: {dataset.remaining:g} "
                         f"epsilon left, the analysis needs {analysis.dp.epsilon:g}"
                     )
-        inputs = self.job_inputs(job.id)
+
+    def _check_deposits(self, inputs: list[tuple[str, str]], claims: Claims) -> None:
+        # R11 each input's current version has its owner's deposit, whose own policy
+        # admits this platform and measurement
         for name, manifest in inputs:
             deposit = self.deposits.get(manifest)
             if deposit is None or deposit.owner != self.datasets[name].owner:
@@ -607,26 +739,38 @@ class RoomState:
                     f"the owner of {name!r} has not approved measurement "
                     f"{claims.platform}:{claims.measurement} for its key"
                 )
-        return inputs
+            if deposit.broker_claims is not None:  # the broker holding it is still approved
+                try:
+                    appraise(deposit.broker_claims, self.release_policy())
+                except AttestationError as exc:
+                    raise GovernanceError(
+                        f"the key broker holding the key of {name!r} is no longer approved "
+                        f"by the contract ({exc}): its owner must deposit it again"
+                    ) from exc
 
-    def _broker_release(self, statement: Statement, time_ms: int) -> None:
-        self._release(statement, time_ms, releaser=None)
-
-    def _owner_release(self, statement: Statement, author: Member, time_ms: int) -> None:
-        self._release(statement, time_ms, releaser=author.fingerprint)
-
-    def releasable(self, job: Job, releaser: str | None) -> list[tuple[str, str]]:
-        """The inputs of ``job`` that ``releaser`` releases: the broker (None) those
-        deposited with it, an owner its own inputs kept at home."""
+    def releasable(self, job: Job, releaser: str) -> list[tuple[str, str]]:
+        """The inputs of ``job`` that ``releaser`` (a fingerprint) releases: an
+        attested broker those deposited with it, an owner its own kept at home."""
         mine = []
         for name, manifest in self.job_inputs(job.id):
             deposit = self.deposits.get(manifest)
             if deposit is None:
                 continue
-            by_broker = releaser is None and deposit.release == "broker"
+            by_broker = deposit.broker is not None and deposit.broker.fingerprint == releaser
             if by_broker or (deposit.release == "owner" and deposit.owner == releaser):
                 mine.append((name, manifest))
         return mine
+
+    def due(self, job: Job, releaser: str) -> list[tuple[str, str]]:
+        """What ``releaser`` still has to release for ``job``: its inputs not released
+        yet, while the job waits for keys (else nothing)."""
+        if job.status != "requested":
+            return []
+        return [
+            item
+            for item in self.releasable(job, releaser)
+            if item not in job.released and item[1] not in job.input_keys
+        ]
 
     def check_key_request(self, request: dict[str, Any], *, now_ms: int) -> list[tuple[str, str]]:
         """The release decision, without recording anything: may the keys of this
@@ -645,34 +789,38 @@ class RoomState:
     def _check_request(
         self, body: KeyRelease, job: Job, time_ms: int
     ) -> tuple[PublicIdentity, Claims, list[tuple[str, str]]]:
-        # (1) and (2) are about the request itself (KeyRequestError): anyone can forge
-        # a bad one, so it says nothing about whether the room would release
+        """The release decision, conditions R1-R11 (docs/adr/0019 and 0020). R1-R4 are
+        about the request itself (KeyRequestError): anyone can forge a bad one, so it
+        says nothing about whether the room would release. R5-R11 are the room's."""
+        # R1 the enclave's identity is well formed
         try:
             enclave = PublicIdentity.from_document(body.enclave)
         except CleanroomError as exc:
             raise KeyRequestError(f"invalid enclave identity: {exc}") from exc
-        if job.enclave is None:  # (1) the first release: a fresh enclave key and nonce
-            known = enclave.fingerprint in self._enclaves or enclave.fingerprint in self.members
+        if job.enclave is None:  # R2 the first release: a fresh enclave key and nonce
+            known = {*self._enclaves, *self.members, *self.brokers}
             service = self.service is not None and enclave.fingerprint == self.service.fingerprint
-            if known or service:
+            if enclave.fingerprint in known or service:
                 raise KeyRequestError("an enclave key must be fresh for each job")
             if body.nonce in self._nonces:
                 raise KeyRequestError("the key release nonce was used before (replay)")
         elif enclave.fingerprint != job.enclave.fingerprint or body.nonce != job.nonce:
+            # R2' a later release: the same enclave key and nonce as the first
             raise KeyRequestError("this job's keys already go to another enclave (replay)")
-        # (2) the evidence verifies now and binds this nonce, enclave key and job
+        # R3 the evidence verifies now and binds this nonce, enclave key and job
         claims = verify_evidence(body.evidence, now=datetime.fromtimestamp(time_ms / 1000, UTC))
         check_binding(claims, nonce=body.nonce, tee_pubkey=enclave.fingerprint, job=job.id)
+        # R4 a later release names evidence of the same platform and measurement
         if job.enclave is not None and (claims.platform, claims.measurement) != (
             job.platform,
             job.measurement,
         ):
             raise KeyRequestError("this job's releases must name the same evidence")
-        # (3) the room's contract, rules, budgets and every owner's policy allow it
+        # R5-R11 the room's contract, rules, budgets and every owner's policy allow it
         return enclave, claims, self._check_release(job, claims)
 
-    def _release(self, statement: Statement, time_ms: int, *, releaser: str | None) -> None:
-        """One key release for a job: by the broker or by one data owner. The first
+    def _release(self, statement: Statement, time_ms: int, *, releaser: str) -> None:
+        """One key release for a job: by an attested broker or by one data owner. The first
         fixes the job's enclave and nonce; the job runs once every input is released."""
         body: KeyRelease = statement.body
         job = self.job(body.job)
@@ -680,22 +828,21 @@ class RoomState:
         if job.enclave is not None and tuple(inputs) != job.expected:
             raise GovernanceError("the job's inputs changed since its first release")
         # (4) the releaser releases exactly what is its to release, once
-        mine = self.releasable(job, releaser)
+        # (a broker may release in steps: what its deposits held when it was asked)
         named = [(i.dataset, i.manifest) for i in body.inputs]
-        if releaser is None and body.sealed_keys is None and named == inputs and mine == inputs:
-            pass  # a broker release of every input, keys handed over directly
-        elif not mine or named != mine:
-            raise GovernanceError("the release names other inputs than the releaser's own")
         if any(m in job.input_keys or (d, m) in job.released for d, m in named):
             raise GovernanceError("these inputs were released to this job already (replay)")
+        due = [i for i in self.releasable(job, releaser) if i not in job.released]
+        if not due or named != due:
+            raise GovernanceError("the release names other inputs than the releaser's own")
         sealed = {k.manifest: k.sealed for k in body.sealed_keys or []}
         if body.sealed_keys is not None and (
             len(sealed) != len(body.sealed_keys)
             or [(k.dataset, k.manifest) for k in body.sealed_keys] != named
         ):
             raise GovernanceError("the release must carry one sealed key per input it names")
-        if releaser is not None and body.sealed_keys is None:
-            raise GovernanceError("an owner's release carries its keys, sealed to the enclave")
+        if body.sealed_keys is None:
+            raise GovernanceError("a release carries its keys, sealed to the enclave")
         # (5) record: the first release registers the enclave; DP budgets are charged
         # for what is released now (the release is the charge)
         if job.enclave is None:
@@ -724,7 +871,8 @@ class RoomState:
             if (name, manifest) in job.released:
                 continue
             deposit = self.deposits.get(manifest)
-            who = deposit.owner if deposit and deposit.release == "owner" else "key broker"
+            # a missing deposit waits for the dataset's owner, as an owner-held key does
+            who = "key broker" if deposit and deposit.broker else self._dataset(name).owner
             if who not in due:
                 due.append(who)
         return tuple(due)
@@ -874,7 +1022,15 @@ class RoomState:
 
     def _check_add_member(self, action: AddMember, proposer: str) -> None:
         member = _member_from_body(action, "")
+        taken = {*self._enclaves, *self.brokers}
+        if self.service is not None:
+            taken.add(self.service.fingerprint)
+        if member.fingerprint in taken:
+            raise GovernanceError("that key is an enclave's, a key broker's or the service's")
         existing = self.members.get(member.fingerprint)
+        if existing is not None and existing.status == "declined":
+            # a declined invitation is final: the room cannot keep inviting the party
+            raise GovernanceError(f"{member.identity.name} declined to join this room")
         if existing is not None and existing.status != "removed":
             raise GovernanceError(f"{member.identity.name} is already a member")
 
@@ -889,8 +1045,10 @@ class RoomState:
     def _apply_remove_member(self, action: RemoveMember, proposal_id: str) -> None:
         """A removed member's data stops being usable at once: no vote of the others
         may keep using a party's data without it. Its consent is withdrawn and its
-        key deposits retired, as a consequence of this entry."""
-        self.members[action.member].status = "removed"
+        key deposits retired, as a consequence of this entry. It keeps two things:
+        reading the history up to and including this entry, and revoking consent."""
+        removed = self.members[action.member]
+        removed.status, removed.removed_at = "removed", self.size  # this entry's position
         for dataset in self.datasets.values():
             if dataset.owner == action.member:
                 dataset.consent = False
@@ -978,9 +1136,27 @@ class RoomState:
             sources[name] = Source(
                 name, dataset.versions[-1].manifest.schema, dataset.rule, approved
             )
-        if dp is not None:
-            return check_dp(text, sources, dp).sql
-        return check_query(text, sources).sql
+        memo = self.memo
+        digest = _check_digest(text, sources, dp) if memo is not None else ""
+        known = memo.get(digest) if memo is not None else None
+        if known is not None:
+            ok, value = known
+            if not ok:
+                raise PolicyError(value)
+            return value
+        try:
+            sql = (
+                check_dp(text, sources, dp).sql
+                if dp is not None
+                else check_query(text, sources).sql
+            )
+        except PolicyError as exc:
+            if memo is not None:
+                memo.put(digest, ok=False, value=str(exc))
+            raise
+        if memo is not None:
+            memo.put(digest, ok=True, value=sql)
+        return sql
 
     def _apply_add_analysis(self, action: AddAnalysis, proposal: Proposal) -> None:
         self.analyses[action.name] = Analysis(
@@ -1007,6 +1183,7 @@ class RoomState:
     def _apply_set_measurements(self, action: SetMeasurements, proposal_id: str) -> None:
         self.measurements = tuple(sorted({(m.platform, m.value) for m in action.measurements}))
         self.allow_insecure_virtual = action.allow_insecure_virtual
+        self.terms = action.terms
 
     def _owned(self, name: str, proposer: str) -> Dataset:
         dataset = self._dataset(name)
@@ -1101,6 +1278,9 @@ class RoomState:
             ],
             "measurements": [{"platform": p, "value": v} for p, v in self.measurements],
             "allow_insecure_virtual": self.allow_insecure_virtual,
+            "attestation_terms": (
+                self.terms.model_dump(exclude_none=True) if self.terms is not None else None
+            ),
             "limits": self.limits.model_dump() if self.limits else None,
             "jobs": {
                 status: sum(1 for j in self.jobs.values() if j.status == status)
@@ -1136,6 +1316,39 @@ class RoomState:
         return canonical_digest(self.summary())
 
 
+_FOLD_MEMO: ContextVar[CheckMemo | None] = ContextVar("cleanroom_fold_memo", default=None)
+
+
+@contextmanager
+def folding_with(memo: CheckMemo | None) -> Iterator[None]:
+    """Room states folded in this block remember policy check outcomes in ``memo``.
+    Only the service's ledger does this, for its own view (see
+    :mod:`cleanroom.policy.memo`); every other fold checks afresh."""
+    token = _FOLD_MEMO.set(memo)
+    try:
+        yield
+    finally:
+        _FOLD_MEMO.reset(token)
+
+
+def _check_digest(text: str, sources: dict[str, Source], dp: DpSpec | None) -> str:
+    return canonical_digest(
+        {
+            "text": text,
+            "dp": dp.model_dump(mode="json") if dp is not None else None,
+            "sources": [
+                {
+                    "name": s.name,
+                    "schema": s.schema.to_json(),
+                    "rule": s.rule.model_dump(mode="json") if s.rule is not None else None,
+                    "approved": s.owner_approved,
+                }
+                for s in sources.values()
+            ],
+        }
+    )
+
+
 def fold(
     records: Iterable[tuple[int, Statement]],
     check: SignatureCheck,
@@ -1146,6 +1359,7 @@ def fold(
     for time_ms, statement in records:
         if state is None:
             state = RoomState.genesis(statement, time_ms, check, service)
+            state.memo = _FOLD_MEMO.get()
         else:
             state.apply(statement, time_ms, check)
     if state is None:

@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from cleanroom.attestation.terms import AttestationPolicy
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_json
 from cleanroom.crypto.encoding import b64url_encode, parse_json
@@ -79,6 +80,12 @@ class RoomCreate(WireModel):
 
 
 class MemberAccept(WireModel):
+    invitation: Digest
+
+
+class MemberDecline(WireModel):
+    """An invited party turns its invitation down: it never becomes a member."""
+
     invitation: Digest
 
 
@@ -138,13 +145,45 @@ class Measurement(WireModel):
         return self
 
 
+class AttestationTerms(WireModel):
+    """Terms of the contract besides the measurement (see
+    :class:`cleanroom.attestation.terms.AttestationPolicy`): exact host data (SEV-SNP
+    HOST_DATA, e.g. the hash of a confidential container's policy), the least
+    SVN of each SEV-SNP TCB component, the exact VMPL, the least report version,
+    the exact TDX MRCONFIGID and RTMRs (by index, as strings "0" to "3")."""
+
+    host_data: StrictStr | None = Field(default=None, max_length=128)
+    min_tcb: dict[StrictStr, StrictInt] | None = Field(default=None, max_length=5)
+    vmpl: StrictInt | None = None
+    min_report_version: StrictInt | None = None
+    mrconfigid: StrictStr | None = Field(default=None, max_length=96)
+    rtmrs: dict[Literal["0", "1", "2", "3"], StrictStr] | None = None
+
+    def policy(self) -> AttestationPolicy:
+        return AttestationPolicy(
+            host_data=self.host_data,
+            min_tcb=self.min_tcb,
+            vmpl=self.vmpl,
+            min_report_version=self.min_report_version,
+            mrconfigid=self.mrconfigid,
+            rtmrs={int(k): v for k, v in self.rtmrs.items()} if self.rtmrs is not None else None,
+        )
+
+    @model_validator(mode="after")
+    def _valid(self) -> AttestationTerms:
+        self.policy()  # its own checks: known components, sizes, ranges, at least one term
+        return self
+
+
 class SetMeasurements(WireModel):
-    """The runtime code the room trusts. Insecure virtual measurements (no hardware
-    protection) are refused unless ``allow_insecure_virtual`` says so explicitly."""
+    """The runtime code the room trusts, with the contract's other attestation
+    terms. Insecure virtual measurements (no hardware protection) are refused
+    unless ``allow_insecure_virtual`` says so explicitly."""
 
     type: Literal["set_measurements"]
     measurements: list[Measurement] = Field(max_length=64)
     allow_insecure_virtual: StrictBool = False
+    terms: AttestationTerms | None = None
 
     @model_validator(mode="after")
     def _virtual_needs_consent(self) -> SetMeasurements:
@@ -226,26 +265,39 @@ class ReleasePolicy(WireModel):
     measurements: list[MeasurementValue] | None = Field(default=None, max_length=64)
 
 
+class BrokerOffer(WireModel):
+    """An attested key broker as a depositor saw it: its public identity and
+    evidence whose report data binds that identity and the depositor's nonce."""
+
+    identity: dict[str, Any]
+    nonce: StrictStr = Field(min_length=16, max_length=128)
+    evidence: dict[str, Any]
+
+
 class KeyDeposit(WireModel):
     """How one version of a dataset's data key is released, with the owner's policy.
 
     ``release: "owner"`` (the default for new datasets): the key stays on the
     owner's machine and the owner's key agent signs each release itself; no
-    key is deposited. ``release: "broker"``: the key is HPKE-sealed to the
-    key broker (``sealed_key``), which releases it on the owner's behalf."""
+    key is deposited. ``release: "broker"``: the key is HPKE-sealed
+    (``sealed_key``) to one attested key broker (``broker``: its identity and
+    the evidence the depositor checked), which releases it on the owner's
+    behalf; no other key opens it."""
 
     dataset: Name
     manifest: Digest  # canonical digest of the signed manifest
     release: Literal["owner", "broker"] = "broker"
     sealed_key: StrictStr | None = Field(default=None, min_length=40, max_length=200)
+    broker: BrokerOffer | None = None
     policy: ReleasePolicy
 
     @model_validator(mode="after")
     def _mode(self) -> KeyDeposit:
-        if (self.release == "broker") != (self.sealed_key is not None):
+        broker = self.release == "broker"
+        if broker != (self.sealed_key is not None) or broker != (self.broker is not None):
             raise ValueError(
-                "a broker deposit carries the key sealed to the broker; an owner deposit "
-                "carries no key"
+                "a broker deposit carries the key sealed to an attested broker and that "
+                "broker's evidence; an owner deposit carries neither"
             )
         return self
 
@@ -336,6 +388,7 @@ class JobFail(WireModel):
 BODIES: dict[str, type[WireModel]] = {
     "room.create": RoomCreate,
     "member.accept": MemberAccept,
+    "member.decline": MemberDecline,
     "proposal.create": ProposalCreate,
     "ballot": Ballot,
     "proposal.withdraw": ProposalWithdraw,
@@ -350,6 +403,7 @@ BODIES: dict[str, type[WireModel]] = {
 Kind = Literal[
     "room.create",
     "member.accept",
+    "member.decline",
     "proposal.create",
     "ballot",
     "proposal.withdraw",
@@ -487,6 +541,10 @@ def room_create(
 
 def member_accept(party: Party, room: str, invitation: str, *, now: Clock = _now_ms) -> str:
     return sign_statement(party, room, "member.accept", {"invitation": invitation}, now=now)
+
+
+def member_decline(party: Party, room: str, invitation: str, *, now: Clock = _now_ms) -> str:
+    return sign_statement(party, room, "member.decline", {"invitation": invitation}, now=now)
 
 
 def propose(party: Party, room: str, action: dict[str, Any], *, now: Clock = _now_ms) -> str:

@@ -23,19 +23,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cleanroom.crypto import jws
 from cleanroom.errors import GovernanceError, IntegrityError
-from cleanroom.governance.state import RoomState
+from cleanroom.governance.state import RoomState, folding_with
 from cleanroom.governance.statements import Statement, parse_statement
 from cleanroom.identities.keystore import Party
 from cleanroom.ledger.entries import Entry, Receipt, TreeHead
 from cleanroom.ledger.merkle import MerkleTree
 from cleanroom.ledger.store import LedgerStore, StoredEntry, StoredHead
 from cleanroom.ledger.verify import verify_entries
+from cleanroom.policy.memo import CheckMemo
 
 
 class QuarantinedError(IntegrityError):
@@ -71,6 +73,9 @@ class _Room:
     last_time: int
 
 
+ROOM_LOCKS = 64  # locks rooms are spread over
+
+
 class Ledger:
     def __init__(
         self,
@@ -80,7 +85,9 @@ class Ledger:
         policy: TreeHeadPolicy | None = None,
         clock: Callable[[], int] = now_ms,
         verify_workers: int | None = None,
+        memo: CheckMemo | None = None,
     ) -> None:
+        self.memo = memo  # the service's memo of policy check outcomes, for its own view
         self.store = store
         self.service = service
         self.policy = policy or TreeHeadPolicy()
@@ -88,7 +95,14 @@ class Ledger:
         self._workers = verify_workers if verify_workers is not None else (os.cpu_count() or 1)
         self._rooms: dict[str, _Room] = {}
         self.quarantined: dict[str, str] = {}  # room -> why its history did not verify
-        self._lock = threading.RLock()
+        # one lock per room, so that a slow check (a large analysis's policy check, a
+        # long history verified at first use) in one room never stalls another
+        self._locks = [threading.RLock() for _ in range(ROOM_LOCKS)]
+
+    def _lock(self, room: str) -> threading.RLock:
+        """The room's lock: one of a fixed set (a room id any caller names must not
+        grow memory), so two rooms share one only by chance."""
+        return self._locks[zlib.crc32(room.encode()) % len(self._locks)]
 
     # -- reading ---------------------------------------------------------------------
 
@@ -115,14 +129,15 @@ class Ledger:
         if not stored:
             raise _NoRoomError(f"no room {room[:12]}... on this ledger")
         entries = [Entry.decode(s.data) for s in stored]
-        verified = verify_entries(
-            room,
-            entries,
-            self.store.tree_heads(room),
-            self.service.identity,
-            workers=self._workers,
-            require_covered=False,
-        )
+        with folding_with(self.memo):
+            verified = verify_entries(
+                room,
+                entries,
+                self.store.tree_heads(room),
+                self.service.identity,
+                workers=self._workers,
+                require_covered=False,
+            )
         tree = MerkleTree([s.leaf for s in stored])
         loaded = _Room(tree, verified.state, verified.head, entries[-1].time)
         if verified.head.size < tree.size:
@@ -137,7 +152,7 @@ class Ledger:
         healthy = []
         for room in self.rooms():
             try:
-                with self._lock:
+                with self._lock(room):
                     self._room(room)
             except QuarantinedError:
                 continue
@@ -146,11 +161,11 @@ class Ledger:
 
     def state(self, room: str) -> RoomState:
         """The derived room state; callers must not mutate it."""
-        with self._lock:
+        with self._lock(room):
             return self._room(room).state
 
     def size(self, room: str) -> int:
-        with self._lock:
+        with self._lock(room):
             return self._room(room).tree.size
 
     def entries(self, room: str, start: int = 0, end: int | None = None) -> list[Entry]:
@@ -161,13 +176,13 @@ class Ledger:
         return [Entry.decode(s.data) for s in self.store.entries(room, start, end)]
 
     def tree_head(self, room: str) -> TreeHead:
-        with self._lock:
+        with self._lock(room):
             cached = self._room(room)
             self._maybe_issue(room, cached)
             return cached.head
 
     def receipt(self, room: str, seq: int) -> Receipt:
-        with self._lock:
+        with self._lock(room):
             cached = self._room(room)
             if not 0 <= seq < cached.tree.size:
                 raise GovernanceError(f"no entry {seq} in room {room[:12]}...")
@@ -180,7 +195,7 @@ class Ledger:
             )
 
     def consistency_proof(self, room: str, old_size: int, new_size: int) -> list[bytes]:
-        with self._lock:
+        with self._lock(room):
             tree = self._room(room).tree
             if not 0 <= old_size <= new_size <= tree.size:
                 raise GovernanceError(f"no consistency proof from {old_size} to {new_size}")
@@ -188,7 +203,7 @@ class Ledger:
 
     def export(self, room: str) -> dict[str, Any]:
         """A portable export that :func:`verify_export` checks offline."""
-        with self._lock:
+        with self._lock(room):
             cached = self._room(room)
             if cached.head.size != cached.tree.size:
                 self._issue(room, cached)
@@ -216,9 +231,10 @@ class Ledger:
     def create_room(self, token: str) -> Entry:
         """Record a ``room.create`` statement as entry 0 of a new room."""
         (statement,) = self._parse([token])
-        with self._lock:
+        with self._lock(statement.room):
             when = self.clock()
             state = RoomState.genesis(statement, when, jws.verify_parsed, self.service.identity)
+            state.memo = self.memo
             entry = Entry(0, when, token)
             self.store.create_room(statement.room, self._stored(entry, statement))
             tree = MerkleTree([entry.leaf_hash])
@@ -237,7 +253,7 @@ class Ledger:
         if not tokens:
             return []
         statements = self._parse(tokens)
-        with self._lock:
+        with self._lock(room):
             cached = self._room(room)
             when = max(self.clock(), cached.last_time)
             applied = 0
@@ -277,7 +293,7 @@ class Ledger:
 
     def receipts(self, room: str, entries: Sequence[Entry]) -> list[Receipt]:
         """Receipts for entries just appended, under the latest tree head."""
-        with self._lock:
+        with self._lock(room):
             cached = self._room(room)
             if entries and cached.head.size <= entries[-1].seq:
                 self._issue(room, cached)
@@ -288,9 +304,12 @@ class Ledger:
             ]
 
     def issue_due_tree_heads(self) -> None:
-        with self._lock:
-            for room, cached in list(self._rooms.items()):
-                self._maybe_issue(room, cached)
+        for room in list(self._rooms.copy()):
+            with self._lock(room):
+                # read under the room's lock: a failed write may have dropped the cache
+                cached = self._rooms.get(room)
+                if cached is not None:
+                    self._maybe_issue(room, cached)
 
     def _stored(self, entry: Entry, statement: Statement) -> StoredEntry:
         return StoredEntry(entry.seq, entry.time, entry.encode(), entry.leaf_hash, statement.digest)

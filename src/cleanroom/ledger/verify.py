@@ -4,7 +4,8 @@
 and either returns the verified ledger with the room state derived from it,
 or raises. Steps:
 
-(1) the export is well formed and names the expected service;
+(1) the export is well formed, names the expected service and, when the
+    caller names the room it asked for, is that room's;
 (2) entries are numbered 0..n-1 in order, with non-decreasing times, each
     within MAX_ENTRY_SKEW_MS of the time its statement was signed;
 (3) every tree head is signed by the service for this room, their sizes and
@@ -12,7 +13,9 @@ or raises. Steps:
     entries at that size (any edit, insertion, deletion or reordering of
     entries changes a root);
 (4) the last tree head covers every entry;
-(5) every statement parses, every transition is allowed by the governance
+(5) every statement parses and is for this room (the room of the tree heads,
+    so an export relabelled as another room, its heads re-signed, still states
+    the room its members signed), every transition is allowed by the governance
     rules, and every signature verifies under the key the room state gives
     its author at that point (checked on every core once the fold is done).
 
@@ -200,14 +203,7 @@ def _verify_entries(
         raise IntegrityError("the last entries are not covered by a signed tree head")
     statements = [parse_statement(e.statement) for e in entries]  # (5)
     for entry, statement in zip(entries, statements, strict=True):
-        # the writer records a statement only near the time it was signed; a statement
-        # withheld and appended later would move proposal expiry and evidence checks
-        apart = abs(statement.created_at - entry.time)
-        if apart > MAX_ENTRY_SKEW_MS:
-            raise IntegrityError(
-                f"entry {entry.seq} was recorded {apart // 1000} s from the time its "
-                f"statement was signed (at most {MAX_ENTRY_SKEW_MS // 1000} s)"
-            )
+        _check_statement(room, entry, statement)
     signatures = _DeferredSignatures()
     state = fold(
         ((e.time, s) for e, s in zip(entries, statements, strict=True)), signatures, service
@@ -218,10 +214,37 @@ def _verify_entries(
     return VerifiedLedger(room, list(entries), statements, heads, state)
 
 
+def _check_statement(room: str, entry: Entry, statement: Statement) -> None:
+    """Step (5) for one entry, before the fold: its statement is for this room and was
+    recorded near the time it was signed."""
+    if statement.room != room:
+        # the room of the tree heads is only the service's word; the members signed this
+        raise IntegrityError(
+            f"entry {entry.seq} is a statement for room {statement.room[:12]}..., "
+            f"not room {room[:12]}...: the ledger was relabelled"
+        )
+    # the writer records a statement only near the time it was signed; a statement
+    # withheld and appended later would move proposal expiry and evidence checks
+    apart = abs(statement.created_at - entry.time)
+    if apart > MAX_ENTRY_SKEW_MS:
+        raise IntegrityError(
+            f"entry {entry.seq} was recorded {apart // 1000} s from the time its "
+            f"statement was signed (at most {MAX_ENTRY_SKEW_MS // 1000} s)"
+        )
+
+
 def verify_export(
-    document: Any, service: PublicIdentity, *, workers: int | None = None
+    document: Any,
+    service: PublicIdentity,
+    *,
+    room: str | None = None,
+    workers: int | None = None,
 ) -> VerifiedLedger:
-    """Verify a whole ledger export offline (see the module notes)."""
+    """Verify a whole ledger export offline (see the module notes).
+
+    ``room`` is the room the caller asked for: give it whenever it is known, and
+    an export of any other room is refused. Without it the export is verified as
+    the room it names, and its statements must all be for that room."""
     with _gc_paused():
         wire = parse_model(_ExportWire, document, what="ledger export")  # (1)
         entries = [Entry.from_json(e) for e in wire.entries]
@@ -231,6 +254,10 @@ def verify_export(
         raise IntegrityError(f"the export's service identity is invalid: {exc}") from exc
     if named.fingerprint != service.fingerprint:
         raise IntegrityError("the export was made by a different ledger service than the key given")
+    if room is not None and wire.room != room:
+        raise IntegrityError(
+            f"the export is of room {wire.room[:12]}..., not of room {room[:12]}... asked for"
+        )
     return verify_entries(wire.room, entries, wire.tree_heads, service, workers=workers)
 
 

@@ -2,15 +2,20 @@
 
 Every route but ``/v1/health``, ``/v1/service`` and ``/openapi.json`` needs an
 RFC 9421 signature (:mod:`cleanroom.service.auth`). Room routes further need
-the signer to be a member of that room (invited or active); a removed member
-or a stranger gets 403 whether or not the room exists, so room ids leak
-nothing. :data:`ROUTES` lists every route with what it requires; a test pins
-it. Errors are RFC 9457 problem details (:mod:`cleanroom.service.problems`).
+the signer to be a member of that room (invited or active); a party that
+declined or a stranger gets 403 whether or not the room exists, so room ids
+leak nothing. A removed member reads the ledger up to and including the entry
+that removed it (entries, receipts, export; tree heads and consistency proofs
+to link what it saw) and may submit ``consent.revoke``; nothing else.
+:data:`ROUTES` lists every route with what it requires; a test pins it. Errors
+are RFC 9457 problem details (:mod:`cleanroom.service.problems`).
 
 The service never decrypts anything: it stores ciphertext whose digest a
-member signed, and orders statements members signed. Its key broker
-(:mod:`cleanroom.broker`) re-seals deposited data keys to attested enclaves
-only; the job runner (:mod:`cleanroom.service.jobs`) starts those enclaves.
+member signed, and orders statements members signed. It holds no data key:
+its key desk (:mod:`cleanroom.broker.desk`) passes enclaves' key requests to
+the owners' key agents and to the attested key broker, a process of its own
+whose key the service never sees; the job runner
+(:mod:`cleanroom.service.jobs`) starts those enclaves.
 An enclave authenticates with its attested ephemeral key while its job runs,
 and may then read the ledger, download its inputs and report its result.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +40,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cleanroom import __version__
-from cleanroom.broker import KeyBroker
+from cleanroom.broker.desk import KeyDesk
 from cleanroom.crypto import jws
 from cleanroom.errors import (
     AuthenticationError,
@@ -43,6 +49,7 @@ from cleanroom.errors import (
     DeserializationError,
     GovernanceError,
     IntegrityError,
+    InvalidInputError,
     NotFoundError,
     RateLimitedError,
 )
@@ -50,6 +57,7 @@ from cleanroom.governance.outcomes import bytes_bucket
 from cleanroom.governance.state import Job, Member, RoomState
 from cleanroom.governance.statements import STATEMENT_TYP, RoomCreate, parse_statement
 from cleanroom.identities.identity import PublicIdentity
+from cleanroom.ledger.entries import TREE_HEAD_TYP
 from cleanroom.ledger.log import Ledger
 from cleanroom.service import problems
 from cleanroom.service.auth import (
@@ -76,14 +84,23 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/openapi.json", "anyone"),
     ("POST", "/v1/rooms", "signed by the creator named in the room.create statement"),
     ("GET", "/v1/rooms", "signed by a known party"),
+    ("GET", "/v1/broker", "signed by a known party"),
     ("GET", "/v1/rooms/{room}", "member"),
     ("GET", "/v1/rooms/{room}/proposals", "member"),
-    ("POST", "/v1/rooms/{room}/statements", "member, author of every statement"),
-    ("GET", "/v1/rooms/{room}/entries", "member"),
-    ("GET", "/v1/rooms/{room}/tree-head", "member"),
-    ("GET", "/v1/rooms/{room}/receipts/{seq}", "member"),
-    ("GET", "/v1/rooms/{room}/consistency", "member"),
-    ("GET", "/v1/rooms/{room}/export", "member, or the enclave of a running job"),
+    (
+        "POST",
+        "/v1/rooms/{room}/statements",
+        "member, author of every statement (a removed member: consent.revoke only)",
+    ),
+    ("GET", "/v1/rooms/{room}/entries", "member (a removed member: up to its removal)"),
+    ("GET", "/v1/rooms/{room}/tree-head", "member or removed member"),
+    ("GET", "/v1/rooms/{room}/receipts/{seq}", "member (a removed member: up to its removal)"),
+    ("GET", "/v1/rooms/{room}/consistency", "member or removed member"),
+    (
+        "GET",
+        "/v1/rooms/{room}/export",
+        "member, a removed member (up to its removal), or the enclave of a running job",
+    ),
     ("PUT", "/v1/rooms/{room}/blobs/{digest}", "member owning a manifest with that digest"),
     ("GET", "/v1/rooms/{room}/blobs/{digest}", "member for registered datasets, or an enclave"),
     ("GET", "/v1/rooms/{room}/jobs", "member"),
@@ -149,6 +166,10 @@ class Report(BaseModel):
     statement: Token
 
 
+CHECKS_BURST = 8  # analyses one party may propose at once
+CHECK_REFILL_S = 5.0  # and then one more every this many seconds
+
+
 @dataclass(frozen=True)
 class RoomPolicy:
     """Who may create rooms on this service, and how often: without it anyone can
@@ -180,6 +201,7 @@ class Service:
         self.member_quota_bytes = member_quota_bytes
         self.room_policy = rooms or RoomPolicy()
         self._created: dict[str, list[float]] = {}
+        self._checks: dict[str, tuple[float, float]] = {}  # party -> (tokens, when)
         self.ledger = ledger
         self.blobs = blobs
         self.results = results
@@ -187,7 +209,7 @@ class Service:
         self.max_upload_bytes = max_upload_bytes
         self.limits = limits or BodyLimits()
         self.nonces = NonceCache(window_s=2 * max_skew_s, path=nonces)
-        self.broker = KeyBroker(ledger)
+        self.desk = KeyDesk(ledger)
         self.runner: JobRunner | None = None
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._lock = threading.Lock()
@@ -214,6 +236,23 @@ class Service:
                 )
             self._created[fingerprint] = [*recent, now]
 
+    def admit_checks(self, fingerprint: str, count: int) -> None:
+        """Bound what one party's proposed analyses cost the service: each is a policy
+        check (parsing up to 16 KiB of SQL), so a party gets ``CHECKS_BURST`` of them
+        at once and one more every ``CHECK_REFILL_S`` seconds; past that, 429."""
+        if count == 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._checks.get(fingerprint, (float(CHECKS_BURST), now))
+            tokens = min(float(CHECKS_BURST), tokens + (now - last) / CHECK_REFILL_S)
+            if tokens < count:
+                raise RateLimitedError(
+                    f"you proposed too many analyses in a short time; one more may be "
+                    f"proposed every {CHECK_REFILL_S:g} s"
+                )
+            self._checks[fingerprint] = (tokens - count, now)
+
     def trust_enclave(self, job: Job) -> None:
         """Accept request signatures by a job's attested enclave (authorization
         still checks, on each request, that its job is running)."""
@@ -225,16 +264,32 @@ class Service:
         with self._lock:
             return self._keys.get(fingerprint)
 
-    def member(self, room: str, fingerprint: str) -> tuple[RoomState, Member]:
-        """The room's state and the caller's membership, or 403 for strangers."""
+    def _membership(self, room: str, fingerprint: str) -> tuple[RoomState, Member]:
         try:
             state = self.ledger.state(room)
         except GovernanceError:
             state = None
         member = state.members.get(fingerprint) if state is not None else None
-        if state is None or member is None or member.status == "removed":
+        if state is None or member is None:
             raise AuthorizationError("you are not a member of this room")
         return state, member
+
+    def member(self, room: str, fingerprint: str) -> tuple[RoomState, Member]:
+        """The room's state and the caller's membership (invited or active), or 403
+        for strangers, parties that declined and removed members."""
+        state, member = self._membership(room, fingerprint)
+        if member.status not in ("invited", "active"):
+            raise AuthorizationError("you are not a member of this room")
+        return state, member
+
+    def history(self, room: str, fingerprint: str) -> tuple[RoomState, int | None]:
+        """How much of the ledger the caller reads: all of it (None) for a member;
+        for a removed member, the entries up to and including the one that removed
+        it (a count). 403 for anyone else."""
+        state, member = self._membership(room, fingerprint)
+        if member.status == "removed":
+            return state, member.removed_at + 1
+        return self.member(room, fingerprint)[0], None
 
     def enclave_job(self, room: str, fingerprint: str) -> Job | None:
         """The running job whose attested enclave has this key, if any."""
@@ -370,19 +425,18 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         if signer != statement.author:
             raise AuthorizationError("a room is created by the author of its room.create statement")
         service.admit_room_creator(signer)
-        entry = service.ledger.create_room(payload.statement)
-        state = service.ledger.state(statement.room)
-        service.learn(state)
-        return {"room": statement.room, "seq": entry.seq, "status": state.status}
+        # ledger work leaves the event loop: a busy room must never stall the others
+        return await asyncio.to_thread(_create_room, service, payload.statement, statement.room)
 
     @app.get("/v1/rooms")
     def list_rooms(who: Caller) -> list[dict[str, Any]]:
-        """The rooms the caller belongs to (and no other)."""
+        """The rooms the caller belongs to or is invited to (and no other: not
+        another party's invitations, nor rooms it declined or was removed from)."""
         visible = []
         for room in service.ledger.healthy_rooms():
             state = service.ledger.state(room)
             member = state.members.get(who)
-            if member is not None and member.status != "removed":
+            if member is not None and member.status in ("invited", "active"):
                 visible.append(
                     {
                         "room": room,
@@ -428,11 +482,11 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         ] = None,
     ) -> dict[str, Any]:
         who, body = await service.signed_body(request)  # before the body is read
-        service.member(room, who)
         try:
             payload = SubmitStatements.model_validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError(_errors(exc, "body")) from exc
+        # ledger work leaves the event loop: a busy room must never stall the others
         return await asyncio.to_thread(_submit, service, room, who, payload, known)
 
 
@@ -443,9 +497,29 @@ def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
     ]
 
 
+def _create_room(service: Service, token: str, room: str) -> dict[str, Any]:
+    entry = service.ledger.create_room(token)
+    state = service.ledger.state(room)
+    service.learn(state)
+    return {"room": room, "seq": entry.seq, "status": state.status}
+
+
 def _submit(
     service: Service, room: str, who: str, payload: SubmitStatements, known: int | None
 ) -> dict[str, Any]:
+    _, removed = service.history(room, who)
+    if removed is not None and any(
+        parse_statement(t).kind != "consent.revoke" for t in payload.statements
+    ):
+        # the ledger refuses the rest too; the service does not even try
+        raise AuthorizationError("a removed member can only revoke consent for its data")
+    checked = sum(1 for t in payload.statements if _needs_policy_check(t))
+    if checked > MAX_CHECKED_PER_REQUEST:
+        raise InvalidInputError(
+            f"at most {MAX_CHECKED_PER_REQUEST} analyses may be proposed in one request "
+            f"(this one has {checked}); send them in several"
+        )
+    service.admit_checks(who, checked)
     for token in payload.statements:
         if jws.parse(token, typ=STATEMENT_TYP).kid != who:  # the ledger checks the rest
             raise AuthorizationError("submit only statements you signed yourself")
@@ -468,6 +542,18 @@ def _submit(
     return answer
 
 
+MAX_CHECKED_PER_REQUEST = 8  # analyses proposed per request: each costs a policy check
+
+
+def _needs_policy_check(token: str) -> bool:
+    try:
+        statement = parse_statement(token)
+    except CleanroomError:
+        return False  # the ledger refuses it with the reason
+    action = getattr(statement.body, "action", None)
+    return getattr(action, "type", None) == "add_analysis"
+
+
 def _ledger_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/rooms/{room}/entries")
     def entries(
@@ -476,18 +562,23 @@ def _ledger_routes(app: FastAPI, service: Service) -> None:
         start: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
     ) -> dict[str, Any]:
-        service.member(room, who)
-        chosen = service.ledger.entries(room, start, start + limit)
+        _, readable = service.history(room, who)
+        end = start + limit if readable is None else min(start + limit, readable)
+        chosen = service.ledger.entries(room, start, end)
         return {"entries": [e.to_json() for e in chosen]}
 
     @app.get("/v1/rooms/{room}/tree-head")
     def tree_head(room: RoomId, who: Caller) -> dict[str, str]:
-        service.member(room, who)
+        """The latest signed tree head, to members and removed members alike (a
+        removed member's own consent.revoke receipts carry later heads anyway)."""
+        service.history(room, who)
         return {"tree_head": service.ledger.tree_head(room).token}
 
     @app.get("/v1/rooms/{room}/receipts/{seq}")
     def receipt(room: RoomId, seq: Seq, who: Caller) -> dict[str, Any]:
-        service.member(room, who)
+        _, readable = service.history(room, who)
+        if readable is not None and seq >= readable:
+            raise AuthorizationError("a removed member reads the history up to its removal")
         return service.ledger.receipt(room, seq).to_json()
 
     @app.get("/v1/rooms/{room}/consistency")
@@ -497,13 +588,44 @@ def _ledger_routes(app: FastAPI, service: Service) -> None:
         old: Annotated[int, Query(ge=0, le=MAX_SEQ)],
         new: Annotated[int, Query(ge=0, le=MAX_SEQ)],
     ) -> dict[str, list[str]]:
-        service.member(room, who)
+        service.history(room, who)  # hashes only: a removed member links heads it saw
         return {"proof": [h.hex() for h in service.ledger.consistency_proof(room, old, new)]}
 
     @app.get("/v1/rooms/{room}/export")
     def export(room: RoomId, who: Caller) -> dict[str, Any]:
-        service.reader(room, who)
-        return service.ledger.export(room)
+        if service.enclave_job(room, who) is not None:
+            return service.ledger.export(room)
+        _, readable = service.history(room, who)
+        if readable is None:
+            return service.ledger.export(room)
+        return _prefix_export(service, room, readable)
+
+
+def _prefix_export(service: Service, room: str, size: int) -> dict[str, Any]:
+    """A removed member's export: the first ``size`` entries (up to and including
+    its removal), the signed tree heads among them, and under ``prefix`` the latest
+    signed tree head with a consistency proof from those entries to it. So the
+    prefix verifies offline whether or not a head was signed at exactly its size,
+    and extends every head the member saw, its own later receipts' included."""
+    document = service.ledger.export(room)  # its last head covers all its entries
+    heads: list[str] = document["tree_heads"]
+    latest = heads[-1]
+    within = [t for t in heads if _head_size(t) <= size]
+    proof = service.ledger.consistency_proof(room, size, _head_size(latest))
+    return {
+        **document,
+        "entries": document["entries"][:size],
+        "tree_heads": within,
+        "prefix": {"tree_head": latest, "consistency": [h.hex() for h in proof]},
+    }
+
+
+def _head_size(token: str) -> int:
+    """The size a tree head this service signed and stored names (not re-verified)."""
+    size = json.loads(jws.parse(token, typ=TREE_HEAD_TYP).payload)["size"]
+    if not isinstance(size, int):
+        raise TypeError("a stored tree head has no size")
+    return size
 
 
 def _blob_routes(app: FastAPI, service: Service) -> None:
@@ -584,22 +706,33 @@ def _job_routes(app: FastAPI, service: Service) -> None:
     def names(state: RoomState) -> dict[str, str]:
         return {fp: m.identity.name for fp, m in state.members.items()}
 
+    def view(room: str, state: RoomState, job: Job) -> dict[str, Any]:
+        """The ledger's view of a job, its place in this service's queue for the
+        room (1: next; None when it is not waiting: running or finished), and its
+        inputs deposited with a key broker that has since restarted (stale: their
+        owners must re-deposit before the job can run)."""
+        runner, position = service.runner, None
+        if runner is not None and job.status == "requested":
+            position = runner.position(room, job.id)
+        stale = service.desk.stale(state, job)
+        return {**job.view(names(state)), "queue_position": position, "stale": stale}
+
     @app.get("/v1/rooms/{room}/jobs")
     def jobs(room: RoomId, who: Caller) -> list[dict[str, Any]]:
         state, _ = service.member(room, who)
-        return [j.view(names(state)) for j in sorted(state.jobs.values(), key=_requested)]
+        return [view(room, state, j) for j in sorted(state.jobs.values(), key=_requested)]
 
     @app.get("/v1/rooms/{room}/key-requests")
     def key_requests(room: RoomId, who: Caller) -> list[dict[str, Any]]:
         """Key requests of jobs still waiting for an owner's release: each owner's
         key agent checks them itself and answers with key.release or key.deny."""
         service.member(room, who)
-        return service.broker.requests(room)
+        return service.desk.requests(room)
 
     @app.get("/v1/rooms/{room}/jobs/{job}")
     def job(room: RoomId, job: JobId, who: Caller) -> dict[str, Any]:
         state, _ = service.member(room, who)
-        return state.job(job).view(names(state))
+        return view(room, state, state.job(job))
 
     @app.get(
         "/v1/rooms/{room}/jobs/{job}/result", response_class=StreamingResponse, responses=_BLOB
@@ -614,16 +747,32 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         return _stream(service.results, found.output["sha256"])
 
 
+BrokerNonce = Annotated[
+    str,
+    Query(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", description="A nonce."),
+]
+
+
 def _enclave_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/v1/broker")
+    def broker_offer(nonce: BrokerNonce, who: Caller) -> dict[str, Any]:
+        """The attested key broker's identity, with fresh evidence binding it and
+        ``nonce``: what an owner checks before sealing a data key to it."""
+        broker = service.desk.broker
+        if broker is None:
+            raise NotFoundError("this service runs no key broker")
+        return broker.offer(nonce)
+
     @app.post("/v1/rooms/{room}/jobs/{job}/challenge")
     def challenge(room: RoomId, job: JobId, payload: Challenge) -> dict[str, str]:
         """A fresh nonce for the enclave the job runner launched (its launch token)."""
-        return {"nonce": service.broker.challenge(room, job, payload.launch_token)}
+        return {"nonce": service.desk.challenge(room, job, payload.launch_token)}
 
     @app.post("/v1/rooms/{room}/jobs/{job}/keys")
     def keys(room: RoomId, job: JobId, payload: KeyRequest) -> dict[str, Any]:
-        """Evidence in, keys sealed to the enclave out, after a key.release entry."""
-        released = service.broker.release(
+        """Evidence in: the request is checked, kept for the owners' key agents and
+        passed to the attested key broker. Keys arrive on the ledger, sealed."""
+        released = service.desk.release(
             room,
             job,
             token=payload.launch_token,
@@ -637,16 +786,12 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/rooms/{room}/jobs/{job}/key-status")
     def key_status(room: RoomId, job: JobId, payload: Challenge) -> dict[str, Any]:
         """Whether every input of the job has been released (by the broker and the
-        owners' key agents), and whose release is still due."""
-        service.broker.check_launch(room, job, payload.launch_token)
-        state = service.ledger.state(room)
-        found = state.job(job)
-        service.trust_enclave(found)
-        names = {f: m.identity.name for f, m in state.members.items()}
-        return {
-            "status": found.status,
-            "waiting_for": [names.get(w, w) for w in found.waiting_for],
-        }
+        owners' key agents), whose release is still due, and which inputs wait for
+        a fresh deposit (their broker restarted)."""
+        service.desk.check_launch(room, job, payload.launch_token)
+        service.desk.poll(room, job)
+        service.trust_enclave(service.ledger.state(room).job(job))
+        return service.desk.status(room, job)
 
     @app.put("/v1/rooms/{room}/jobs/{job}/result/{digest}", status_code=201)
     async def put_result(

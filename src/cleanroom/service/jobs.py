@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cleanroom.broker import KeyBroker
+from cleanroom.broker.desk import KeyDesk
 from cleanroom.errors import CleanroomError
 from cleanroom.governance.outcomes import FAILURE_CATEGORIES, FailureCategory
 from cleanroom.governance.statements import sign_statement
@@ -59,7 +59,7 @@ class JobRunner:
     and a free worker takes the next job of the room with the fewest running,
     so one room's burst cannot starve the others."""
 
-    def __init__(self, ledger: Ledger, broker: KeyBroker, settings: RunnerSettings) -> None:
+    def __init__(self, ledger: Ledger, broker: KeyDesk, settings: RunnerSettings) -> None:
         self.ledger = ledger
         self.broker = broker
         self.settings = settings

@@ -6,6 +6,11 @@ ciphertext in ``blobs/``, job results in ``results/``, the replay window in
 and :func:`serve` runs it with uvicorn (h11, keep-alive and header limits;
 body limits are :mod:`cleanroom.service.limits`), signing due tree heads on a
 timer.
+
+Every connection must deliver each request line and headers within
+``header_timeout_s`` of opening or of the previous answer
+(:class:`HeadTimeoutProtocol`): uvicorn bounds neither, so one byte every few
+seconds would otherwise hold a connection forever.
 """
 
 from __future__ import annotations
@@ -13,17 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 from collections.abc import AsyncIterator
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from cleanroom.broker.link import BrokerLink
 from cleanroom.ledger.local import open_ledger
 from cleanroom.ledger.log import TreeHeadPolicy
+from cleanroom.policy.memo import CheckMemo, check_code
 from cleanroom.service.app import ROUTES, RoomPolicy, Service, create_app
 from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
 from cleanroom.service.limits import BodyLimits
+from cleanroom.service.problems import MEDIA_TYPE
 from cleanroom.service.settings import Settings, load_settings
 
 __all__ = ["ROUTES", "Service", "Settings", "build_app", "build_service", "load_settings", "serve"]
@@ -40,6 +51,9 @@ def build_service(settings: Settings) -> Service:
             max_clock_skew_ms=settings.max_skew_s * 1000,
         ),
     )
+    # folding every room at start re-runs every stored analysis's policy check: the
+    # service's ledger keeps their outcomes for its own view (cleanroom.policy.memo)
+    ledger.memo = CheckMemo(settings.data_dir / "checks.sqlite3", namespace=check_code())
     service = Service(
         ledger,
         LocalBlobStore(settings.data_dir / "blobs"),
@@ -60,9 +74,13 @@ def build_service(settings: Settings) -> Service:
             per_hour=settings.rooms_per_creator_per_hour,
         ),
     )
+    if settings.key_broker:
+        service.desk.broker = BrokerLink(
+            ledger.service.identity_document(), platform=settings.enclave_platform
+        )
     runner = JobRunner(
         ledger,
-        service.broker,
+        service.desk,
         RunnerSettings(
             url=f"http://{_connect_host(settings.host)}:{settings.port}",
             platform=settings.enclave_platform,
@@ -107,6 +125,8 @@ def build_app(settings: Settings) -> FastAPI:
             task.cancel()
             if service.runner is not None:
                 service.runner.close()
+            if isinstance(service.desk.broker, BrokerLink):
+                service.desk.broker.close()
             service.ledger.store.close()
             service.nonces.close()
 
@@ -114,7 +134,84 @@ def build_app(settings: Settings) -> FastAPI:
     return app
 
 
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline for each request's line and headers.
+
+    uvicorn arms its keep-alive timer only once an answer is complete and cancels
+    it at the first byte of the next request, and arms nothing for a new
+    connection. Here the deadline starts when the connection opens and again when
+    each answer is complete; when it passes and the request head is still
+    incomplete (h11 still waits for it), the connection is closed: with a 408 if
+    part of a request arrived, silently if nothing did. The body has its own
+    limits (:class:`~cleanroom.service.limits.BodyGuard`)."""
+
+    header_timeout_s: float = 10.0  # set per server by :func:`head_timeout_protocol`
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(  # type: ignore[override]
+        self, transport: asyncio.Transport
+    ) -> None:
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_deadline()  # the next request's head
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        if not self.transport.is_closing():
+            self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_late)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        # IDLE: h11 has not parsed a request head since the deadline was armed
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0]:  # part of a request head arrived
+            self.transport.write(_HEAD_TIMEOUT_ANSWER)
+        self.transport.close()
+
+
+_HEAD_TIMEOUT_BODY = (
+    b'{"type": "https://cleanroom.dev/problems/http", "title": "Request head too slow", '
+    b'"status": 408, "detail": "the request line and headers arrived too slowly"}'
+)
+_HEAD_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: "
+    + MEDIA_TYPE.encode()
+    + b"\r\ncontent-length: "
+    + str(len(_HEAD_TIMEOUT_BODY)).encode()
+    + b"\r\nconnection: close\r\n\r\n"
+    + _HEAD_TIMEOUT_BODY
+)
+
+
+def head_timeout_protocol(header_timeout_s: float) -> type[HeadTimeoutProtocol]:
+    """The protocol class uvicorn instantiates per connection, with this deadline."""
+    return type(
+        "HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"header_timeout_s": header_timeout_s}
+    )
+
+
+# How long one thread may hold the interpreter before another gets it (CPython's
+# default is 5 ms). A CPU-bound check in one room (a large analysis's policy
+# check) would otherwise make every I/O-bound request of every other room wait
+# up to 5 ms at each of its many hand-overs (the GIL convoy).
+SWITCH_INTERVAL_S = 0.0005
+
+
 def serve(settings: Settings) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # bind first, so that port 0 resolves before enclaves are told where to connect
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -124,7 +221,7 @@ def serve(settings: Settings) -> None:
     config = uvicorn.Config(
         build_app(settings),
         log_level="warning",
-        http="h11",
+        http=head_timeout_protocol(settings.header_timeout_s),
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=64 << 10,  # request line and headers
     )

@@ -57,12 +57,24 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(
         default=5, ge=1, le=300, description="An idle keep-alive connection is closed after this."
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A request line and headers must arrive within this long of the "
+        "connection opening or of the previous answer, else the connection is closed.",
+    )
     tree_head_max_entries: int = Field(default=256, ge=1)
     tree_head_max_delay_ms: int = Field(default=1_000, ge=0)
     enclave_platform: Literal["insecure-virtual", "configfs-tsm"] = Field(
         default="insecure-virtual",
         description="How job enclaves attest. insecure-virtual gives no hardware protection; "
         "rooms refuse it unless their contract allows it.",
+    )
+    key_broker: bool = Field(
+        default=True,
+        description="Run the attested key broker (its own process, on enclave_platform) for "
+        "owners who deposit keys instead of running a key agent.",
     )
     job_parallelism: int = Field(default=2, ge=1, le=64, description="Jobs run at once.")
     job_time_limit_s: float = Field(default=600.0, gt=0, description="Query time limit per job.")
