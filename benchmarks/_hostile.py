@@ -430,7 +430,7 @@ class _Attacks:
     def _post_signed(self, path: str, body: dict[str, Any]) -> str:
         import httpx  # noqa: PLC0415
 
-        from cleanroom.service.auth import sign_request  # noqa: PLC0415
+        from cleanroom.protocol.requests import sign_request  # noqa: PLC0415
 
         content = json.dumps(body).encode()
         request = httpx.Request(
@@ -448,7 +448,7 @@ class _Attacks:
         """Signature headers for a POST to ``path`` of a body that will never come."""
         import httpx  # noqa: PLC0415
 
-        from cleanroom.service.auth import sign_request  # noqa: PLC0415
+        from cleanroom.protocol.requests import sign_request  # noqa: PLC0415
 
         request = httpx.Request("POST", f"{self.url}{path}")
         sign_request(request, None, self.party, body_sha256="00" * 32)

@@ -29,8 +29,9 @@ import duckdb_extension_tpch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median
 from cleanroom.datasets.schema import Schema
+from cleanroom.errors import PolicyError
 from cleanroom.policy import dp
-from cleanroom.policy.check import PolicyError, Source, check_dp, check_query
+from cleanroom.policy.check import Source, check_dp, check_query
 from cleanroom.policy.rules import AggregationRule, DpSpec
 
 # Each table carries the customer it is about, as a clean room dataset would:

@@ -12,7 +12,6 @@ import pyarrow as pa
 from cleanroom import Party, Schema, seal_dataset
 from cleanroom.attestation import VirtualPlatform, binding
 from cleanroom.attestation.virtual import measure
-from cleanroom.broker import seal_deposit
 from cleanroom.broker.attested import AttestedBroker
 from cleanroom.broker.desk import KeyDesk
 from cleanroom.crypto.canonical import canonical_digest
@@ -28,6 +27,7 @@ from cleanroom.governance import (
 )
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger import Ledger, SQLiteStore, TreeHeadPolicy
+from cleanroom.protocol.sealing import seal_deposit
 
 CODE = measure()  # the code's measurement, once: what the rooms' contracts approve
 

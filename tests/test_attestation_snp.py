@@ -249,5 +249,5 @@ def test_appraisal_refuses_debug_guests_and_unapproved_measurements() -> None:
     with pytest.raises(AttestationError, match="DEBUG"):
         appraise(debug, approved)
     assert appraise(debug, UnsafeAllowDebug(approved.measurements)) is debug
-    with pytest.raises(ValueError, match="empty attestation policy"):
+    with pytest.raises(AttestationError, match="empty attestation policy"):
         Policy(frozenset())

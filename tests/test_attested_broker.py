@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from cleanroom import Party
-from cleanroom.broker import deposit_context
 from cleanroom.client import Room
 from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.crypto.encoding import b64url_decode
 from cleanroom.errors import AttestationError, CleanroomError
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger.local import SERVICE_DIR
+from cleanroom.protocol.sealing import deposit_context
 from cleanroom.service.local import local_service
 from tests.test_jobs import OPEN, _close_clients, _room
 from tests.test_owner_release import _strings

@@ -198,8 +198,8 @@ def test_a_broker_speaks_only_for_jobs_that_need_its_keys(tmp_path: Path) -> Non
 
 
 def _redeposit(jr: JobRoom, owner: str, name: str, manifest: str) -> str:
-    from cleanroom.broker import seal_deposit  # noqa: PLC0415
     from cleanroom.identities.identity import PublicIdentity  # noqa: PLC0415
+    from cleanroom.protocol.sealing import seal_deposit  # noqa: PLC0415
 
     offer = jr.room.broker.offer("r" * 20)
     broker = PublicIdentity.from_document(offer["identity"])

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from cleanroom.errors import AuthorizationError, DeserializationError
+from cleanroom.governance.views import room_view
 from tests.rooms import CODE, Attempt
 from tests.test_key_release import JobRoom
 
@@ -35,7 +36,7 @@ def _terms(jr: JobRoom, terms: dict[str, Any]) -> str:
 def test_a_key_goes_only_to_evidence_with_the_approved_host_data(tmp_path: Path) -> None:
     jr = JobRoom(tmp_path, release="owner")  # the owners' agents release
     _terms(jr, {"host_data": HOST_DATA})
-    assert jr.state.summary()["attestation_terms"] == {"host_data": HOST_DATA}
+    assert room_view(jr.state)["attestation_terms"] == {"host_data": HOST_DATA}
     refused = jr.request()
     attempt = Attempt(jr.desk, jr.room.room, refused, jr.clock)
     with pytest.raises(AuthorizationError, match=f"host_data: expected {HOST_DATA}"):

@@ -31,6 +31,7 @@ from cleanroom.errors import (
     GovernanceError,
     IntegrityError,
     OperationalError,
+    PolicyError,
 )
 from cleanroom.governance import parse_statement, sign_statement
 from cleanroom.governance.outcomes import (
@@ -46,7 +47,6 @@ from cleanroom.governance.outcomes import (
 )
 from cleanroom.governance.statements import STATEMENT_TYP
 from cleanroom.identities.keystore import Party
-from cleanroom.policy.check import PolicyError
 from cleanroom.service.jobs import JobRunner, RunnerSettings, reported_category
 from tests.test_key_release import JobRoom, _complete
 

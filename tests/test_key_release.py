@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cleanroom import Party, Schema, seal_dataset
 from cleanroom.attestation import VirtualPlatform, binding, verify_evidence
 from cleanroom.attestation.virtual import EVIDENCE_TYP, KEY_ID
-from cleanroom.broker import open_released
 from cleanroom.broker.desk import KeyDesk
 from cleanroom.crypto import jws
 from cleanroom.crypto.canonical import canonical_digest, canonical_json
@@ -37,8 +36,9 @@ from cleanroom.errors import (
 from cleanroom.governance import parse_statement, sign_statement
 from cleanroom.governance.statements import request_job
 from cleanroom.ledger import verify_export
+from cleanroom.protocol.requests import sign_request
+from cleanroom.protocol.sealing import open_released
 from cleanroom.service.app import Service, create_app
-from cleanroom.service.auth import sign_request
 from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
 from tests.rooms import CODE, Attempt, Clock, RoomFixture, make_ledger

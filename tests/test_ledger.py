@@ -24,8 +24,10 @@ from cleanroom.errors import (
     RollbackError,
 )
 from cleanroom.governance import propose, revoke_consent, vote
+from cleanroom.governance.views import room_view
 from cleanroom.ledger import (
     Entry,
+    FileHeadStore,
     Ledger,
     SQLiteStore,
     TreeHead,
@@ -75,7 +77,7 @@ def test_export_verifies_offline_and_rederives_the_same_state(room: RoomFixture)
     verified = verify_export(document, room.ledger.service.identity)
     assert len(verified.entries) == room.ledger.size(room.room) == 13
     assert verified.state.digest() == room.ledger.state(room.room).digest()
-    assert verified.state.summary()["datasets"][0]["consent"] is False
+    assert room_view(verified.state)["datasets"][0]["consent"] is False
     assert len(verified.tree_heads) >= 3
 
 
@@ -294,7 +296,7 @@ def test_operator_truncating_history_is_a_detected_rollback(room: RoomFixture) -
 def test_tracker_accepts_honest_growth_and_persists(room: RoomFixture, tmp_path: Path) -> None:
     service = room.ledger.service.identity
     path = tmp_path / "heads.json"
-    tracker = TreeHeadTracker(service, path)
+    tracker = TreeHeadTracker(service, FileHeadStore(path))
     first = room.ledger.tree_head(room.room)
     tracker.observe(first, lambda a, b: room.ledger.consistency_proof(room.room, a, b))
     room.propose("bank", MEASUREMENTS)
@@ -302,7 +304,7 @@ def test_tracker_accepts_honest_growth_and_persists(room: RoomFixture, tmp_path:
     later = room.ledger.tree_head(room.room)
     assert later.size > first.size
     tracker.observe(later, lambda a, b: room.ledger.consistency_proof(room.room, a, b))
-    reloaded = TreeHeadTracker(service, path)
+    reloaded = TreeHeadTracker(service, FileHeadStore(path))
     assert reloaded.last(room.room) == later
     with pytest.raises(ForkError):  # a proof for other sizes does not link them
         check_extends(first, later, room.ledger.consistency_proof(room.room, 1, later.size))

@@ -19,17 +19,14 @@ from http_message_signatures import HTTPMessageSigner, algorithms
 
 from cleanroom import Party
 from cleanroom.errors import AuthenticationError, OperationalError
+from cleanroom.protocol.requests import COVERED, TAG, _PartyKeys, sign_request
 from cleanroom.service.auth import (
-    COVERED,
     MAX_SKEW_S,
-    TAG,
     NonceCache,
     _Lookup,
-    _PartyKeys,
     check_body_digest,
     content_sha256,
     require_signed,
-    sign_request,
     verify_request,
 )
 

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 
 from cleanroom import Party
 from cleanroom.client import Client
-from cleanroom.service.auth import sign_request
+from cleanroom.protocol.requests import sign_request
 from cleanroom.service.local import local_service
 
 

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from cleanroom import seal_dataset
 from cleanroom.crypto.encoding import parse_json
 from cleanroom.datasets.schema import Schema
-from cleanroom.errors import DeserializationError, GovernanceError
+from cleanroom.errors import DeserializationError, GovernanceError, PolicyError
 from cleanroom.policy import dp
-from cleanroom.policy.check import Checked, PolicyError, Source, check_dp, check_query
+from cleanroom.policy.check import Checked, Source, check_dp, check_query
 from cleanroom.policy.rules import CustomRule, DpSpec
 from tests.test_policy import BANK_RULE, CUSTOMERS, MERCHANT_RULE, SOURCES, TRANSACTIONS, _data
 from tests.test_privacy_rules import RuleRoom, _tables

@@ -17,13 +17,13 @@ import pytest
 
 from cleanroom import Party
 from cleanroom.agent import KeyAgent
-from cleanroom.broker import deposit_context, release_context
 from cleanroom.client import Room
 from cleanroom.client.vault import VAULT_DIR, KeyVault
 from cleanroom.crypto.encoding import b64url_decode, b64url_encode
 from cleanroom.crypto.hpke import SealContext
 from cleanroom.errors import CleanroomError
 from cleanroom.ledger.local import SERVICE_DIR
+from cleanroom.protocol.sealing import deposit_context, release_context
 from cleanroom.service.local import local_service
 from tests.test_jobs import _close_clients, _room, service_dir, start_agent
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from cleanroom import Party
-from cleanroom.broker import open_released, release_context
 from cleanroom.crypto.canonical import canonical_digest
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.crypto.hpke import seal
 from cleanroom.errors import GovernanceError
 from cleanroom.governance import sign_statement
+from cleanroom.protocol.sealing import open_released, release_context
 from tests.rooms import Attempt
 from tests.test_key_release import VIRTUAL, JobRoom
 

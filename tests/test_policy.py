@@ -7,8 +7,8 @@ import duckdb
 import pytest
 
 from cleanroom.datasets.schema import Schema
-from cleanroom.errors import GovernanceError
-from cleanroom.policy.check import PolicyError, Source, check_query
+from cleanroom.errors import GovernanceError, PolicyError
+from cleanroom.policy.check import Source, check_query
 from cleanroom.policy.rules import AggregationRule, CustomRule, ListRule, check_rule
 
 TRANSACTIONS = Schema.from_json(

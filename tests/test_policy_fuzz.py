@@ -39,7 +39,8 @@ from hypothesis import event as _event
 from hypothesis import note as _note
 from hypothesis import strategies as st
 
-from cleanroom.policy.check import PolicyError, check_query
+from cleanroom.errors import PolicyError
+from cleanroom.policy.check import check_query
 from tests.policy_oracles import (
     Engine,
     Groups,

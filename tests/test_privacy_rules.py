@@ -19,6 +19,7 @@ from cleanroom.broker.desk import KeyDesk
 from cleanroom.datasets.seal import unseal_key
 from cleanroom.errors import AuthorizationError, GovernanceError
 from cleanroom.governance.statements import request_job
+from cleanroom.governance.views import room_view
 from cleanroom.policy import dp
 from cleanroom.policy.rules import DpSpec
 from tests.rooms import CODE, Attempt, Clock, RoomFixture, make_ledger
@@ -261,7 +262,7 @@ def test_budgets_require_dp_and_are_charged_by_the_release(tmp_path: Path) -> No
     room.analysis("dp", DP_SQL, DP_SPEC)
     room.release(room.request("dp"))
     room.release(room.request("dp"))
-    summary = {d["name"]: d["budget"] for d in room.state.summary()["datasets"]}
+    summary = {d["name"]: d["budget"] for d in room_view(room.state)["datasets"]}
     assert summary["transactions"]["spent"] == pytest.approx(2.0)
     assert summary["customers"]["remaining"] == pytest.approx(0.5)
     job = room.request("dp")
@@ -460,7 +461,7 @@ def test_room_limits_are_a_contract_change_and_the_stricter_limits_win(tmp_path:
     room = RuleRoom(tmp_path)
     limits = {"type": "set_limits", "time_s": 30, "memory_mb": 512, "max_result_rows": 1000}
     room.accept("analyst", limits)
-    assert room.state.summary()["limits"] == limits
+    assert room_view(room.state)["limits"] == limits
     service = Limits(time_s=600, memory="4GB", max_result_rows=1_000_000)
     applied = room_limits(service, room.state.limits)
     assert (applied.time_s, applied.memory, applied.max_result_rows) == (30, "512MB", 1000)

@@ -23,8 +23,8 @@ from cleanroom.errors import (
     OperationalError,
     RollbackError,
 )
+from cleanroom.protocol.requests import sign_request
 from cleanroom.service.app import ROUTES
-from cleanroom.service.auth import sign_request
 from cleanroom.service.local import local_service
 from tests.service_fixture import postgres_schema
 

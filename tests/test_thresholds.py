@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from cleanroom.datasets.schema import Schema
-from cleanroom.policy.check import PolicyError, Source, check_query
+from cleanroom.errors import PolicyError
+from cleanroom.policy.check import Source, check_query
 from cleanroom.policy.rules import AggregationRule
 from tests.test_policy import ALLOWED, SOURCES, _data
 

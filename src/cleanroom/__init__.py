@@ -13,8 +13,11 @@ The short names are the safe paths::
     room.audit.verify()
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from cleanroom.client import Client
-from cleanroom.datasets import Column, Schema, decrypt_dataset, open_dataset, seal_dataset
+from cleanroom.datasets import Column, Schema
 from cleanroom.errors import (
     CleanroomError,
     IntegrityError,
@@ -23,6 +26,20 @@ from cleanroom.errors import (
     ValidationError,
 )
 from cleanroom.identities import Party, PublicIdentity
+
+if TYPE_CHECKING:
+    from cleanroom.datasets.seal import decrypt_dataset, open_dataset, seal_dataset
+
+# Sealing runs DuckDB: loaded on first use, so ``import cleanroom.client`` (which
+# imports this package first) stays light for code that only governs or audits.
+_LAZY = frozenset({"decrypt_dataset", "open_dataset", "seal_dataset"})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module("cleanroom.datasets.seal"), name)
+
 
 __version__ = "0.1.0"
 

@@ -55,6 +55,11 @@ class GovernanceError(InvalidInputError):
     removed member, a closed proposal, a duplicate ballot, a replayed statement."""
 
 
+class PolicyError(GovernanceError):
+    """An analysis that its inputs' rules do not allow; the message names the
+    expression and the rule."""
+
+
 class AuthenticationError(InvalidInputError):
     """A request is unsigned, wrongly signed, stale, replayed or from an unknown key."""
 

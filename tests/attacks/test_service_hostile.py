@@ -21,7 +21,7 @@ from cleanroom import Party, Schema, seal_dataset
 from cleanroom.client import Client, Room
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.governance.statements import STATEMENT_TYP
-from cleanroom.service.auth import sign_request
+from cleanroom.protocol.requests import sign_request
 from cleanroom.service.local import local_service
 from tests.test_jobs import _close_clients, _room  # noqa: F401 - the fixture closes agents
 
@@ -264,7 +264,7 @@ def test_a_bait_manifest_does_not_open_someone_elses_result(
     blob = f"/v1/rooms/{merchant.id}/blobs/{result}"
 
     def fetch(room: Room, path: str) -> httpx.Response:
-        return room.client._http.get(path, auth=room.client._auth)
+        return room.client._transport.http.get(path, auth=room.client._transport.auth)
 
     assert fetch(merchant, blob).status_code == 404  # before any bait
     bait = merchant.propose(

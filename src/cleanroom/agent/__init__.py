@@ -41,15 +41,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cleanroom.attestation import verify_evidence
-from cleanroom.broker import seal_release
 from cleanroom.broker.memory import ReleaseMemory, WithheldError
 from cleanroom.client import Room
 from cleanroom.client.vault import KeyVault
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.errors import AttestationError, CleanroomError, GovernanceError, StorageError
-from cleanroom.governance.state import KeyRequestError, RoomState
+from cleanroom.governance.model import KeyRequestError
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import sign_statement
 from cleanroom.identities.identity import PublicIdentity
+from cleanroom.protocol.sealing import seal_release
 
 log = logging.getLogger("cleanroom.agent")
 

@@ -60,7 +60,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not self.measurements:
-            raise ValueError("an empty attestation policy would accept nothing; name measurements")
+            raise AttestationError(
+                "an empty attestation policy would accept nothing; name measurements"
+            )
 
 
 @dataclass(frozen=True)

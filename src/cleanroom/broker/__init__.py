@@ -1,17 +1,7 @@
 """Key release: the service's key desk and the attested key broker.
 
-:mod:`cleanroom.broker.protocol` holds the HPKE contexts every side shares;
-:mod:`cleanroom.broker.desk` the service's bookkeeping (it opens nothing);
+:mod:`cleanroom.broker.desk` is the service's bookkeeping (it opens nothing);
 :mod:`cleanroom.broker.attested` the broker that runs in its own attested
-process (:mod:`cleanroom.broker.link` starts it and talks to it).
+process (:mod:`cleanroom.broker.link` starts it and talks to it). The HPKE
+contexts every side shares are :mod:`cleanroom.protocol.sealing`.
 """
-
-from cleanroom.broker.protocol import (
-    deposit_context,
-    open_released,
-    release_context,
-    seal_deposit,
-    seal_release,
-)
-
-__all__ = ["deposit_context", "open_released", "release_context", "seal_deposit", "seal_release"]

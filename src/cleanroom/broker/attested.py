@@ -40,7 +40,6 @@ from typing import Any
 
 from cleanroom.attestation.evidence import Attester, broker_binding
 from cleanroom.broker.memory import ReleaseMemory, WithheldError
-from cleanroom.broker.protocol import open_deposit, seal_release
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.errors import (
     AttestationError,
@@ -48,11 +47,14 @@ from cleanroom.errors import (
     DeserializationError,
     GovernanceError,
 )
-from cleanroom.governance.state import KeyRequestError, RoomState
+from cleanroom.governance.model import KeyRequestError
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import sign_statement
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
-from cleanroom.ledger.verify import TreeHeadTracker, verify_export
+from cleanroom.ledger.heads import TreeHeadTracker
+from cleanroom.ledger.verify import verify_export
+from cleanroom.protocol.sealing import open_deposit, seal_release
 
 MIN_NONCE, MAX_NONCE = 16, 128
 

@@ -33,7 +33,8 @@ from typing import Any
 from cleanroom.broker.link import Broker
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.errors import AuthenticationError, AuthorizationError, CleanroomError
-from cleanroom.governance.state import Job, RoomState
+from cleanroom.governance.model import Job
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import parse_statement, sign_statement
 from cleanroom.ledger.log import Ledger
 
@@ -64,7 +65,7 @@ class KeyDesk:
         self.clock = clock or ledger.clock
         self.ttl_ms = ttl_ms
         self._launches: dict[tuple[str, str], bytes] = {}
-        self._nonces: dict[str, _Nonce] = {}
+        self.nonces: dict[str, _Nonce] = {}
         self._requests: dict[tuple[str, str], dict[str, Any]] = {}
         self._asked: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         self._lock = threading.Lock()
@@ -88,8 +89,8 @@ class KeyDesk:
             self._requests.pop((room, job), None)
             self._asked.pop((room, job), None)
             self._failed.pop((room, job), None)
-            for nonce in [n for n, v in self._nonces.items() if (v.room, v.job) == (room, job)]:
-                del self._nonces[nonce]
+            for nonce in [n for n, v in self.nonces.items() if (v.room, v.job) == (room, job)]:
+                del self.nonces[nonce]
 
     def check_launch(self, room: str, job: str, token: str) -> None:
         """Raise unless ``token`` is the launch token of this job's enclave."""
@@ -106,12 +107,12 @@ class KeyDesk:
         now = self.clock()
         with self._lock:
             self._check_launch(room, job, token)
-            for stale in [n for n, v in self._nonces.items() if v.expires <= now]:
-                del self._nonces[stale]
-            if sum(1 for v in self._nonces.values() if v.job == job) >= MAX_OPEN_NONCES:
+            for stale in [n for n, v in self.nonces.items() if v.expires <= now]:
+                del self.nonces[stale]
+            if sum(1 for v in self.nonces.values() if v.job == job) >= MAX_OPEN_NONCES:
                 raise AuthorizationError("too many open challenges for this job")
             nonce = b64url_encode(secrets.token_bytes(32))
-            self._nonces[nonce] = _Nonce(room, job, now + self.ttl_ms)
+            self.nonces[nonce] = _Nonce(room, job, now + self.ttl_ms)
         return nonce
 
     # -- the request ------------------------------------------------------------------
@@ -130,7 +131,7 @@ class KeyDesk:
         key agents and pass it to the key broker. Returns who must still release."""
         with self._lock:
             self._check_launch(room, job, token)
-            issued = self._nonces.pop(nonce, None)
+            issued = self.nonces.pop(nonce, None)
         request = {"job": job, "enclave": enclave, "nonce": nonce, "evidence": evidence}
         try:
             if issued is None or (issued.room, issued.job) != (room, job):

@@ -39,6 +39,7 @@ from cleanroom.errors import (
     IntegrityError,
     KeystoreError,
     OperationalError,
+    PolicyError,
     RollbackError,
     SchemaError,
     ValidationError,
@@ -48,10 +49,15 @@ from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import Statement
 from cleanroom.identities import Party, PublicIdentity, format_fingerprint
 from cleanroom.identities.keystore import IDENTITY_FILE
-from cleanroom.ledger import TreeHeadTracker, VerifiedLedger, open_ledger, verify_export
+from cleanroom.ledger import (
+    FileHeadStore,
+    TreeHeadTracker,
+    VerifiedLedger,
+    load_export,
+    open_ledger,
+    verify_export,
+)
 from cleanroom.ledger.local import service_identity_file
-from cleanroom.ledger.verify import load_export
-from cleanroom.policy.check import PolicyError
 from cleanroom.wire import pretty_json
 
 app = typer.Typer(
@@ -327,7 +333,7 @@ def _verified(export: Path, service_key: Path, known_heads: Path | None) -> Veri
     service = PublicIdentity.load(service_key)
     verified = verify_export(load_export(export), service)
     if known_heads is not None:
-        TreeHeadTracker(service, known_heads).observe_verified(verified)
+        TreeHeadTracker(service, FileHeadStore(known_heads)).observe_verified(verified)
     return verified
 
 

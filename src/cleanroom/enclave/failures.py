@@ -17,9 +17,9 @@ from cleanroom.errors import (
     GovernanceError,
     IntegrityError,
     InvalidInputError,
+    PolicyError,
 )
 from cleanroom.governance.outcomes import FailureCategory
-from cleanroom.policy.check import PolicyError
 
 
 class JobFailedError(InvalidInputError):

@@ -49,8 +49,7 @@ import pyarrow as pa
 
 from cleanroom.attestation import binding
 from cleanroom.attestation.evidence import Attester
-from cleanroom.broker.protocol import open_released
-from cleanroom.client import Client, Room, result_context
+from cleanroom.client import Client, Room
 from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
@@ -59,11 +58,13 @@ from cleanroom.datasets.seal import sha256_file
 from cleanroom.enclave.failures import JobFailedError, category_of
 from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
 from cleanroom.errors import AuthorizationError, GovernanceError, IntegrityError
+from cleanroom.governance.model import Job
 from cleanroom.governance.outcomes import bytes_bucket, rows_bucket, time_bucket
-from cleanroom.governance.state import Job, RoomState
+from cleanroom.governance.state import RoomState
 from cleanroom.governance.statements import SetLimits, sign_statement
 from cleanroom.identities.keystore import Party
 from cleanroom.policy.rules import DpSpec
+from cleanroom.protocol.sealing import open_released, result_context
 
 JobKind = Callable[[str, list[Input], Limits, Path], JobResult]
 KINDS: dict[str, JobKind] = {"sql": run_sql}

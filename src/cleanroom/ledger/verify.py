@@ -19,21 +19,20 @@ or raises. Steps:
     rules, and every signature verifies under the key the room state gives
     its author at that point (checked on every core once the fold is done).
 
-A client that saw a tree head before keeps it (:class:`TreeHeadTracker`); a
-later head must be consistent with it: a smaller size is a rollback, a
-different root at the same size or a failed consistency proof is a fork.
+A client that saw a tree head before keeps it (:class:`cleanroom.ledger.heads.TreeHeadTracker`);
+a later head must be consistent with it (:func:`check_extends`): a smaller
+size is a rollback, a different root at the same size or a failed consistency
+proof is a fork. Nothing here reads or writes a file.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -46,13 +45,12 @@ from cleanroom.errors import (
     IntegrityError,
     RollbackError,
 )
-from cleanroom.fs import write_file
 from cleanroom.governance.state import RoomState, fold
 from cleanroom.governance.statements import Statement, parse_statement
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger.entries import Entry, TreeHead
 from cleanroom.ledger.merkle import MerkleTree, verify_consistency
-from cleanroom.wire import WireModel, parse_model, read_json_file
+from cleanroom.wire import WireModel, parse_model
 
 _CHUNK = 1_000
 # the most a statement's signing time and its entry's time may differ (the service's
@@ -118,7 +116,7 @@ class _DeferredSignatures:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector during bulk parsing.
 
     Verifying builds hundreds of thousands of small acyclic objects; the
@@ -150,7 +148,7 @@ def verify_entries(
     appended after the last tree head (a crash before signing one) are still
     checked in full, and the caller signs a head for them.
     """
-    with _gc_paused():
+    with gc_paused():
         return _verify_entries(
             room,
             entries,
@@ -245,7 +243,7 @@ def verify_export(
     ``room`` is the room the caller asked for: give it whenever it is known, and
     an export of any other room is refused. Without it the export is verified as
     the room it names, and its statements must all be for that room."""
-    with _gc_paused():
+    with gc_paused():
         wire = parse_model(_ExportWire, document, what="ledger export")  # (1)
         entries = [Entry.from_json(e) for e in wire.entries]
     try:
@@ -259,51 +257,6 @@ def verify_export(
             f"the export is of room {wire.room[:12]}..., not of room {room[:12]}... asked for"
         )
     return verify_entries(wire.room, entries, wire.tree_heads, service, workers=workers)
-
-
-def load_export(path: Path) -> Any:
-    with _gc_paused():
-        return read_json_file(path, what="ledger export", max_bytes=MAX_EXPORT_BYTES)
-
-
-class TreeHeadTracker:
-    """The last tree head a client accepted per room, optionally kept in a file.
-
-    :meth:`observe` accepts a newer head only with a valid consistency proof
-    from the last one; it raises :class:`RollbackError` or :class:`ForkError`
-    otherwise, and then keeps the old head.
-    """
-
-    def __init__(self, service: PublicIdentity, path: Path | None = None) -> None:
-        self.service = service
-        self.path = path
-        self._heads: dict[str, TreeHead] = {}
-        if path is not None and path.exists():
-            for room, token in read_json_file(path, what="known tree heads").items():
-                self._heads[room] = TreeHead.verify(token, service, room=room)
-
-    def last(self, room: str) -> TreeHead | None:
-        return self._heads.get(room)
-
-    def observe(self, head: TreeHead, proof: Callable[[int, int], list[bytes]]) -> TreeHead:
-        """Accept ``head`` if it extends the last one seen; ``proof(old, new)`` fetches
-        a consistency proof."""
-        old = self._heads.get(head.room)
-        if old is not None:
-            check_extends(old, head, proof(old.size, head.size) if head.size > old.size else [])
-        self._heads[head.room] = head
-        self._save()
-        return head
-
-    def observe_verified(self, verified: VerifiedLedger) -> TreeHead:
-        """Accept the head of a fully verified export; its own entries give the proof."""
-        tree = MerkleTree([e.leaf_hash for e in verified.entries])
-        return self.observe(verified.head, tree.consistency_proof)
-
-    def _save(self) -> None:
-        if self.path is not None:
-            document = {room: head.token for room, head in sorted(self._heads.items())}
-            write_file(self.path, json.dumps(document, indent=2).encode() + b"\n")
 
 
 def check_extends(old: TreeHead, new: TreeHead, proof: list[bytes]) -> None:

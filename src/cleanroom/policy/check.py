@@ -41,8 +41,9 @@ from sqlglot.optimizer.scope import Scope as SqlglotScope
 from sqlglot.optimizer.scope import traverse_scope
 
 from cleanroom.datasets.schema import Schema
+from cleanroom.errors import PolicyError
 from cleanroom.policy import grammar, threshold
-from cleanroom.policy.grammar import AGGREGATES, ARITHMETIC, SCALARS, PolicyError, family
+from cleanroom.policy.grammar import AGGREGATES, ARITHMETIC, SCALARS, family
 from cleanroom.policy.rules import (
     SCALAR_FUNCTIONS,
     AggregationRule,
@@ -229,7 +230,7 @@ def _qualify(query: exp.Select, inputs: dict[str, _Input]) -> exp.Select:
 def _mode(inputs: dict[str, _Input]) -> str:
     kinds = {type(i.source.rule) for i in inputs.values()}
     if len(kinds) > 1:
-        named = sorted(k.__name__.replace("Rule", "").lower() for k in kinds if k is not None)
+        named = sorted(k.__name__.replace("Rule", "").lower() for k in kinds if k is not type(None))
         raise PolicyError(
             "datasets under different kinds of rules cannot meet in one query "
             f"({', '.join(named)}{', no rule' if type(None) in kinds else ''})"

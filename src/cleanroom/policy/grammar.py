@@ -26,16 +26,11 @@ from collections.abc import Callable
 
 from sqlglot import exp
 
-from cleanroom.errors import GovernanceError
+from cleanroom.errors import PolicyError
 
 MAX_SQL_CHARS = 16_384  # parsing is the cost: ~80 ms at this size on 2 cores
 MAX_NODES = 5_000
 MAX_DEPTH = 128
-
-
-class PolicyError(GovernanceError):
-    """An analysis that its inputs' rules do not allow; the message names the
-    expression and the rule."""
 
 
 def _args(*names: str) -> frozenset[str]:

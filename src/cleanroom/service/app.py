@@ -7,8 +7,9 @@ declined or a stranger gets 403 whether or not the room exists, so room ids
 leak nothing. A removed member reads the ledger up to and including the entry
 that removed it (entries, receipts, export; tree heads and consistency proofs
 to link what it saw) and may submit ``consent.revoke``; nothing else.
-:data:`ROUTES` lists every route with what it requires; a test pins it. Errors
-are RFC 9457 problem details (:mod:`cleanroom.service.problems`).
+:mod:`cleanroom.service.access` decides who may call each route, from one
+table: an app with a route missing from it does not build. Errors are RFC 9457
+problem details (:mod:`cleanroom.service.problems`).
 
 The service never decrypts anything: it stores ciphertext whose digest a
 member signed, and orders statements members signed. It holds no data key:
@@ -47,24 +48,31 @@ from cleanroom.errors import (
     AuthorizationError,
     CleanroomError,
     DeserializationError,
-    GovernanceError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
     RateLimitedError,
 )
+from cleanroom.governance.model import Job
 from cleanroom.governance.outcomes import bytes_bucket
-from cleanroom.governance.state import Job, Member, RoomState
-from cleanroom.governance.statements import STATEMENT_TYP, RoomCreate, parse_statement
-from cleanroom.identities.identity import PublicIdentity
+from cleanroom.governance.state import RoomState
+from cleanroom.governance.statements import STATEMENT_TYP, parse_statement
+from cleanroom.governance.views import job_view, proposal_views, room_view
 from cleanroom.ledger.entries import TREE_HEAD_TYP
 from cleanroom.ledger.log import Ledger
 from cleanroom.service import problems
+from cleanroom.service.access import (
+    JOB_ID,
+    ROOM_ID,
+    ROUTE_ACCESS,
+    Grant,
+    authorize,
+    check_routes,
+)
 from cleanroom.service.auth import (
     NonceCache,
     check_body_digest,
     content_sha256,
-    require_signed,
     verify_request,
 )
 from cleanroom.service.blobs import BlobStore, check_digest
@@ -72,47 +80,13 @@ from cleanroom.service.jobs import JobRunner
 from cleanroom.service.limits import BodyGuard, BodyLimits
 
 Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
-RoomId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A room id.")]
+RoomId = Annotated[str, PathParam(pattern=ROOM_ID, description="A room id.")]
 MAX_SEQ = 2**53 - 1  # positions fit JSON numbers and every store's integers
 Seq = Annotated[int, PathParam(ge=0, le=MAX_SEQ, description="An entry's position.")]
 Digest = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="A SHA-256, hex.")]
 
-# (method, path, who may call it) for every route; tests/test_service.py pins this table.
-ROUTES: list[tuple[str, str, str]] = [
-    ("GET", "/v1/health", "anyone"),
-    ("GET", "/v1/service", "anyone"),
-    ("GET", "/openapi.json", "anyone"),
-    ("POST", "/v1/rooms", "signed by the creator named in the room.create statement"),
-    ("GET", "/v1/rooms", "signed by a known party"),
-    ("GET", "/v1/broker", "signed by a known party"),
-    ("GET", "/v1/rooms/{room}", "member"),
-    ("GET", "/v1/rooms/{room}/proposals", "member"),
-    (
-        "POST",
-        "/v1/rooms/{room}/statements",
-        "member, author of every statement (a removed member: consent.revoke only)",
-    ),
-    ("GET", "/v1/rooms/{room}/entries", "member (a removed member: up to its removal)"),
-    ("GET", "/v1/rooms/{room}/tree-head", "member or removed member"),
-    ("GET", "/v1/rooms/{room}/receipts/{seq}", "member (a removed member: up to its removal)"),
-    ("GET", "/v1/rooms/{room}/consistency", "member or removed member"),
-    (
-        "GET",
-        "/v1/rooms/{room}/export",
-        "member, a removed member (up to its removal), or the enclave of a running job",
-    ),
-    ("PUT", "/v1/rooms/{room}/blobs/{digest}", "member owning a manifest with that digest"),
-    ("GET", "/v1/rooms/{room}/blobs/{digest}", "member for registered datasets, or an enclave"),
-    ("GET", "/v1/rooms/{room}/jobs", "member"),
-    ("GET", "/v1/rooms/{room}/jobs/{job}", "member"),
-    ("GET", "/v1/rooms/{room}/key-requests", "member"),
-    ("POST", "/v1/rooms/{room}/jobs/{job}/challenge", "the enclave launched for the job"),
-    ("POST", "/v1/rooms/{room}/jobs/{job}/keys", "the enclave launched for the job"),
-    ("POST", "/v1/rooms/{room}/jobs/{job}/key-status", "the enclave launched for the job"),
-    ("PUT", "/v1/rooms/{room}/jobs/{job}/result/{digest}", "the job's attested enclave"),
-    ("POST", "/v1/rooms/{room}/jobs/{job}/report", "the job's attested enclave"),
-    ("GET", "/v1/rooms/{room}/jobs/{job}/result", "a recipient of the job's result"),
-]
+# (method, path, who may call it) for every route, from the access table
+ROUTES: list[tuple[str, str, str]] = [(m, p, a.who) for (m, p), a in ROUTE_ACCESS.items()]
 
 
 class Problem(BaseModel):
@@ -136,11 +110,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"description": "The request does not match its schema", **_PROBLEM},
     503: {"description": "The service cannot serve this now", **_PROBLEM},
 }
-
-
-class CreateRoom(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    statement: Token
 
 
 class SubmitStatements(BaseModel):
@@ -264,48 +233,6 @@ class Service:
         with self._lock:
             return self._keys.get(fingerprint)
 
-    def _membership(self, room: str, fingerprint: str) -> tuple[RoomState, Member]:
-        try:
-            state = self.ledger.state(room)
-        except GovernanceError:
-            state = None
-        member = state.members.get(fingerprint) if state is not None else None
-        if state is None or member is None:
-            raise AuthorizationError("you are not a member of this room")
-        return state, member
-
-    def member(self, room: str, fingerprint: str) -> tuple[RoomState, Member]:
-        """The room's state and the caller's membership (invited or active), or 403
-        for strangers, parties that declined and removed members."""
-        state, member = self._membership(room, fingerprint)
-        if member.status not in ("invited", "active"):
-            raise AuthorizationError("you are not a member of this room")
-        return state, member
-
-    def history(self, room: str, fingerprint: str) -> tuple[RoomState, int | None]:
-        """How much of the ledger the caller reads: all of it (None) for a member;
-        for a removed member, the entries up to and including the one that removed
-        it (a count). 403 for anyone else."""
-        state, member = self._membership(room, fingerprint)
-        if member.status == "removed":
-            return state, member.removed_at + 1
-        return self.member(room, fingerprint)[0], None
-
-    def enclave_job(self, room: str, fingerprint: str) -> Job | None:
-        """The running job whose attested enclave has this key, if any."""
-        try:
-            job = self.ledger.state(room).enclave_job(fingerprint)
-        except GovernanceError:
-            return None
-        return job if job is not None and job.status == "running" else None
-
-    def reader(self, room: str, fingerprint: str) -> tuple[RoomState, Job | None]:
-        """A member, or the enclave of a running job (then its job)."""
-        job = self.enclave_job(room, fingerprint)
-        if job is not None:
-            return self.ledger.state(room), job
-        return self.member(room, fingerprint)[0], None
-
     def start_jobs(self, room: str, tokens: list[str]) -> None:
         if self.runner is None:
             return
@@ -362,6 +289,7 @@ def create_app(service: Service) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         responses=ERROR_RESPONSES,
+        dependencies=[Depends(authorize)],  # who may call each route: the access table
     )
     problems.install(app)
     app.state.service = service
@@ -371,16 +299,13 @@ def create_app(service: Service) -> FastAPI:
     _blob_routes(app, service)
     _job_routes(app, service)
     _enclave_routes(app, service)
+    check_routes(app.routes)  # fail closed: a route without an access rule is not served
     app.add_middleware(BodyGuard, limits=service.limits)
     return app
 
 
-async def _caller(request: Request) -> str:
-    service: Service = request.app.state.service
-    return (await service.signed_body(request))[0]
-
-
-Caller = Annotated[str, Depends(_caller)]
+# the caller's grant, as the access table decided it (computed once per request)
+Granted = Annotated[Grant, Depends(authorize)]
 
 
 def _public_routes(app: FastAPI, service: Service) -> None:
@@ -404,38 +329,23 @@ def _public_routes(app: FastAPI, service: Service) -> None:
 
 def _room_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/rooms", status_code=201)
-    async def create_room(request: Request) -> dict[str, Any]:
-        require_signed(request.headers)
-        body = await request.body()
-        try:
-            payload = CreateRoom.model_validate_json(body)
-        except ValidationError as exc:
-            raise DeserializationError('the body must be {"statement": <room.create>}') from exc
-        statement = parse_statement(payload.statement)
-        if not isinstance(statement.body, RoomCreate):
-            raise GovernanceError("POST /v1/rooms takes a room.create statement")
-        candidates = {}
-        for member in statement.body.members:
-            try:
-                identity = PublicIdentity.from_document(member.identity)
-            except CleanroomError:
-                continue
-            candidates[identity.fingerprint] = identity.signing_key
-        signer = service.authenticate(request, body, candidates)
-        if signer != statement.author:
-            raise AuthorizationError("a room is created by the author of its room.create statement")
-        service.admit_room_creator(signer)
+    async def create_room(grant: Granted) -> dict[str, Any]:
+        """The statement's author, authenticated with the key the statement lists."""
+        if grant.creation is None:
+            raise RuntimeError("a room is created on a CREATOR grant")
+        token, statement = grant.creation
+        service.admit_room_creator(grant.signer)
         # ledger work leaves the event loop: a busy room must never stall the others
-        return await asyncio.to_thread(_create_room, service, payload.statement, statement.room)
+        return await asyncio.to_thread(_create_room, service, token, statement.room)
 
     @app.get("/v1/rooms")
-    def list_rooms(who: Caller) -> list[dict[str, Any]]:
+    def list_rooms(grant: Granted) -> list[dict[str, Any]]:
         """The rooms the caller belongs to or is invited to (and no other: not
         another party's invitations, nor rooms it declined or was removed from)."""
         visible = []
         for room in service.ledger.healthy_rooms():
             state = service.ledger.state(room)
-            member = state.members.get(who)
+            member = state.members.get(grant.signer)
             if member is not None and member.status in ("invited", "active"):
                 visible.append(
                     {
@@ -449,14 +359,12 @@ def _room_routes(app: FastAPI, service: Service) -> None:
         return visible
 
     @app.get("/v1/rooms/{room}")
-    def room_state(room: RoomId, who: Caller) -> dict[str, Any]:
-        state, _ = service.member(room, who)
-        return state.summary()
+    def room_state(room: RoomId, grant: Granted) -> dict[str, Any]:
+        return room_view(grant.room)
 
     @app.get("/v1/rooms/{room}/proposals")
-    def proposals(room: RoomId, who: Caller) -> list[dict[str, Any]]:
-        state, _ = service.member(room, who)
-        return state.proposal_views()
+    def proposals(room: RoomId, grant: Granted) -> list[dict[str, Any]]:
+        return proposal_views(grant.room)
 
     @app.post(
         "/v1/rooms/{room}/statements",
@@ -471,6 +379,7 @@ def _room_routes(app: FastAPI, service: Service) -> None:
     async def submit(
         room: RoomId,
         request: Request,
+        grant: Granted,
         known: Annotated[
             int | None,
             Query(
@@ -481,13 +390,13 @@ def _room_routes(app: FastAPI, service: Service) -> None:
             ),
         ] = None,
     ) -> dict[str, Any]:
-        who, body = await service.signed_body(request)  # before the body is read
+        body = await request.body()  # read, and checked, once the signature was
         try:
             payload = SubmitStatements.model_validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError(_errors(exc, "body")) from exc
         # ledger work leaves the event loop: a busy room must never stall the others
-        return await asyncio.to_thread(_submit, service, room, who, payload, known)
+        return await asyncio.to_thread(_submit, service, room, grant, payload, known)
 
 
 def _errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
@@ -505,10 +414,10 @@ def _create_room(service: Service, token: str, room: str) -> dict[str, Any]:
 
 
 def _submit(
-    service: Service, room: str, who: str, payload: SubmitStatements, known: int | None
+    service: Service, room: str, grant: Grant, payload: SubmitStatements, known: int | None
 ) -> dict[str, Any]:
-    _, removed = service.history(room, who)
-    if removed is not None and any(
+    who = grant.signer
+    if grant.readable is not None and any(  # a removed member
         parse_statement(t).kind != "consent.revoke" for t in payload.statements
     ):
         # the ledger refuses the rest too; the service does not even try
@@ -558,25 +467,24 @@ def _ledger_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/rooms/{room}/entries")
     def entries(
         room: RoomId,
-        who: Caller,
+        grant: Granted,
         start: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
     ) -> dict[str, Any]:
-        _, readable = service.history(room, who)
+        readable = grant.readable
         end = start + limit if readable is None else min(start + limit, readable)
         chosen = service.ledger.entries(room, start, end)
         return {"entries": [e.to_json() for e in chosen]}
 
     @app.get("/v1/rooms/{room}/tree-head")
-    def tree_head(room: RoomId, who: Caller) -> dict[str, str]:
+    def tree_head(room: RoomId, _: Granted) -> dict[str, str]:
         """The latest signed tree head, to members and removed members alike (a
         removed member's own consent.revoke receipts carry later heads anyway)."""
-        service.history(room, who)
         return {"tree_head": service.ledger.tree_head(room).token}
 
     @app.get("/v1/rooms/{room}/receipts/{seq}")
-    def receipt(room: RoomId, seq: Seq, who: Caller) -> dict[str, Any]:
-        _, readable = service.history(room, who)
+    def receipt(room: RoomId, seq: Seq, grant: Granted) -> dict[str, Any]:
+        readable = grant.readable
         if readable is not None and seq >= readable:
             raise AuthorizationError("a removed member reads the history up to its removal")
         return service.ledger.receipt(room, seq).to_json()
@@ -584,21 +492,18 @@ def _ledger_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/rooms/{room}/consistency")
     def consistency(
         room: RoomId,
-        who: Caller,
+        _: Granted,
         old: Annotated[int, Query(ge=0, le=MAX_SEQ)],
         new: Annotated[int, Query(ge=0, le=MAX_SEQ)],
     ) -> dict[str, list[str]]:
-        service.history(room, who)  # hashes only: a removed member links heads it saw
+        # hashes only: a removed member links the heads it saw
         return {"proof": [h.hex() for h in service.ledger.consistency_proof(room, old, new)]}
 
     @app.get("/v1/rooms/{room}/export")
-    def export(room: RoomId, who: Caller) -> dict[str, Any]:
-        if service.enclave_job(room, who) is not None:
+    def export(room: RoomId, grant: Granted) -> dict[str, Any]:
+        if grant.readable is None:  # a member, or a running job's enclave
             return service.ledger.export(room)
-        _, readable = service.history(room, who)
-        if readable is None:
-            return service.ledger.export(room)
-        return _prefix_export(service, room, readable)
+        return _prefix_export(service, room, grant.readable)
 
 
 def _prefix_export(service: Service, room: str, size: int) -> dict[str, Any]:
@@ -630,10 +535,11 @@ def _head_size(token: str) -> int:
 
 def _blob_routes(app: FastAPI, service: Service) -> None:
     @app.put("/v1/rooms/{room}/blobs/{digest}", status_code=201)
-    async def upload(room: RoomId, digest: Digest, request: Request) -> dict[str, Any]:
+    async def upload(
+        room: RoomId, digest: Digest, request: Request, grant: Granted
+    ) -> dict[str, Any]:
         check_digest(digest)
-        who = service.authenticate(request, None)  # the body is checked as it streams in
-        state, _ = service.member(room, who)
+        who, state = grant.signer, grant.room  # the body is checked as it streams in
         if content_sha256(request.headers) != digest:
             raise AuthenticationError("Content-Digest does not name the blob being uploaded")
         manifest = _owned_manifest(state, digest, who)
@@ -668,11 +574,11 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
             200: {"content": {"application/octet-stream": {}}, "description": "The ciphertext"}
         },
     )
-    def download(room: RoomId, digest: Digest, who: Caller) -> StreamingResponse:
+    def download(room: RoomId, digest: Digest, grant: Granted) -> StreamingResponse:
         """Dataset ciphertext only (job results come from their own route and store):
         a registered version's to members, a released input's to its job's enclave.
         A proposal, open or not, opens nothing."""
-        state, job = service.reader(room, who)
+        state, job = grant.room, grant.job
         check_digest(digest)
         if job is not None:
             released = {state.version(n, m).manifest.sha256 for n, m in job.released}
@@ -696,7 +602,7 @@ def _stream(store: BlobStore, digest: str) -> StreamingResponse:
     )
 
 
-JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="A job id.")]
+JobId = Annotated[str, PathParam(pattern=JOB_ID, description="A job id.")]
 _BLOB: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The ciphertext"}
 }
@@ -715,35 +621,32 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         if runner is not None and job.status == "requested":
             position = runner.position(room, job.id)
         stale = service.desk.stale(state, job)
-        return {**job.view(names(state)), "queue_position": position, "stale": stale}
+        return {**job_view(job, names(state)), "queue_position": position, "stale": stale}
 
     @app.get("/v1/rooms/{room}/jobs")
-    def jobs(room: RoomId, who: Caller) -> list[dict[str, Any]]:
-        state, _ = service.member(room, who)
+    def jobs(room: RoomId, grant: Granted) -> list[dict[str, Any]]:
+        state = grant.room
         return [view(room, state, j) for j in sorted(state.jobs.values(), key=_requested)]
 
     @app.get("/v1/rooms/{room}/key-requests")
-    def key_requests(room: RoomId, who: Caller) -> list[dict[str, Any]]:
+    def key_requests(room: RoomId, _: Granted) -> list[dict[str, Any]]:
         """Key requests of jobs still waiting for an owner's release: each owner's
         key agent checks them itself and answers with key.release or key.deny."""
-        service.member(room, who)
         return service.desk.requests(room)
 
     @app.get("/v1/rooms/{room}/jobs/{job}")
-    def job(room: RoomId, job: JobId, who: Caller) -> dict[str, Any]:
-        state, _ = service.member(room, who)
+    def job(room: RoomId, job: JobId, grant: Granted) -> dict[str, Any]:
+        state = grant.room
         return view(room, state, state.job(job))
 
     @app.get(
         "/v1/rooms/{room}/jobs/{job}/result", response_class=StreamingResponse, responses=_BLOB
     )
-    def result(room: RoomId, job: JobId, who: Caller) -> StreamingResponse:
-        state, _ = service.member(room, who)
-        found = state.job(job)
+    def result(room: RoomId, job: JobId, grant: Granted) -> StreamingResponse:
+        """A recipient's (the access rule checks it once the job has a result)."""
+        found = grant.room.job(job)
         if found.status != "succeeded" or found.output is None:
             raise NotFoundError(f"job {job[:12]}... has no result ({found.status})")
-        if who not in found.sealed_keys:
-            raise AuthorizationError("only the job's result recipients may fetch its result")
         return _stream(service.results, found.output["sha256"])
 
 
@@ -755,7 +658,7 @@ BrokerNonce = Annotated[
 
 def _enclave_routes(app: FastAPI, service: Service) -> None:
     @app.get("/v1/broker")
-    def broker_offer(nonce: BrokerNonce, who: Caller) -> dict[str, Any]:
+    def broker_offer(nonce: BrokerNonce, _: Granted) -> dict[str, Any]:
         """The attested key broker's identity, with fresh evidence binding it and
         ``nonce``: what an owner checks before sealing a data key to it."""
         broker = service.desk.broker
@@ -795,13 +698,10 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
 
     @app.put("/v1/rooms/{room}/jobs/{job}/result/{digest}", status_code=201)
     async def put_result(
-        room: RoomId, job: JobId, digest: Digest, request: Request
+        room: RoomId, job: JobId, digest: Digest, request: Request, _: Granted
     ) -> dict[str, Any]:
+        """The job's attested enclave, while the job runs (the access rule)."""
         check_digest(digest)
-        who = service.authenticate(request, None)
-        running = service.enclave_job(room, who)
-        if running is None or running.id != job:
-            raise AuthorizationError("only the job's attested enclave uploads its result")
         if content_sha256(request.headers) != digest:
             raise AuthenticationError("Content-Digest does not name the blob being uploaded")
         try:
@@ -815,11 +715,9 @@ def _enclave_routes(app: FastAPI, service: Service) -> None:
         return {"digest": digest, "bytes": size}
 
     @app.post("/v1/rooms/{room}/jobs/{job}/report", status_code=201)
-    async def report(room: RoomId, job: JobId, request: Request) -> dict[str, Any]:
-        who, body = await service.signed_body(request)
-        running = service.enclave_job(room, who)
-        if running is None or running.id != job:
-            raise AuthorizationError("only the job's attested enclave reports its outcome")
+    async def report(room: RoomId, job: JobId, request: Request, grant: Granted) -> dict[str, Any]:
+        """The job's attested enclave, while the job runs (the access rule)."""
+        who, body = grant.signer, await request.body()
         try:
             payload = Report.model_validate_json(body)
         except ValidationError as exc:

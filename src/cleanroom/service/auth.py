@@ -1,10 +1,9 @@
-"""Request authentication with HTTP Message Signatures (RFC 9421).
+"""The service's check of request signatures (RFC 9421).
 
-Every authenticated request carries a signature tagged ``cleanroom`` by a party's
-Ed25519 key over ``@method``, ``@path``, ``@query`` and ``content-digest``
-(RFC 9530, SHA-256 of the exact body), with ``created``, ``nonce``, ``alg``
-and ``keyid`` (the party's fingerprint) as signed parameters. The server
-checks, in order:
+How a request is signed, the tag and the covered components are the
+protocol's (:mod:`cleanroom.protocol.requests`); this module is the server's
+side: the time and replay policy and the nonce store. The server checks, in
+order:
 
 (1) the signature headers are present and well formed;
 (2) the key id names a party the service knows, and the signature verifies
@@ -14,11 +13,10 @@ checks, in order:
 (4) the (key id, nonce) pair was not seen within the replay window (kept
     in a file, so a restart does not reopen it).
 
-``@path`` is the request target exactly as sent, percent-encoding included:
-the client signs ``httpx``'s encoded URL and the service verifies the raw
-target, never a decoded form. A service authenticates from the headers
-(``body=None``) before it reads a body, then checks the body against the
-signed ``Content-Digest`` (:func:`check_body_digest`).
+``@path`` is verified over the raw request target, never a decoded form. A
+service authenticates from the headers (``body=None``) before it reads a body,
+then checks the body against the signed ``Content-Digest``
+(:func:`check_body_digest`).
 
 Cryptography and canonicalisation are the ``http-message-signatures``
 package's; the time and replay policy are ours, with the clock injected.
@@ -29,45 +27,26 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from http_message_signatures import (
     HTTPMessageSignaturesException,
-    HTTPMessageSigner,
     HTTPMessageVerifier,
     HTTPSignatureKeyResolver,
     algorithms,
 )
 
-from cleanroom.crypto.encoding import b64url_encode
 from cleanroom.errors import AuthenticationError, OperationalError
-from cleanroom.identities.keystore import Party
+from cleanroom.protocol.requests import COVERED, TAG
 
-TAG = "cleanroom"  # RFC 9421 signed application tag
-COVERED = ("@method", "@path", "@query", "content-digest")
 MAX_SKEW_S = 300
-
-
-class _PartyKeys(HTTPSignatureKeyResolver):
-    def __init__(self, party: Party) -> None:
-        self.party = party
-
-    def resolve_private_key(self, key_id: str) -> Any:
-        if key_id != self.party.fingerprint:
-            raise RuntimeError("signing with a key id that is not this party's")
-        return self.party.signing_private
-
-    def resolve_public_key(self, key_id: str) -> Any:
-        raise RuntimeError("a signer does not resolve public keys")
 
 
 class _Lookup(HTTPSignatureKeyResolver):
@@ -82,40 +61,6 @@ class _Lookup(HTTPSignatureKeyResolver):
 
     def resolve_private_key(self, key_id: str) -> Any:
         raise RuntimeError("a verifier has no private keys")
-
-
-def sign_request(
-    message: Any,
-    body: bytes | None,
-    party: Party,
-    *,
-    body_sha256: str | None = None,
-    now: Callable[[], float] = time.time,
-    rng: Callable[[int], bytes] = os.urandom,
-) -> None:
-    """Add Signature, Signature-Input and Content-Digest headers to ``message``
-    (anything with ``method``, ``url`` and mutable ``headers``, e.g. httpx.Request).
-
-    For a streamed body pass ``body=None`` and its ``body_sha256`` (hex).
-    """
-    if (body is None) == (body_sha256 is None):
-        raise ValueError("give exactly one of body or body_sha256")
-    if body_sha256 is not None:
-        encoded = base64.b64encode(bytes.fromhex(body_sha256)).decode("ascii")
-        message.headers["Content-Digest"] = f"sha-256=:{encoded}:"
-    signer = HTTPMessageSigner(
-        signature_algorithm=algorithms.ED25519, key_resolver=_PartyKeys(party)
-    )
-    signer.sign(
-        message,
-        key_id=party.fingerprint,
-        created=datetime.fromtimestamp(now(), UTC),
-        nonce=b64url_encode(rng(16)),
-        tag=TAG,
-        covered_component_ids=COVERED,
-        body=body,
-        use_existing_digest=body is None,
-    )
 
 
 @dataclass

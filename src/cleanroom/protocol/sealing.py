@@ -1,9 +1,13 @@
-"""What travels between data owners, key brokers and enclaves: the HPKE
-contexts that bind a sealed data key to one room, dataset version and job.
+"""The HPKE contexts that bind a sealed key to one room, dataset version, job or
+result.
 
 A deposit is sealed to one attested key broker for one dataset version of one
-room; a release is sealed to one enclave's ephemeral key for one job. Owners'
-key agents, the broker and the enclave all import these from here.
+room; a release is sealed to one enclave's ephemeral key for one job; a job's
+result key is sealed to each recipient for one ciphertext of one job. Owners'
+key agents, the broker, the enclave and the SDK all import these from here.
+The purposes are the HPKE domain separation: never change one (a change makes
+every key sealed before it unopenable, and two equal purposes would let a key
+sealed for one use be opened for another).
 """
 
 from __future__ import annotations
@@ -13,8 +17,22 @@ from cleanroom.crypto.hpke import SealContext, seal
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.identities.keystore import Party
 
+__all__ = [
+    "DEPOSIT_PURPOSE",
+    "RELEASE_PURPOSE",
+    "RESULT_PURPOSE",
+    "deposit_context",
+    "open_deposit",
+    "open_released",
+    "release_context",
+    "result_context",
+    "seal_deposit",
+    "seal_release",
+]
+
 DEPOSIT_PURPOSE = "cleanroom key deposit"
 RELEASE_PURPOSE = "cleanroom key release"
+RESULT_PURPOSE = "cleanroom job result"
 
 
 def deposit_context(room: str, dataset: str, manifest: str) -> SealContext:
@@ -24,6 +42,13 @@ def deposit_context(room: str, dataset: str, manifest: str) -> SealContext:
 def release_context(room: str, job: str, dataset: str, manifest: str) -> SealContext:
     return SealContext(
         RELEASE_PURPOSE, {"room": room, "job": job, "dataset": dataset, "manifest": manifest}
+    )
+
+
+def result_context(room: str, job: str, sha256: str, key_id: str) -> SealContext:
+    """What a job result's key is sealed to: this room, job, ciphertext and key."""
+    return SealContext(
+        RESULT_PURPOSE, {"room": room, "job": job, "ciphertext_sha256": sha256, "key_id": key_id}
     )
 
 
