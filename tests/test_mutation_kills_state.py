@@ -546,6 +546,47 @@ def test_a_retired_analysis_runs_no_new_job_and_gets_no_key(world: World) -> Non
     refused(world, state, "broker", "key.release", body, "'count' is no longer approved")
 
 
+def test_a_revised_analysis_is_the_next_version_and_supersedes_the_old_text(
+    world: World,
+) -> None:
+    state = world.fresh()
+    revised = "SELECT count(*) AS n FROM transactions JOIN customers USING (id)"
+    action = world.analysis("count", inputs=["transactions", "customers"], text=revised)
+    pid = world.decide(state, "analyst", action, ["bank", "merchant"])
+    assert state.proposals[pid].status == "accepted"
+    analysis = state.analyses["count"]
+    assert (analysis.version, analysis.digest) == (2, hashlib.sha256(revised.encode()).hexdigest())
+    assert analysis.superseded == (hashlib.sha256(BOTH.encode()).hexdigest(),)
+    assert room_view(state)["analyses"][0]["version"] == 2
+    # a job of the old text gets no more keys; the old text runs no new job
+    body = world.release(state, ["transactions"], job=world.job)
+    refused(world, state, "broker", "key.release", body, "'count' is no longer approved")
+    stale = {"analysis": "count", "digest": hashlib.sha256(BOTH.encode()).hexdigest()}
+    refused(world, state, "analyst", "job.request", stale, "is not the one expected")
+    # the same analysis again is refused (it would change nothing); a third text is v3
+    refused(
+        world,
+        state,
+        "analyst",
+        "proposal.create",
+        {"action": action},
+        r"^version 2 of 'count' is this analysis already$",
+    )
+    third = world.analysis("count", inputs=["transactions", "customers"], text=BOTH)
+    world.decide(state, "analyst", third, ["bank", "merchant"])
+    assert state.analyses["count"].version == 3
+    assert len(state.analyses["count"].superseded) == 2
+
+
+def test_a_retired_analysis_may_come_back_as_its_next_version(world: World) -> None:
+    state = world.fresh()
+    world.decide(state, "analyst", {"type": "retire_analysis", "name": "solo"}, ["merchant", "bank"])
+    assert state.analyses["solo"].status == "retired"
+    again = world.analysis("solo", inputs=["customers"], text=SOLO)
+    world.decide(state, "analyst", again, ["merchant", "bank"])
+    assert (state.analyses["solo"].status, state.analyses["solo"].version) == ("active", 2)
+
+
 def test_a_job_of_a_dataset_without_a_version_waits_for_nobody(world: World) -> None:
     state = world.fresh()
     state.datasets["customers"].versions.clear()  # never registered: no one can release yet

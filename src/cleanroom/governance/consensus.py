@@ -81,6 +81,8 @@ def consensus_record(state: RoomBase) -> dict[str, Any]:
                 "status": str(a.status),
                 "dp": a.dp.model_dump(mode="json") if a.dp is not None else None,
                 "approved_by": sorted(a.approved_by),
+                "version": a.version,
+                "superseded": list(a.superseded),
             }
             for name, a in state.analyses.items()
         },

@@ -243,8 +243,13 @@ class DatasetRules(RoomBase):
 
     def _check_add_analysis(self, action: AddAnalysis, proposer: str) -> None:
         self._active(proposer, "analyst")
-        if action.name in self.analyses:
-            raise GovernanceError(f"an analysis named {action.name!r} already exists")
+        current = self.analyses.get(action.name)
+        if current is not None and _same_analysis(current, action):
+            # a revision is a new version under the same name, approved like the first;
+            # the same text, inputs, recipients and DP terms again would change nothing
+            raise GovernanceError(
+                f"version {current.version} of {action.name!r} is this analysis already"
+            )
         for name in action.inputs:
             if not self._dataset(name).consent:
                 raise GovernanceError(f"the owner of {name!r} has revoked consent")
@@ -314,15 +319,20 @@ class DatasetRules(RoomBase):
         return sql
 
     def _apply_add_analysis(self, action: AddAnalysis, proposal: Proposal) -> None:
+        """A new analysis, or the next version of one: it replaces the version before
+        it at once (jobs requested under the old text get no more keys, R7)."""
+        previous = self.analyses.get(action.name)
         self.analyses[action.name] = Analysis(
             action.name,
             action.language,
             action.text,
-            hashlib.sha256(action.text.encode("utf-8")).hexdigest(),
+            _text_digest(action.text),
             tuple(action.inputs),
             tuple(action.recipients),
             dp=action.dp,
             approved_by=frozenset(proposal.approvals),
+            version=previous.version + 1 if previous is not None else 1,
+            superseded=(*previous.superseded, previous.digest) if previous is not None else (),
         )
 
     def _check_retire_analysis(self, action: RetireAnalysis, proposer: str) -> None:
@@ -331,6 +341,26 @@ class DatasetRules(RoomBase):
 
     def _apply_retire_analysis(self, action: RetireAnalysis, proposal: Proposal) -> None:
         self.analyses[action.name].status = AnalysisStatus.RETIRED
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _same_analysis(current: Analysis, action: AddAnalysis) -> bool:
+    return current.status == AnalysisStatus.ACTIVE and (
+        current.digest,
+        current.language,
+        current.inputs,
+        current.recipients,
+        current.dp,
+    ) == (
+        _text_digest(action.text),
+        action.language,
+        tuple(action.inputs),
+        tuple(action.recipients),
+        action.dp,
+    )
 
 
 def _check_digest(text: str, sources: dict[str, Source], dp: DpSpec | None) -> str:

@@ -118,6 +118,8 @@ class Analysis:
     status: AnalysisStatus = AnalysisStatus.ACTIVE
     dp: DpSpec | None = None
     approved_by: frozenset[str] = frozenset()
+    version: int = 1  # a revision under the same name is the next version
+    superseded: tuple[str, ...] = ()  # the digests of its earlier versions, oldest first
 
 
 @dataclass

@@ -54,6 +54,7 @@ def room_view(state: RoomBase) -> dict[str, Any]:
             {
                 "name": a.name,
                 "digest": a.digest,
+                "version": a.version,
                 "inputs": list(a.inputs),
                 "recipients": list(a.recipients),
                 "status": a.status,
