@@ -580,7 +580,9 @@ def test_a_revised_analysis_is_the_next_version_and_supersedes_the_old_text(
 
 def test_a_retired_analysis_may_come_back_as_its_next_version(world: World) -> None:
     state = world.fresh()
-    world.decide(state, "analyst", {"type": "retire_analysis", "name": "solo"}, ["merchant", "bank"])
+    world.decide(
+        state, "analyst", {"type": "retire_analysis", "name": "solo"}, ["merchant", "bank"]
+    )
     assert state.analyses["solo"].status == "retired"
     again = world.analysis("solo", inputs=["customers"], text=SOLO)
     world.decide(state, "analyst", again, ["merchant", "bank"])
