@@ -22,6 +22,7 @@ from cleanroom.datasets.manifest import DATA_FILE, MANIFEST_FILE, sealed_key_fil
 from cleanroom.errors import (
     DeserializationError,
     IntegrityError,
+    SchemaError,
     StorageError,
     ValidationError,
 )
@@ -294,8 +295,8 @@ def test_missing_input_and_existing_output(tmp_path: Path, csv_file: Path, bank:
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
 
 
-def test_unsupported_source_type_is_a_type_error(tmp_path: Path, bank: Party) -> None:
-    with pytest.raises(TypeError, match="cannot read a dataset from list"):
+def test_unsupported_source_type_is_refused_naming_it(tmp_path: Path, bank: Party) -> None:
+    with pytest.raises(SchemaError, match="cannot read a dataset from list"):
         seal([1, 2], bank, tmp_path / "out")
 
 

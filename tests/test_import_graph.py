@@ -38,8 +38,8 @@ def test_importing_the_sdk_loads_neither_the_service_nor_the_engines() -> None:
     loaded = _loaded_by_importing_the_sdk()
     assert [m for m in loaded if _within(m, FORBIDDEN_MODULES)] == []
     assert [m for m in loaded if _within(m, ("fastapi", "starlette", "uvicorn", "psycopg"))] == []
-    # DuckDB and sqlglot: loaded only to seal data, decrypt results or check policies
-    assert [m for m in loaded if _within(m, ("duckdb", "sqlglot"))] == []
+    # DuckDB, sqlglot and pyarrow: loaded only to seal data, decrypt results, check policies
+    assert [m for m in loaded if _within(m, ("duckdb", "sqlglot", "pyarrow", "numpy"))] == []
 
 
 def _imports(path: Path) -> list[str]:

@@ -225,7 +225,7 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(any_store: str, tmp_pat
     assert view["assurance"] == "insecure-virtual"
     assert view["measurement"] == measure()
     out = tmp_path / "result.parquet"
-    verified = rooms["bank"].job_result(job, out)
+    verified = rooms["bank"].download_result(job, out)
     assert verified["assurance"] == "insecure-virtual"
     assert verified["rows"] == 2  # exact, for the recipient who decrypted it
     metadata = pq.read_schema(out).metadata
@@ -237,7 +237,7 @@ def test_offers_job_runs_and_only_the_recipient_reads_it(any_store: str, tmp_pat
         {"segment": "b", "n": 250, "total": sum(a for a in range(500) if (a % 50) % 2 == 1)},
     ]
     with pytest.raises(AuthorizationError, match="not its recipient"):
-        rooms["merchant"].job_result(job, tmp_path / "stolen.parquet")
+        rooms["merchant"].download_result(job, tmp_path / "stolen.parquet")
     assert not (tmp_path / "stolen.parquet").exists()
     entries = rooms["bank"].audit.verify().statements
     kinds = [s.kind for s in entries]
@@ -298,7 +298,7 @@ def test_an_operator_tampering_with_the_result_is_caught_by_the_recipient(
     blob.write_bytes(blob.read_bytes()[:-3])
     out = tmp_path / "result.csv"
     with pytest.raises(IntegrityError, match="does not match its digest"):
-        rooms["bank"].job_result(job, out)
+        rooms["bank"].download_result(job, out)
     assert not out.exists()
 
 
@@ -356,7 +356,7 @@ def test_a_query_error_quoting_data_publishes_only_its_category(
         assert secret not in path.read_text()
     assert secret not in data.with_name(f"{data.name}.log").read_text()  # the service's log
     with pytest.raises(NotFoundError, match="no result"):
-        rooms["bank"].job_result(job, tmp_path / "none.csv")
+        rooms["bank"].download_result(job, tmp_path / "none.csv")
 
 
 def test_changed_enclave_code_gets_no_keys_until_the_room_approves_it(tmp_path: Path) -> None:
@@ -439,7 +439,7 @@ def test_thresholds_are_enforced_inside_the_enclave(service: str, tmp_path: Path
     job = rooms["analyst"].run_job("offers")
     view = rooms["analyst"].wait_job(job, timeout=120)
     assert view["status"] == "succeeded", view["reason"]
-    assert rooms["bank"].job_result(job, tmp_path / "none.parquet")["rows"] == 0
+    assert rooms["bank"].download_result(job, tmp_path / "none.parquet")["rows"] == 0
     assert view["output"]["rows"] == ROWS_BUCKET  # the ledger shows a bucket: 0 to 16 rows
     with pytest.raises(GovernanceError, match="identity column"):
         rooms["analyst"].propose(
@@ -479,7 +479,7 @@ def test_a_dp_job_releases_noisy_aggregates_and_charges_the_budget(
     view = rooms["analyst"].wait_job(job, timeout=120)
     assert view["status"] == "succeeded", view["reason"]
     out = tmp_path / "dp.parquet"
-    rooms["bank"].job_result(job, out)
+    rooms["bank"].download_result(job, out)
     rows = {r["segment"]: r for r in pq.read_table(out).to_pylist()}
     assert set(rows) == {"a", "b", "z"}  # every declared key, the empty one included
     assert 0 <= rows["a"]["spend"] <= 500

@@ -396,7 +396,12 @@ def test_members_cannot_make_service_statements(jr: JobRoom) -> None:
     job = jr.request()
     for who, kind, body, reason in (
         ("analyst", "key.deny", {"job": job, "reason": "x"}, "only the owner"),
-        ("bank", "job.fail", {"job": job, "reason": "internal error"}, "not allowed"),
+        (
+            "bank",
+            "job.fail",
+            {"job": job, "reason": "internal error"},
+            "a member cannot make job.fail",
+        ),
     ):
         with pytest.raises(GovernanceError, match=reason):
             jr.room.submit(

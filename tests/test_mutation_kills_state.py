@@ -1684,3 +1684,280 @@ def test_genesis_of_one_active_creator_is_an_active_room() -> None:
     state = RoomState.genesis(_create(members, a), 5, jws.verify_parsed)
     assert (state.status, state.contract_version) == ("pending", 0)
     assert state.members[b.fingerprint].status == "invited"
+
+
+# -- add_member and remove_member: each guard in its own words ----------------------------
+
+
+def _add(world: World, who: Party, roles: list[str] | None = None) -> dict[str, Any]:
+    doc = who.identity_document()
+    return {"action": {"type": "add_member", "identity": doc, "roles": roles or ["analyst"]}}
+
+
+def test_a_key_the_room_already_gives_a_role_cannot_join_as_a_member(world: World) -> None:
+    state = world.fresh()
+    words = r"^that key is an enclave's, a key broker's or the service's$"
+    for other in (world.fx.ledger.service, world.fx.broker._party):
+        refused(world, state, "bank", "proposal.create", _add(world, other), words)
+    enclave, _ = world.run(state)
+    refused(world, state, "bank", "proposal.create", _add(world, enclave), words)
+    pid = world.propose(state, "bank", _add(world, Party.create("newcomer"))["action"])
+    assert state.proposals[pid].status == "open"
+
+
+def test_a_member_cannot_be_added_twice_nor_a_decliner_again(world: World) -> None:
+    state = world.fresh()
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        _add(world, world.fx.parties["merchant"]),
+        r"^merchant is already a member$",
+    )
+    newcomer = Party.create("newcomer")
+    pid = world.decide(
+        state, "bank", _add(world, newcomer)["action"], ["bank", "merchant", "analyst"]
+    )
+    assert state.members[newcomer.fingerprint].status == "invited"
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        _add(world, newcomer),
+        r"^newcomer is already a member$",
+    )
+    world.apply(state, newcomer, "member.decline", {"invitation": pid})
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        _add(world, newcomer),
+        r"^newcomer declined to join this room$",
+    )
+
+
+def test_a_removed_member_may_be_invited_again_and_removal_is_one_contract_version(
+    world: World,
+) -> None:
+    state = world.fresh()
+    merchant = world.fx.fp("merchant")
+    version = state.contract_version
+    world.decide(state, "bank", {"type": "remove_member", "member": merchant}, ["bank", "analyst"])
+    assert state.members[merchant].status == "removed"
+    assert state.contract_version == version + 1 + 1  # the removal, and the accepted proposal
+    pid = world.propose(state, "bank", _add(world, world.fx.parties["merchant"])["action"])
+    assert state.proposals[pid].status == "open"
+
+
+def test_a_proposal_no_active_member_can_decide_is_refused(world: World) -> None:
+    state = world.fresh()
+    bank, merchant = world.fx.fp("bank"), world.fx.fp("merchant")
+    world.decide(state, "bank", {"type": "remove_member", "member": merchant}, ["bank", "analyst"])
+    world.decide(state, "analyst", {"type": "remove_member", "member": bank}, ["analyst"])
+    assert {state.members[f].status for f in (bank, merchant)} == {"removed"}
+    # solo reads the merchant's data for the bank: both gone, no one may decide its retirement
+    action = {"action": {"type": "retire_analysis", "name": "solo"}}
+    refused(
+        world, state, "analyst", "proposal.create", action, r"^no member can approve this proposal$"
+    )
+
+
+# -- datasets: registration, rules, consent, the policy check over the latest version ------
+
+WIDE = Schema.from_json(
+    {
+        "identity_column": "id",
+        "columns": [
+            {"name": "id", "type": "string", "nullable": False},
+            {"name": "amount", "type": "int64", "nullable": False},
+        ],
+    }
+)
+AMOUNT_RULE = {
+    "type": "aggregation",
+    "aggregates": [{"function": "sum", "columns": ["amount"]}],
+    "min_distinct": 2,
+}
+
+
+def _sealed_as(world: World, owner: str, name: str, schema: Schema) -> dict[str, Any]:
+    world.made += 1
+    out = world.tmp / f"{name}-wide-{world.made}"
+    table = pa.table(
+        {c.name: [f"r{i}" if c.name == "id" else i for i in range(3)] for c in schema.columns}
+    )
+    seal_dataset(table, schema=schema, owner=world.fx.parties[owner], output=out, name=name)
+    manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return manifest
+
+
+def _register(manifest: dict[str, Any], rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    action: dict[str, Any] = {"type": "register_dataset", "manifest": manifest}
+    if rule is not None:
+        action["rule"] = rule
+    return {"action": action}
+
+
+def test_each_registration_guard_refuses_in_its_own_words(world: World) -> None:
+    state = world.fresh()
+    upper = world.sealed("bank", "Customers")
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        _register(upper),
+        r"^dataset 'Customers' differs from 'customers' only by case; SQL could not tell",
+    )
+    theirs = world.sealed("bank", "customers")  # the bank's manifest, the merchant's name
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        _register(theirs),
+        r"^dataset 'customers' belongs to another member$",
+    )
+    again = world.manifests["transactions"]
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        _register(again),
+        r"^this version of 'transactions' is already registered$",
+    )
+
+
+def test_versions_are_numbered_and_a_rule_given_with_one_is_kept_by_the_next(
+    world: World,
+) -> None:
+    state = world.fresh()
+    wide = _sealed_as(world, "bank", "transactions", WIDE)
+    world.decide(state, "bank", _register(wide, AMOUNT_RULE)["action"], ["bank"])
+    dataset = state.datasets["transactions"]
+    assert [v.version for v in dataset.versions] == [1, 2]
+    assert dataset.rule is not None
+    assert dataset.rule.type == "aggregation"
+    later = _sealed_as(world, "bank", "transactions", WIDE)
+    world.decide(state, "bank", _register(later)["action"], ["bank"])
+    assert [v.version for v in state.datasets["transactions"].versions] == [1, 2, 3]
+    assert state.datasets["transactions"].rule is not None  # no rule given: the rule stays
+
+
+def test_a_rule_and_an_analysis_are_checked_against_the_latest_version(world: World) -> None:
+    state = world.fresh()
+    wide = _sealed_as(world, "bank", "transactions", WIDE)
+    world.decide(state, "bank", _register(wide)["action"], ["bank"])
+    # amount exists in version 2 only: a rule on it stands, an analysis may sum it
+    pid = world.propose(
+        state, "bank", {"type": "set_analysis_rule", "dataset": "transactions", "rule": AMOUNT_RULE}
+    )
+    assert state.proposals[pid].status == "open"
+    total = world.analysis(
+        "total", inputs=["transactions"], text="SELECT sum(amount) AS s FROM transactions"
+    )
+    assert state.proposals[world.propose(state, "analyst", total)].status == "open"
+    narrow = world.sealed("bank", "transactions")  # version 3 drops the column again
+    world.decide(state, "bank", _register(narrow)["action"], ["bank"])
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        {"action": {"type": "set_analysis_rule", "dataset": "transactions", "rule": AMOUNT_RULE}},
+        "amount",
+    )
+    text = "SELECT sum(amount) FROM transactions"
+    action = world.analysis("total", inputs=["transactions"], text=text)
+    refused(world, state, "analyst", "proposal.create", {"action": action}, "amount")
+
+
+def test_an_analysis_of_a_dataset_with_no_version_is_refused(world: World) -> None:
+    state = world.fresh()
+    state.datasets["customers"].versions.clear()
+    action = world.analysis("again", inputs=["customers"], text=SOLO)
+    refused(
+        world,
+        state,
+        "analyst",
+        "proposal.create",
+        {"action": action},
+        r"^dataset 'customers' has no registered version$",
+    )
+
+
+def test_consent_is_restored_only_where_it_was_revoked(world: World) -> None:
+    state = world.fresh()
+    action = {"action": {"type": "restore_consent", "dataset": "customers"}}
+    refused(
+        world,
+        state,
+        "merchant",
+        "proposal.create",
+        action,
+        r"^consent for 'customers' is not revoked$",
+    )
+    world.apply(state, "merchant", "consent.revoke", {"dataset": "customers"})
+    pid = world.propose(state, "merchant", action["action"])
+    assert state.proposals[pid].status == "open"
+
+
+def test_the_memo_keeps_each_checks_outcome_apart(world: World, tmp_path: Path) -> None:
+    from cleanroom.errors import PolicyError  # noqa: PLC0415
+    from cleanroom.policy.memo import CheckMemo  # noqa: PLC0415
+
+    state = world.fresh()
+    state.memo = CheckMemo(tmp_path / "checks.sqlite3", namespace="test")
+    inputs, recipients = ("customers",), (world.fx.fp("bank"),)
+    assert state.check_policy(SOLO, inputs, recipients, None, None)
+    bad = "SELECT count(*) FROM nowhere"
+    with pytest.raises(PolicyError, match="nowhere"):  # refused, not the memo's earlier ok
+        state.check_policy(bad, inputs, recipients, None, None)
+    with pytest.raises(PolicyError, match="nowhere"):  # and refused again from the memo
+        state.check_policy(bad, inputs, recipients, None, None)
+
+
+def test_an_analysis_names_active_members_in_their_roles(world: World) -> None:
+    state = world.fresh()
+    action = world.analysis("by-bank", inputs=["customers"], text=SOLO)
+    refused(
+        world,
+        state,
+        "bank",
+        "proposal.create",
+        {"action": action},
+        r"^bank does not have the analyst role$",
+    )
+    stranger = Party.create("stranger").fingerprint
+    action = {**action, "recipients": [stranger]}
+    refused(
+        world,
+        state,
+        "analyst",
+        "proposal.create",
+        {"action": action},
+        rf"^{stranger[:12]}\.\.\. is not an active member$",
+    )
+    action = {**action, "recipients": [world.fx.fp("merchant")]}
+    refused(
+        world,
+        state,
+        "analyst",
+        "proposal.create",
+        {"action": action},
+        r"^merchant does not have the result_recipient role$",
+    )
+
+
+def test_a_version_the_dataset_does_not_have_is_refused(world: World) -> None:
+    state = world.fresh()
+    digest = canonical_digest(world.manifests["transactions"])
+    assert state.version("transactions", digest).version == 1
+    with pytest.raises(
+        GovernanceError, match=r"^dataset 'transactions' has no version 000000000000"
+    ):
+        state.version("transactions", "0" * 64)

@@ -62,6 +62,7 @@ ENCLAVES = frozenset({"job_enclave", "other_enclave"})  # of jobs running in the
 # who may call a route of each kind (the specification this test pins)
 ALLOWED: dict[Access, frozenset[str]] = {
     Access.PUBLIC: frozenset(CALLERS),
+    Access.OPERATOR: frozenset(),  # the operator's bearer token: no party holds it
     Access.CREATOR: SIGNERS,  # each signs a room.create naming itself
     Access.LAUNCHED: frozenset({"job_enclave"}),
     Access.SIGNED: KNOWN,
@@ -76,6 +77,7 @@ UNSIGNED = "the request is not signed (RFC 9421 signature required)"
 UNKNOWN_KEY = "the request signature does not verify: the request is signed by an unknown key"
 NO_LAUNCH = "no enclave was launched for this job with that token"
 NOT_A_MEMBER = "you are not a member of this room"
+NO_METRICS = "this service serves no metrics (its operator has set no metrics_token)"
 REFUSED_ENCLAVE = {
     "/v1/rooms/{room}/jobs/{job}/result/{digest}": (
         "only the job's attested enclave uploads its result"
@@ -89,7 +91,13 @@ RESOURCE_RULES = {
         "upload only ciphertext whose digest is in a manifest you proposed in this room",
     ),
 }
-PUBLIC_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/service"), ("GET", "/openapi.json")}
+PUBLIC_ROUTES = {
+    ("GET", "/v1/health"),
+    ("GET", "/v1/service"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+}
+OPERATOR_ROUTES = {("GET", "/metrics")}
 LAUNCHED_ROUTES = {
     ("POST", "/v1/rooms/{room}/jobs/{job}/challenge"),
     ("POST", "/v1/rooms/{room}/jobs/{job}/keys"),
@@ -97,10 +105,14 @@ LAUNCHED_ROUTES = {
 }
 
 
+# refused whoever asks: no launch token of the job; no metrics token on this service
+FIXED_REFUSALS = {Access.LAUNCHED: (401, NO_LAUNCH), Access.OPERATOR: (404, NO_METRICS)}
+
+
 def refusal(kind: Access, path: str, caller: str) -> tuple[int, str]:
     """The exact answer a refused caller gets."""
-    if kind is Access.LAUNCHED:
-        return 401, NO_LAUNCH
+    if kind in FIXED_REFUSALS:
+        return FIXED_REFUSALS[kind]
     if caller == "unsigned":
         return 401, UNSIGNED
     if caller == "stranger":
@@ -352,10 +364,11 @@ def test_the_table_lists_every_route_the_app_serves_and_no_other(tmp_path: Path)
     # the few routes that need no signature, by name
     assert {r for r, k in ROUTE_ACCESS.items() if k is Access.PUBLIC} == PUBLIC_ROUTES
     assert {r for r, k in ROUTE_ACCESS.items() if k is Access.LAUNCHED} == LAUNCHED_ROUTES
+    assert {r for r, k in ROUTE_ACCESS.items() if k is Access.OPERATOR} == OPERATOR_ROUTES
     spec = app.openapi()
     assert {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops} == set(
         ROUTE_ACCESS
-    ) - {("GET", "/openapi.json")}
+    ) - {("GET", "/openapi.json"), ("GET", "/docs")}
 
 
 def test_an_app_with_a_route_missing_from_the_table_does_not_build(

@@ -31,8 +31,8 @@ from cleanroom.errors import (
     OperationalError,
 )
 
-ROOM = "r" * 32
-JOB = "j" * 64
+ROOM = "e" * 32  # full ids (hex): used as given, without a look-up by name
+JOB = "d" * 64
 
 
 @dataclass

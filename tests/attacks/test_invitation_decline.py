@@ -165,9 +165,9 @@ def test_the_command_line_declines_and_the_listing_hides_it(url: str, tmp_path: 
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    assert room.id in cli("room", "list")
+    assert room.id in cli("room", "list", "--json")
     assert "Declined" in cli("room", "decline", "--room", room.id)
-    listed = cli("room", "list")
+    listed = cli("room", "list", "--json")
     assert room.id not in listed
     assert "guest-own" in listed
     assert room.state()["status"] == "declined"

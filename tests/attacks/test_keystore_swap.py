@@ -72,7 +72,7 @@ def test_a_protected_keystore_swapped_for_an_unprotected_one_is_refused(tmp_path
             "room", "list", "--service", url, "--as", str(keystore), cwd=tmp_path,
             env={"CLEANROOM_PASSPHRASE": PASSPHRASE},
         )  # fmt: skip
-        assert shown.returncode == 1
+        assert shown.returncode == 4  # authentication (docs/cli.md)
         assert "swapped" in " ".join(shown.stderr.split())
         assert room.id not in shown.stdout
         # (3) the attacker's key never reached the service, and the state is untouched

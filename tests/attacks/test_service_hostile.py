@@ -294,7 +294,7 @@ def test_a_bait_manifest_does_not_open_someone_elses_result(
     assert fetch(own, f"/v1/rooms/{own.id}/blobs/{result}").status_code in (404, 403)
     # the recipient still gets its result, members still get registered datasets
     out = tmp_path / "result.csv"
-    rooms["bank"].job_result(job, out)
+    rooms["bank"].download_result(job, out)
     assert out.exists()
     datasets = {d["name"]: d for d in rooms["bank"].state()["datasets"]}
     assert "bait" in datasets  # accepted, and still it opens nothing

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any, Protocol
 
+from cleanroom.children import child_environment
 from cleanroom.errors import OperationalError
 from cleanroom.identities.identity import PublicIdentity
 
@@ -59,6 +60,7 @@ class BrokerLink:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
+                env=child_environment(),
             )
         except OSError as exc:
             raise BrokerUnavailableError("the key broker could not be started") from exc

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cleanroom.errors import KeystoreError
-from cleanroom.identities import Party
+
+if TYPE_CHECKING:
+    from cleanroom.identities import Party
 
 PASSPHRASE_ENV = "CLEANROOM_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 SERVICE_KEY_ENV = "CLEANROOM_SERVICE_KEY"
@@ -30,6 +33,8 @@ def passphrase(*, confirm: bool) -> str:
 
 
 def load_party(directory: Path) -> Party:
+    from cleanroom.identities import Party  # noqa: PLC0415 - loads the crypto stack
+
     secret = passphrase(confirm=False) if Party.is_protected(directory) else None
     return Party.load(directory, passphrase=secret)
 

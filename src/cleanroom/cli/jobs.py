@@ -10,19 +10,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from cleanroom.attestation import measure
-from cleanroom.cli.rooms import KEYSTORE, ROOM, SERVICE, _room
-from cleanroom.cli.ui import RichProgress, console, err_console
-from cleanroom.client import Room
-from cleanroom.errors import GovernanceError, NotFoundError, OperationalError
-from cleanroom.wire import read_json_file
+from cleanroom.cli.rooms import JSON, KEYSTORE, QUIET, ROOM, SERVICE, _room, proposed
+from cleanroom.cli.ui import RichProgress, console, emit_id, emit_json, err_console, short, table
+
+if TYPE_CHECKING:
+    from cleanroom.client import Room
 
 analysis_app = typer.Typer(help="Propose analyses (SQL run in an enclave).", no_args_is_help=True)
 enclave_app = typer.Typer(
@@ -31,6 +28,9 @@ enclave_app = typer.Typer(
 )
 job_app = typer.Typer(help="Run approved analyses in an attested enclave.", no_args_is_help=True)
 budget_app = typer.Typer(help="Privacy budgets of the room's datasets.", no_args_is_help=True)
+JOB = typer.Argument(
+    ..., metavar="JOB", help="A job id (a unique prefix of 4+ characters is enough)."
+)
 
 INSECURE_WARNING = (
     "[bold yellow]warning:[/] this job ran on the insecure virtual platform: "
@@ -38,57 +38,80 @@ INSECURE_WARNING = (
 )
 
 
-def _member(handle: Room, who: str) -> str:
-    """A member's fingerprint from its name or a fingerprint prefix."""
-    members = handle.members
-    found = [m for m in members if m["name"] == who] or [
-        m for m in members if m["fingerprint"].startswith(who.replace(":", ""))
-    ]
-    if len(found) != 1:
-        raise GovernanceError(f"{'no' if not found else 'more than one'} member matches {who!r}")
-    fingerprint: str = found[0]["fingerprint"]
-    return fingerprint
+def read_sql(path: Path) -> str:
+    """The SQL text of ``--sql``, read before anything is signed."""
+    from cleanroom.errors import InvalidInputError, StorageError  # noqa: PLC0415
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise StorageError(f"SQL file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise StorageError(f"SQL file {path} is a directory, not a file") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"SQL file {path} is not UTF-8 text") from exc
+    if not text.strip():
+        raise InvalidInputError(f"SQL file {path} is empty")
+    return text
+
+
+SQL = typer.Option(..., "--sql", help="A file holding exactly one SELECT statement.")
+INPUTS = typer.Option(..., "--input", "-i", help="A dataset the query reads, by name (repeat).")
+RECIPIENTS = typer.Option(
+    ..., "--recipient", help="Who receives the result: a member name or fingerprint (repeat)."
+)
+DP = typer.Option(
+    None,
+    "--dp",
+    help="Make it a differentially private release: a JSON file with epsilon, unit, "
+    "max_contributions, group_by and aggregates (see docs/privacy.md).",
+)
 
 
 @analysis_app.command("propose")
 def analysis_propose(
     name: str = typer.Argument(..., help="The analysis name, used by `job run`."),
-    sql: Path = typer.Option(..., "--sql", help="A file holding exactly one SELECT statement."),
-    inputs: list[str] = typer.Option(
-        ..., "--input", "-i", help="A dataset the query reads, by name (repeat)."
-    ),
-    recipients: list[str] = typer.Option(
-        ..., "--recipient", help="Who receives the result: a member name or fingerprint (repeat)."
-    ),
-    dp: Path | None = typer.Option(
-        None,
-        "--dp",
-        help="Make it a differentially private release: a JSON file with epsilon, unit, "
-        "max_contributions, group_by and aggregates (see docs/privacy.md).",
-    ),
+    sql: Path = SQL,
+    inputs: list[str] = INPUTS,
+    recipients: list[str] = RECIPIENTS,
+    dp: Path | None = DP,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
 ) -> None:
     """Propose an SQL analysis. Tables are the input datasets' names. It runs only
     after the owners of every input and every recipient approve it.
 
     Example: cleanroom analysis propose offers --sql offers.sql -i transactions
-    -i customers --recipient bank --room 3f2a... --service ... --as keys/analyst
+    -i customers --recipient bank --room offers --service ... --as keys/analyst
     """
+    from cleanroom.wire import read_json_file  # noqa: PLC0415
+
+    text = read_sql(sql)  # a missing or empty file is refused before anything is signed
+    spec = read_json_file(dp, what="DP specification") if dp is not None else None
     handle = _room(service, keystore, room)
-    action = {
-        "type": "add_analysis",
-        "name": name,
-        "language": "sql",
-        "text": sql.read_text(encoding="utf-8"),
-        "inputs": inputs,
-        "recipients": [_member(handle, r) for r in recipients],
-    }
-    if dp is not None:
-        action["dp"] = read_json_file(dp, what="DP specification")
-    proposal = handle.propose(action)
-    console.print(f"Proposed analysis {name}: proposal {proposal[:16]} awaits approval")
+    pid = handle.propose_analysis(name, text, inputs=inputs, recipients=recipients, dp=spec)
+    proposed(pid, f"analysis {name}", quiet)
+
+
+@analysis_app.command("list")
+def analysis_list(
+    room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE, as_json: bool = JSON
+) -> None:
+    """List the room's analyses: inputs, recipients, status, DP epsilon.
+
+    Example: cleanroom analysis list --room offers --service ... --as keys/analyst
+    """
+    found = _room(service, keystore, room).state()["analyses"]
+    if as_json:
+        emit_json(found)
+        return
+    shown = table("analysis", "version", "inputs", "status", "epsilon")
+    for a in found:
+        epsilon = "" if a["dp_epsilon"] is None else f"{a['dp_epsilon']:g}"
+        shown.add_row(a["name"], str(a["version"]), ", ".join(a["inputs"]), a["status"], epsilon)
+    console.print(shown)
 
 
 @enclave_app.command("measure")
@@ -100,6 +123,8 @@ def enclave_measure() -> None:
 
     Example: cleanroom enclave measure
     """
+    from cleanroom.attestation import measure  # noqa: PLC0415
+
     console.print(measure(), highlight=False, soft_wrap=True)
 
 
@@ -119,39 +144,30 @@ def enclave_approve(
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
 ) -> None:
     """Propose the list of enclave measurements the room trusts (it replaces the
     current list). Every voting member must approve it.
 
     Example: cleanroom enclave approve --this-install --allow-insecure-virtual
-    --room 3f2a... --service ... --as keys/analyst
+    --room offers --service ... --as keys/analyst
     """
-    chosen = []
-    for spec in measurements:
-        platform, _, value = spec.partition(":")
-        if not value:
-            raise typer.BadParameter(f"--measurement {spec!r}: use PLATFORM:HEX")
-        chosen.append({"platform": platform, "value": value})
-    if this_install:
-        chosen.append({"platform": "insecure-virtual", "value": measure()})
-    if not chosen:
+    if not measurements and not this_install:
         raise typer.BadParameter("name at least one --measurement, or --this-install")
-    action = {
-        "type": "set_measurements",
-        "measurements": chosen,
-        "allow_insecure_virtual": allow_insecure_virtual,
-    }
-    proposal = _room(service, keystore, room).propose(action)
-    console.print(f"Proposed {len(chosen)} measurement(s): proposal {proposal[:16]}")
+    handle = _room(service, keystore, room)
+    pid = handle.propose_measurements(
+        measurements, this_install=this_install, allow_insecure_virtual=allow_insecure_virtual
+    )
+    count = len(measurements) + this_install
+    proposed(pid, f"{count} measurement(s)", quiet)
 
 
-def _find_job(handle: Room, prefix: str) -> dict[str, Any]:
-    matches = [j for j in handle.jobs() if j["id"].startswith(prefix)]
-    if len(matches) != 1:
-        raise NotFoundError(
-            f"{'no' if not matches else 'more than one'} job starts with {prefix!r}"
-        )
-    return matches[0]
+def _find_job(handle: Room, ref: str) -> dict[str, Any]:
+    from cleanroom.client import names  # noqa: PLC0415
+
+    jobs = handle.jobs()
+    found = names.job_id(jobs, ref)
+    return next(j for j in jobs if j["id"] == found)
 
 
 def _waiting(owners: list[str]) -> str:
@@ -162,7 +178,7 @@ def _waiting(owners: list[str]) -> str:
 def _show(job: dict[str, Any]) -> None:
     status = job["status"]
     colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
-    console.print(f"job {job['id'][:16]} ({job['analysis']}): [{colour}]{status}[/]")
+    console.print(f"job {short(job['id'])} ({job['analysis']}): [{colour}]{status}[/]")
     if job["reason"]:
         console.print(f"  reason: {job['reason']}", highlight=False)
     if job.get("queue_position") is not None:
@@ -191,45 +207,59 @@ def _show(job: dict[str, Any]) -> None:
 
 @job_app.command("run")
 def job_run(
-    analysis: str = typer.Argument(..., help="An accepted analysis's name."),
+    analysis_ref: str = typer.Argument(
+        ..., metavar="ANALYSIS", help="An accepted analysis's name."
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job ends."),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait."),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print only the new job's id (with --no-wait)."
+    ),
 ) -> None:
     """Run an accepted analysis in an attested enclave.
 
     The enclave gets the data keys only if its attestation matches a
     measurement the room approved and every input's owner still consents.
 
-    Example: cleanroom job run offers --room 3f2a... --service ... --as keys/analyst
+    Example: cleanroom job run offers --room offers --service ... --as keys/analyst
     """
+    from cleanroom.cli.rooms import analysis  # noqa: PLC0415
+
     handle = _room(service, keystore, room)
-    job = handle.run_job(analysis)
+    job = handle.run_job(analysis(handle, analysis_ref)["name"])
     if not wait:
-        console.print(f"job {job[:16]} requested")
+        if quiet:
+            emit_id(job)
+        else:
+            console.print(f"job {short(job)} requested")
         return
-    with console.status(f"job {job[:16]}: attesting, releasing keys, running...") as shown:
+    with console.status(f"job {short(job)}: attesting, releasing keys, running...") as shown:
         view = handle.wait_job(
             job,
             timeout=timeout,
+            progress=False,  # the status line above shows it
             on_update=lambda v: shown.update(
-                f"job {job[:16]}: queued, position {v['queue_position']}"
+                f"job {short(job)}: queued, position {v['queue_position']}"
                 if v.get("queue_position") is not None
-                else f"job {job[:16]}: {_waiting(v['waiting_for'])}"
+                else f"job {short(job)}: {_waiting(v['waiting_for'])}"
                 if v["status"] == "requested" and v.get("waiting_for")
-                else f"job {job[:16]}: {v['status']}..."
+                else f"job {short(job)}: {v['status']}..."
             ),
         )
-    _show(view)
+    if quiet:
+        emit_id(job)
+    else:
+        _show(view)
     if view["status"] != "succeeded":
         raise typer.Exit(1)
 
 
 @job_app.command("status")
 def job_status(
-    job: str = typer.Argument(..., help="A job id (a unique prefix is enough)."),
+    job: str = JOB,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -237,28 +267,34 @@ def job_status(
 ) -> None:
     """Show one job: status, enclave, measurement, result size or failure reason.
 
-    Example: cleanroom job status 5d1c --room 3f2a... --service ... --as keys/analyst
+    Example: cleanroom job status 5d1c --room offers --service ... --as keys/analyst
     """
     found = _find_job(_room(service, keystore, room), job)
     if as_json:
-        console.print_json(json.dumps(found))
+        emit_json(found)
     else:
         _show(found)
 
 
 @job_app.command("list")
-def job_list(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
+def job_list(
+    room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE, as_json: bool = JSON
+) -> None:
     """List the room's jobs, oldest first.
 
-    Example: cleanroom job list --room 3f2a... --service http://127.0.0.1:8321 --as keys/bank
+    Example: cleanroom job list --room offers --service http://127.0.0.1:8321 --as keys/bank
     """
-    table = Table("id", "analysis", "by", "status", "assurance", "rows", title_justify="left")
-    for j in _room(service, keystore, room).jobs():
+    jobs = _room(service, keystore, room).jobs()
+    if as_json:
+        emit_json(jobs)
+        return
+    shown = table("id", "analysis", "by", "status", "assurance", "rows")
+    for j in jobs:
         rows = f"{j['output']['rows']:,}" if j["output"] else ""
-        table.add_row(
-            j["id"][:16], j["analysis"], j["requester"], j["status"], j["assurance"], rows
+        shown.add_row(
+            short(j["id"]), j["analysis"], j["requester"], j["status"], j["assurance"], rows
         )
-    console.print(table)
+    console.print(shown)
 
 
 @job_app.command("result")
@@ -277,12 +313,14 @@ def job_result(
 
     Example: cleanroom job result 5d1c -o offers.csv --room 3f2a... --service ... --as keys/bank
     """
+    from cleanroom.errors import OperationalError  # noqa: PLC0415
+
     handle = _room(service, keystore, room)
     found = _find_job(handle, job)
     if found["status"] != "succeeded":
         raise OperationalError(f"job {found['id'][:16]} is {found['status']}: no result")
     with RichProgress() as progress:
-        view = handle.job_result(found["id"], output, progress=progress)
+        view = handle.download_result(found["id"], output, progress=progress)
     console.print(f"Decrypted {view['rows']:,} rows to {output}")
     if view["assurance"] == "insecure-virtual":
         err_console.print(INSECURE_WARNING)
@@ -290,37 +328,58 @@ def job_result(
 
 @budget_app.command("show")
 def budget_show(
-    analysis: str | None = typer.Option(
+    analysis_ref: str | None = typer.Option(
         None, "--analysis", "-a", help="Also preview whether this DP analysis can run now."
     ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    as_json: bool = JSON,
 ) -> None:
     """Show each dataset's privacy budget: epsilon, spent by releases, remaining.
 
-    Example: cleanroom budget show --analysis spend-dp --room 3f2a... --service ... --as keys/bank
+    Example: cleanroom budget show --analysis spend-dp --room offers --service ... --as keys/bank
     """
-    state = _room(service, keystore, room).state()
-    table = Table("dataset", "epsilon", "spent", "remaining", title_justify="left")
-    for d in state["datasets"]:
-        b = d["budget"]
-        if b is None:
-            table.add_row(d["name"], "no budget", "", "")
-        else:
-            table.add_row(d["name"], f"{b['epsilon']:g}", f"{b['spent']:g}", f"{b['remaining']:g}")
-    console.print(table)
-    if analysis is None:
-        return
-    found = next((a for a in state["analyses"] if a["name"] == analysis), None)
-    if found is None or found["dp_epsilon"] is None:
-        raise NotFoundError(f"no DP analysis {analysis!r} in this room")
+    from cleanroom.cli.rooms import analysis  # noqa: PLC0415
+    from cleanroom.errors import NotFoundError  # noqa: PLC0415
+
+    handle = _room(service, keystore, room)
+    state = handle.state()
     budgets = {d["name"]: d["budget"] for d in state["datasets"]}
-    short = [n for n in found["inputs"] if budgets[n]["remaining"] < found["dp_epsilon"]]
-    if short:
-        console.print(
-            f"{analysis} needs epsilon {found['dp_epsilon']:g}: [red]not enough left[/] in "
-            f"{', '.join(short)}"
-        )
+    verdict: dict[str, Any] | None = None
+    if analysis_ref is not None:
+        found = analysis(handle, analysis_ref, state)
+        if found["dp_epsilon"] is None:
+            raise NotFoundError(f"analysis {found['name']!r} is not differentially private")
+        short_of = [
+            n
+            for n in found["inputs"]
+            if budgets.get(n) is None or budgets[n]["remaining"] < found["dp_epsilon"]
+        ]
+        verdict = {
+            "analysis": found["name"],
+            "epsilon": found["dp_epsilon"],
+            "can_run": not short_of,
+            "short": short_of,
+        }
+    if as_json:
+        emit_json({"budgets": budgets, "analysis": verdict})
+    else:
+        shown = table("dataset", "epsilon", "spent", "remaining")
+        for name, b in budgets.items():
+            if b is None:
+                shown.add_row(name, "no budget", "", "")
+            else:
+                shown.add_row(name, f"{b['epsilon']:g}", f"{b['spent']:g}", f"{b['remaining']:g}")
+        console.print(shown)
+        if verdict is not None and verdict["short"]:
+            console.print(
+                f"{verdict['analysis']} needs epsilon {verdict['epsilon']:g}: "
+                f"[red]not enough left[/] in {', '.join(verdict['short'])}"
+            )
+        elif verdict is not None:
+            console.print(
+                f"{verdict['analysis']} needs epsilon {verdict['epsilon']:g}: [green]it can run[/]"
+            )
+    if verdict is not None and verdict["short"]:
         raise typer.Exit(1)
-    console.print(f"{analysis} needs epsilon {found['dp_epsilon']:g}: [green]it can run[/]")

@@ -1,23 +1,26 @@
 """The ``cleanroom`` command line.
 
 Every command prints one readable line and a hint on failure, and exits with
-status 1 for bad input or a failed check, 2 for wrong usage, 3 for an
-operational failure (disk, network).
+one status of :data:`cleanroom.cli.failures.EXIT_CODES` (docs/cli.md).
+
+Invariant: importing this module loads Typer, Click and Rich's console only;
+each command imports what it needs (the SDK, httpx, pyarrow, DuckDB, the
+service) when it runs, so ``--help`` and ``--version`` answer at once
+(tests/test_cli_imports.py pins the import graph).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from datetime import UTC, datetime
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
 from cleanroom import __version__
-from cleanroom.cli import jobs, rooms
+from cleanroom.cli import analyst, governance, jobs, rooms
 from cleanroom.cli.common import (
     PASSPHRASE_ENV,
     SERVICE_KEY_ENV,
@@ -26,43 +29,21 @@ from cleanroom.cli.common import (
     passphrase,
     use_service_key,
 )
-from cleanroom.cli.ui import RichProgress, console, err_console
-from cleanroom.client import ServiceIdentityError
-from cleanroom.datasets import Schema, decrypt_dataset, load_manifest, open_dataset, seal_dataset
-from cleanroom.errors import (
-    AuthenticationError,
-    AuthorizationError,
-    CleanroomError,
-    DeserializationError,
-    ForkError,
-    GovernanceError,
-    IntegrityError,
-    KeystoreError,
-    OperationalError,
-    PolicyError,
-    RollbackError,
-    SchemaError,
-    ValidationError,
-)
-from cleanroom.fs import write_file
-from cleanroom.governance.state import RoomState
-from cleanroom.governance.statements import Statement
-from cleanroom.identities import Party, PublicIdentity, format_fingerprint
-from cleanroom.identities.keystore import IDENTITY_FILE
-from cleanroom.ledger import (
-    FileHeadStore,
-    TreeHeadTracker,
-    VerifiedLedger,
-    load_export,
-    open_ledger,
-    verify_export,
-)
-from cleanroom.ledger.local import service_identity_file
-from cleanroom.wire import pretty_json
+from cleanroom.cli.failures import INTERRUPTED, USAGE, debugging, exit_codes_epilog, explain
+from cleanroom.cli.ui import RichProgress, console, emit_id, emit_json, err_console, short, table
+
+if TYPE_CHECKING:
+    from cleanroom.governance.state import RoomState
+    from cleanroom.governance.statements import Statement
+    from cleanroom.identities import PublicIdentity
+    from cleanroom.ledger import VerifiedLedger
+
+JSON = typer.Option(False, "--json", help="Print JSON (stable keys, full ids) instead of a table.")
 
 app = typer.Typer(
     name="cleanroom",
     help="A confidential clean room: parties, encrypted datasets and audited rooms.",
+    epilog=exit_codes_epilog(),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -76,18 +57,39 @@ audit_app = typer.Typer(
 )
 app.add_typer(audit_app, name="audit")
 app.add_typer(rooms.room_app, name="room")
+app.add_typer(governance.member_app, name="member")
 app.add_typer(rooms.proposal_app, name="proposal")
 app.add_typer(rooms.consent_app, name="consent")
 app.add_typer(jobs.analysis_app, name="analysis")
 app.add_typer(jobs.enclave_app, name="enclave")
 app.add_typer(jobs.job_app, name="job")
 app.add_typer(jobs.budget_app, name="budget")
+analyst.register(dataset_app, jobs.analysis_app)  # schema, mock, check (docs/analyst.md)
+governance.register(
+    dataset_app=dataset_app,
+    analysis_app=jobs.analysis_app,
+    consent_app=rooms.consent_app,
+    budget_app=jobs.budget_app,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"cleanroom {__version__}\n")
+        raise typer.Exit
 
 
 @app.callback()
 def _options(
     service_key: Path | None = typer.Option(
         None, "--service-key", envvar=SERVICE_KEY_ENV, help=SERVICE_KEY_HELP
+    ),
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
     ),
 ) -> None:
     """Options for every command that talks to a service."""
@@ -105,39 +107,31 @@ dataset_app.command("list")(rooms.dataset_list)
 dataset_app.command("download")(rooms.dataset_download)
 dataset_app.command("redeposit")(rooms.dataset_redeposit)
 
-_HINTS: list[tuple[type[CleanroomError], str]] = [
-    (ValidationError, "fix the input or its schema; nothing was written"),
-    (SchemaError, "see docs/datasets.md for the schema format"),
-    (KeystoreError, "check the --dir path, the file permissions and CLEANROOM_PASSPHRASE"),
-    (ServiceIdentityError, "check the service key out of band; see docs/service.md"),
-    (ForkError, "the ledger showed two different histories; keep both exports as evidence"),
-    (RollbackError, "the ledger lost entries it had shown before; keep both exports as evidence"),
-    (IntegrityError, "the files were modified, or belong to another party or dataset"),
-    (PolicyError, "the datasets' analysis rules refuse it; see docs/privacy.md for each rule"),
-    (GovernanceError, "the room's rules do not allow this; see `cleanroom audit log`"),
-    (AuthenticationError, "check --as (your keystore), your clock, and that you belong to a room"),
-    (AuthorizationError, "only members of the room (with the right role) may do this"),
-    (DeserializationError, "the file is not in the expected format"),
-    (OperationalError, "check the path, free disk space and permissions"),
-]
 
-
-def _fail(exc: CleanroomError) -> int:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    hint = next((h for kind, h in _HINTS if isinstance(exc, kind)), None)
-    if hint:
-        err_console.print(f"[dim]hint: {hint}[/]", highlight=False)
-    return 3 if isinstance(exc, OperationalError) else 1
+def _identity_json(identity: PublicIdentity) -> dict[str, Any]:
+    payload = identity.payload()
+    return {
+        "name": identity.name,
+        "fingerprint": identity.fingerprint,
+        "signing_key": payload["signing_key"],
+        "encryption_key": payload["encryption_key"],
+    }
 
 
 def _show_identity(identity: PublicIdentity, title: str) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_row("name", identity.name)
-    table.add_row("fingerprint", format_fingerprint(identity.fingerprint))
+    from rich.table import Table  # noqa: PLC0415
+
+    from cleanroom.identities import format_fingerprint  # noqa: PLC0415
+
+    shown = Table(title=title, show_header=False, title_justify="left")
+    shown.add_column(no_wrap=True)
+    shown.add_column(no_wrap=True)
+    shown.add_row("name", identity.name)
+    shown.add_row("fingerprint", format_fingerprint(identity.fingerprint))
     payload = identity.payload()
-    table.add_row("signing key (Ed25519)", payload["signing_key"])
-    table.add_row("encryption key (X25519)", payload["encryption_key"])
-    console.print(table)
+    shown.add_row("signing key (Ed25519)", payload["signing_key"])
+    shown.add_row("encryption key (X25519)", payload["encryption_key"])
+    console.print(shown)
 
 
 # -- party ------------------------------------------------------------------
@@ -152,6 +146,7 @@ def party_create(
         "--passphrase",
         help=f"Encrypt the private keys under a passphrase (from ${PASSPHRASE_ENV} or a prompt).",
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the new fingerprint."),
 ) -> None:
     """Create a party: an Ed25519 signing key and an X25519 encryption key.
 
@@ -160,9 +155,14 @@ def party_create(
 
     Example: cleanroom party create bank --dir keys/bank --passphrase
     """
+    from cleanroom.identities import Party, format_fingerprint  # noqa: PLC0415
+
     secret = passphrase(confirm=True) if protect else None
     party = Party.create(name)
     party.save(directory, passphrase=secret)
+    if quiet:
+        emit_id(party.fingerprint)
+        return
     console.print(f"Created party [bold]{party.name}[/] in {directory}")
     console.print(f"fingerprint: {format_fingerprint(party.fingerprint)}")
     if secret is None:
@@ -178,6 +178,7 @@ def party_show(
     identity_file: Path | None = typer.Option(
         None, "--identity", "-i", help="A public identity file instead of a keystore."
     ),
+    as_json: bool = JSON,
 ) -> None:
     """Print a party's name and key fingerprints.
 
@@ -186,13 +187,19 @@ def party_show(
 
     Example: cleanroom party show --identity merchant.identity.json
     """
+    from cleanroom.identities import PublicIdentity  # noqa: PLC0415
+    from cleanroom.identities.keystore import IDENTITY_FILE  # noqa: PLC0415
+
     if directory is not None and identity_file is None:
         identity = PublicIdentity.load(directory / IDENTITY_FILE)
     elif identity_file is not None and directory is None:
         identity = PublicIdentity.load(identity_file)
     else:
         raise typer.BadParameter("give exactly one of --dir or --identity")
-    _show_identity(identity, "Party")
+    if as_json:
+        emit_json(_identity_json(identity))
+    else:
+        _show_identity(identity, "Party")
 
 
 @party_app.command("export")
@@ -206,6 +213,10 @@ def party_export(
 
     Example: cleanroom party export --dir keys/bank -o bank.identity.json
     """
+    from cleanroom.fs import write_file  # noqa: PLC0415
+    from cleanroom.identities import format_fingerprint  # noqa: PLC0415
+    from cleanroom.wire import pretty_json  # noqa: PLC0415
+
     party = load_party(directory)
     write_file(output, pretty_json(party.identity_document()))
     console.print(f"Wrote the public identity of [bold]{party.name}[/] to {output}")
@@ -234,6 +245,8 @@ def dataset_encrypt(
     Example: cleanroom dataset encrypt cards.csv --schema cards.schema.json
     --owner keys/bank -o cards.sealed
     """
+    from cleanroom.datasets import Schema, seal_dataset  # noqa: PLC0415
+
     declared = Schema.load(schema)
     party = load_party(owner)
     with RichProgress() as progress:
@@ -262,6 +275,8 @@ def dataset_decrypt(
 
     Example: cleanroom dataset decrypt cards.sealed --owner keys/bank -o cards.parquet
     """
+    from cleanroom.datasets import decrypt_dataset  # noqa: PLC0415
+
     party = load_party(owner)
     manifest = decrypt_dataset(dataset, party, output)
     console.print(f"Decrypted [bold]{manifest.name}[/]: {manifest.rows:,} rows -> {output}")
@@ -277,11 +292,15 @@ def dataset_inspect(
         None, "--identity", "-i", help="The owner's public identity file: verify only."
     ),
     rows: int = typer.Option(0, "--rows", "-r", min=0, max=1000, help="Decrypt and show N rows."),
+    as_json: bool = JSON,
 ) -> None:
     """Verify a dataset's manifest and show its schema; optionally show rows.
 
     Example: cleanroom dataset inspect cards.sealed --identity bank.identity.json
     """
+    from cleanroom.datasets import load_manifest, open_dataset  # noqa: PLC0415
+    from cleanroom.identities import Party, PublicIdentity, format_fingerprint  # noqa: PLC0415
+
     party: Party | None = None
     if owner is not None and identity_file is None:
         party = load_party(owner)
@@ -293,15 +312,30 @@ def dataset_inspect(
     if rows and party is None:
         raise typer.BadParameter("--rows needs --owner (only the owner can decrypt)")
     manifest = load_manifest(dataset, identity)
+    preview = open_dataset(dataset, party).slice(0, rows) if rows and party is not None else None
+    if as_json:
+        emit_json(
+            {
+                "name": manifest.name,
+                "owner": manifest.owner_name,
+                "owner_fingerprint": manifest.owner_fingerprint,
+                "rows": manifest.rows,
+                "created_at": manifest.created_at,
+                "size": manifest.size,
+                "sha256": manifest.sha256,
+                "signature": "ok",
+                "schema": manifest.schema.to_json(),
+                "preview": preview.to_pylist() if preview is not None else None,
+            }
+        )
+        return
     console.print(
         f"[bold]{manifest.name}[/] by {manifest.owner_name} "
         f"({format_fingerprint(manifest.owner_fingerprint)[:19]}...), "
         f"{manifest.rows:,} rows, created {manifest.created_at}  [green]signature ok[/]"
     )
     console.print(f"ciphertext: {manifest.size:,} bytes, sha256 {manifest.sha256}")
-    columns = Table(
-        "column", "type", "nullable", "constraints", title="schema", title_justify="left"
-    )
+    columns = table("column", "type", "nullable", "constraints", title="schema")
     for column in manifest.schema.columns:
         constraints = []
         if column.name == manifest.schema.identity_column:
@@ -316,20 +350,25 @@ def dataset_inspect(
             column.name, column.type, "yes" if column.nullable else "no", ", ".join(constraints)
         )
     console.print(columns)
-    if rows and party is not None:
-        table = open_dataset(dataset, party).slice(0, rows)
-        preview = Table(
-            *table.schema.names, title=f"first {table.num_rows} rows", title_justify="left"
-        )
-        for record in table.to_pylist():
-            preview.add_row(*("" if v is None else str(v) for v in record.values()))
-        console.print(preview)
+    if preview is not None:
+        shown = table(*preview.schema.names, title=f"first {preview.num_rows} rows")
+        for record in preview.to_pylist():
+            shown.add_row(*("" if v is None else str(v) for v in record.values()))
+        console.print(shown)
 
 
 # -- audit ------------------------------------------------------------------
 
 
 def _verified(export: Path, service_key: Path, known_heads: Path | None) -> VerifiedLedger:
+    from cleanroom.identities import PublicIdentity  # noqa: PLC0415
+    from cleanroom.ledger import (  # noqa: PLC0415
+        FileHeadStore,
+        TreeHeadTracker,
+        load_export,
+        verify_export,
+    )
+
     service = PublicIdentity.load(service_key)
     verified = verify_export(load_export(export), service)
     if known_heads is not None:
@@ -339,7 +378,11 @@ def _verified(export: Path, service_key: Path, known_heads: Path | None) -> Veri
 
 @audit_app.command("export")
 def audit_export(
-    room: str = typer.Option(..., "--room", help="The room id."),
+    room: str = typer.Option(
+        ...,
+        "--room",
+        help="The room: its name, id or a unique id prefix (full id with --data-dir).",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="The export file to write."),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Export from a ledger data directory (the operator's side)."
@@ -360,12 +403,17 @@ def audit_export(
     you saw before) before it is written. The file verifies on any machine with
     only cleanroom installed.
 
-    Example: cleanroom audit export --room 3f2a... -o room.ledger.json --service
+    Example: cleanroom audit export --room offers -o room.ledger.json --service
     http://127.0.0.1:8321 --as keys/bank
     """
     if service is not None and keystore is not None and data_dir is None:
         count = rooms.audit_export_from_service(room, service, keystore, output)
     elif data_dir is not None and service is None:
+        from cleanroom.fs import write_file  # noqa: PLC0415
+        from cleanroom.ledger import open_ledger  # noqa: PLC0415
+        from cleanroom.ledger.local import service_identity_file  # noqa: PLC0415
+        from cleanroom.wire import pretty_json  # noqa: PLC0415
+
         document = open_ledger(data_dir, database_url=database_url).export(room)
         write_file(output, pretty_json(document))
         count = len(document["entries"])
@@ -373,6 +421,42 @@ def audit_export(
     else:
         raise typer.BadParameter("give --data-dir, or --service with --as")
     console.print(f"Exported {count} entries of room {room} to {output}")
+
+
+def _state_json(verified: VerifiedLedger) -> dict[str, Any]:
+    state = verified.state
+    return {
+        "entries": len(verified.entries),
+        "tree_heads": len(verified.tree_heads),
+        "root": verified.head.root.hex(),
+        "room": state.room,
+        "name": state.name,
+        "status": state.status,
+        "contract_version": state.contract_version,
+        "state_digest": state.digest(),
+        "members": [
+            {
+                "name": m.identity.name,
+                "fingerprint": m.fingerprint,
+                "roles": sorted(m.roles),
+                "status": m.status,
+            }
+            for m in state.members.values()
+        ],
+        "datasets": [
+            {
+                "name": d.name,
+                "owner": d.owner,
+                "versions": len(d.versions),
+                "consent": bool(d.consent),
+            }
+            for d in state.datasets.values()
+        ],
+        "analyses": [
+            {"name": a.name, "inputs": list(a.inputs), "status": a.status}
+            for a in state.analyses.values()
+        ],
+    }
 
 
 @audit_app.command("verify")
@@ -384,12 +468,16 @@ def audit_verify(
     known_heads: Path | None = typer.Option(
         None, "--known-heads", help="File of tree heads seen before: detects rollback and forks."
     ),
+    as_json: bool = JSON,
 ) -> None:
     """Re-check every signature, proof and tree head, and re-derive the room state.
 
     Example: cleanroom audit verify room.ledger.json --service-key ledger.identity.json
     """
     verified = _verified(export, service_key, known_heads)
+    if as_json:
+        emit_json(_state_json(verified))
+        return
     state = verified.state
     console.print(
         f"[green]verified[/]: {len(verified.entries)} entries, {len(verified.tree_heads)} "
@@ -399,16 +487,12 @@ def audit_verify(
         f"room [bold]{state.name}[/] ({state.room}): {state.status}, "
         f"contract version {state.contract_version}, state digest {state.digest()[:16]}..."
     )
-    members = Table(
-        "member", "fingerprint", "roles", "status", title="members", title_justify="left"
-    )
+    members = table("member", "fingerprint", "roles", "status", title="members")
     for m in state.members.values():
-        members.add_row(m.identity.name, m.fingerprint[:16], ", ".join(sorted(m.roles)), m.status)
+        members.add_row(m.identity.name, short(m.fingerprint), ", ".join(sorted(m.roles)), m.status)
     console.print(members)
     if state.datasets:
-        datasets = Table(
-            "dataset", "owner", "versions", "consent", title="datasets", title_justify="left"
-        )
+        datasets = table("dataset", "owner", "versions", "consent", title="datasets")
         for d in state.datasets.values():
             datasets.add_row(
                 d.name,
@@ -418,7 +502,7 @@ def audit_verify(
             )
         console.print(datasets)
     if state.analyses:
-        analyses = Table("analysis", "inputs", "status", title="analyses", title_justify="left")
+        analyses = table("analysis", "inputs", "status", title="analyses")
         for a in state.analyses.values():
             analyses.add_row(a.name, ", ".join(a.inputs), a.status)
         console.print(analyses)
@@ -477,26 +561,35 @@ def audit_log(
     service_key: Path = typer.Option(
         ..., "--service-key", "-k", help="The ledger service's public identity file."
     ),
+    as_json: bool = JSON,
 ) -> None:
     """Print the room's verified history, one line per entry.
 
     Example: cleanroom audit log room.ledger.json --service-key ledger.identity.json
     """
+    from datetime import UTC, datetime  # noqa: PLC0415
+
     verified = _verified(export, service_key, None)
-    table = Table(
-        "seq",
-        "time (UTC)",
-        "author",
-        "act",
-        "detail",
-        title_justify="left",
-        title=f"room {verified.state.name}",
-    )
+    rows: list[dict[str, Any]] = []
     for entry, statement in zip(verified.entries, verified.statements, strict=True):
-        author = _author_name(verified.state, statement.author)
-        when = datetime.fromtimestamp(entry.time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(str(entry.seq), when, author, statement.kind, _describe(statement))
-    console.print(table)
+        rows.append(
+            {
+                "seq": entry.seq,
+                "time": entry.time,
+                "author": statement.author,
+                "author_name": _author_name(verified.state, statement.author),
+                "kind": statement.kind,
+                "detail": _describe(statement),
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    log = table("seq", "time (UTC)", "author", "act", "detail", title=f"room {verified.state.name}")
+    for row in rows:
+        when = datetime.fromtimestamp(row["time"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        log.add_row(str(row["seq"]), when, row["author_name"], row["kind"], row["detail"])
+    console.print(log)
 
 
 # -- serve -------------------------------------------------------------------
@@ -557,11 +650,88 @@ def broker_command(
 @app.command("version")
 def version() -> None:
     """Print the cleanroom version."""
-    console.print(__version__)
+    sys.stdout.write(f"cleanroom {__version__}\n")
+
+
+# -- the entry point ------------------------------------------------------------
+
+
+def _params(argv: Sequence[str]) -> dict[str, str]:
+    """Each option, argument and environment variable of the command ``argv``
+    names, with the value it was given (to say which one named a bad path)."""
+    # Typer vendors Click as typer._click (its commands and contexts are those)
+    from typer._click.core import Context, ParameterSource  # noqa: PLC0415
+    from typer.core import TyperGroup, TyperOption  # noqa: PLC0415
+
+    found: dict[str, str] = {}
+    command = typer.main.get_command(app)
+    args = list(argv)
+    parent: Context | None = None
+    name: str | None = "cleanroom"
+    while True:
+        ctx = command.make_context(name, args, parent=parent, resilient_parsing=True)
+        for param in command.params:
+            value = ctx.params.get(param.name or "")
+            if value is None or isinstance(value, bool):
+                continue
+            if isinstance(param, TyperOption):
+                label = max(param.opts, key=len)
+                if ctx.get_parameter_source(param.name or "") == ParameterSource.ENVIRONMENT:
+                    label = f"{param.envvar} ({label})"
+            else:
+                label = (param.name or "").upper()
+            values = value if isinstance(value, list | tuple) else [value]
+            for i, item in enumerate(values):
+                found[label if i == 0 else f"{label} #{i + 1}"] = str(item)
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        if not isinstance(command, TyperGroup) or not rest:
+            return found
+        name, sub, args = command.resolve_command(ctx, rest)
+        if sub is None:
+            return found
+        command, parent = sub, ctx
+
+
+def _report(exc: BaseException, argv: Sequence[str]) -> int:
+    from rich.markup import escape  # noqa: PLC0415
+
+    try:
+        params = _params(argv)
+    except Exception:  # noqa: BLE001 - naming the option is a courtesy, never a second failure
+        params = {}
+    failure = explain(exc, params)
+    if debugging():
+        traceback.print_exception(exc)
+    # messages carry names, paths and service text: never read as Rich markup
+    err_console.print(
+        f"[bold red]error:[/] {escape(failure.message)}", highlight=False, soft_wrap=True
+    )
+    if failure.hint:
+        err_console.print(f"[dim]hint: {escape(failure.hint)}[/]", highlight=False, soft_wrap=True)
+    return failure.code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns its exit status."""
+    from typer._click.exceptions import ClickException  # noqa: PLC0415
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app(args, prog_name="cleanroom", standalone_mode=False)
+    except typer.Abort:
+        err_console.print("interrupted", highlight=False)
+        return INTERRUPTED
+    except ClickException as exc:
+        from typer import rich_utils  # noqa: PLC0415
+
+        rich_utils.rich_format_error(exc)
+        return exc.exit_code if exc.exit_code else USAGE
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure gets one line
+        return _report(exc, args)
+    return result if isinstance(result, int) else 0
 
 
 def main() -> None:
-    try:
-        app()
-    except CleanroomError as exc:
-        sys.exit(_fail(exc))
+    sys.exit(run())

@@ -5,29 +5,28 @@ Every command acts as one party: ``--as KEYSTORE`` (or CLEANROOM_KEYSTORE) and
 ledger (the last tree heads it verified) and the service key pinned for each
 URL are kept in KEYSTORE/state, so a service that rolls back, forks or
 presents another key is caught on the next command.
+
+Rooms, members, proposals, jobs, datasets and analyses are named by name,
+full id or unique id prefix, resolved by :mod:`cleanroom.client.names` from
+the service's list views (one rule for the CLI and the SDK). The SDK loads
+when a command runs, never when this module is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from cleanroom.agent import KeyAgent
 from cleanroom.cli.common import load_party, service_key
-from cleanroom.cli.ui import RichProgress, console
-from cleanroom.client import STATE_DIR, Client, Room
-from cleanroom.client.vault import VAULT_DIR, KeyVault
-from cleanroom.errors import GovernanceError
-from cleanroom.fs import write_file
-from cleanroom.identities import format_fingerprint
-from cleanroom.identities.keystore import IDENTITY_FILE
-from cleanroom.wire import pretty_json, read_json_file
+from cleanroom.cli.ui import RichProgress, console, emit_id, emit_json, short, table
+
+if TYPE_CHECKING:
+    from cleanroom.client import Client, Room
 
 SERVICE = typer.Option(
     ...,
@@ -38,32 +37,111 @@ SERVICE = typer.Option(
 KEYSTORE = typer.Option(
     ..., "--as", envvar="CLEANROOM_KEYSTORE", help="Your keystore directory: who signs."
 )
-ROOM = typer.Option(..., "--room", "-r", envvar="CLEANROOM_ROOM", help="The room id.")
-PROPOSAL = typer.Argument(..., help="A proposal id (a unique prefix is enough).")
+ROOM = typer.Option(
+    ...,
+    "--room",
+    "-r",
+    envvar="CLEANROOM_ROOM",
+    help="The room: its name, id, or a unique id prefix.",
+)
+PROPOSAL = typer.Argument(
+    ..., metavar="PROPOSAL", help="A proposal id (a unique prefix of 4+ characters is enough)."
+)
+JSON = typer.Option(False, "--json", help="Print JSON (stable keys, full ids) instead of a table.")
+QUIET = typer.Option(False, "--quiet", "-q", help="Print only the new id.")
 
 room_app = typer.Typer(help="Create, join and show rooms on a service.", no_args_is_help=True)
 proposal_app = typer.Typer(help="List, show and vote on proposals.", no_args_is_help=True)
-consent_app = typer.Typer(help="Stop your data being used, at once.", no_args_is_help=True)
+consent_app = typer.Typer(
+    help="Stop your data being used, at once (and propose to restore it).", no_args_is_help=True
+)
+
+_ROOM_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _client(service: str, keystore: Path) -> Client:
+    from cleanroom.client import STATE_DIR, Client  # noqa: PLC0415 - loads the SDK
+
     party = load_party(keystore)
     return Client(service, party, state_dir=keystore / STATE_DIR, service_key=service_key())
 
 
+def room_id(client: Client, ref: str) -> str:
+    """A room's full id from its name, id or unique prefix (a full id needs no look-up)."""
+    from cleanroom.client import names  # noqa: PLC0415 - the SDK package
+
+    if _ROOM_ID.match(ref):
+        return ref
+    listed = [{"room": r.room, "name": r.name} for r in client.rooms()]
+    return names.room_id(listed, ref)
+
+
 def _room(service: str, keystore: Path, room: str) -> Room:
-    handle = _client(service, keystore).room(room)
+    client = _client(service, keystore)
+    handle = client.room(room_id(client, room))
     handle.tree_head()  # every command first checks the room's history extends what it saw
     return handle
 
 
+def member(handle: Room, ref: str) -> str:
+    """A member's fingerprint from its name, fingerprint or a unique prefix, as the
+    room's verified ledger has it (the SDK's resolver)."""
+    return handle.resolve_member(ref)
+
+
+def proposal(handle: Room, ref: str) -> dict[str, Any]:
+    """The proposal view named by an id or a unique prefix (resolved on the verified
+    ledger; the view itself is the service's, for display)."""
+    from cleanroom.errors import NotFoundError  # noqa: PLC0415
+
+    found = handle.resolve_proposal(ref)
+    view = next((p for p in handle.proposals() if p["id"] == found), None)
+    if view is None:
+        raise NotFoundError(f"the service does not list proposal {found[:16]}")
+    return view
+
+
+def dataset(handle: Room, ref: str, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A registered dataset's view, by name (a pending registration is named)."""
+    from cleanroom.client import names  # noqa: PLC0415
+
+    state = state if state is not None else handle.state()
+    found = names.dataset_name(state["datasets"], ref, handle.proposals())
+    return next(d for d in state["datasets"] if d["name"] == found)
+
+
+def analysis(handle: Room, ref: str, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An analysis's view, by name (a pending proposal for it is named)."""
+    from cleanroom.client import names  # noqa: PLC0415
+
+    state = state if state is not None else handle.state()
+    found = names.analysis_name(state["analyses"], ref, handle.proposals())
+    return next(a for a in state["analyses"] if a["name"] == found)
+
+
+def proposed(pid: str, what: str, quiet: bool) -> str:
+    """Say that proposal ``pid`` was made (``--quiet``: its id alone)."""
+    if quiet:
+        emit_id(pid)
+    else:
+        console.print(f"Proposed {what}: proposal {short(pid)} awaits approval", highlight=False)
+    return pid
+
+
 def _members(specs: list[str]) -> list[tuple[dict[str, Any], list[str]]]:
+    from cleanroom.identities import PublicIdentity  # noqa: PLC0415
+    from cleanroom.wire import read_json_file  # noqa: PLC0415
+
     members = []
     for spec in specs:
         path, _, roles = spec.rpartition(":")
         if not path or not roles:
-            raise typer.BadParameter(f"--member {spec!r}: use IDENTITY_FILE:role[,role]")
-        members.append((json.loads(Path(path).read_text()), roles.split(",")))
+            raise typer.BadParameter(
+                f"{spec!r}: use IDENTITY_FILE:role[,role]", param_hint="--member"
+            )
+        document = read_json_file(Path(path), what="--member identity file")
+        PublicIdentity.from_document(document)  # refused here, not by the service
+        members.append((document, roles.split(",")))
     return members
 
 
@@ -80,6 +158,7 @@ def room_create(
     k: int | None = typer.Option(None, "--k", help="Approvals needed under --rule threshold."),
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
 ) -> None:
     """Create a room; every listed member must then join it.
 
@@ -89,19 +168,26 @@ def room_create(
     --member merchant.identity.json:data_provider,analyst --service http://127.0.0.1:8321
     --as keys/bank
     """
+    from cleanroom.identities.keystore import IDENTITY_FILE  # noqa: PLC0415
+    from cleanroom.wire import read_json_file  # noqa: PLC0415
+
+    others = _members(member)
     client = _client(service, keystore)
-    own = json.loads((keystore / IDENTITY_FILE).read_text())
+    own = read_json_file(keystore / IDENTITY_FILE, what="your identity file")
     constitution: dict[str, Any] = {"rule": rule} | ({"k": k} if k is not None else {})
-    room = client.create_room(name, [(own, roles.split(",")), *_members(member)], constitution)
+    room = client.create_room(name, [(own, roles.split(",")), *others], constitution)
+    if quiet:
+        emit_id(room.id)
+        return
     console.print(f"Created room [bold]{name}[/]: {room.id}")
-    console.print("Each member now runs: cleanroom room join --room " + room.id)
+    console.print(f"Each member now runs: cleanroom room join --room {name}")
 
 
 @room_app.command("join")
 def room_join(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
     """Accept your invitation to a room (sign member.accept).
 
-    Example: cleanroom room join --room 3f2a... --service http://127.0.0.1:8321 --as keys/merchant
+    Example: cleanroom room join --room offers --service http://127.0.0.1:8321 --as keys/merchant
     """
     handle = _room(service, keystore, room)
     handle.accept()
@@ -115,7 +201,7 @@ def room_decline(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYS
     The room disappears from your `room list`; a room still being formed can then
     never become active, and the room cannot invite you again.
 
-    Example: cleanroom room decline --room 3f2a... --service http://127.0.0.1:8321
+    Example: cleanroom room decline --room offers --service http://127.0.0.1:8321
     --as keys/merchant
     """
     _room(service, keystore, room).decline()
@@ -123,43 +209,59 @@ def room_decline(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYS
 
 
 @room_app.command("list")
-def room_list(service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
+def room_list(service: str = SERVICE, keystore: Path = KEYSTORE, as_json: bool = JSON) -> None:
     """List the rooms you belong to.
 
     Example: cleanroom room list --service http://127.0.0.1:8321 --as keys/bank
     """
-    table = Table("room", "name", "status", "contract", "you", title_justify="left")
-    for info in _client(service, keystore).rooms():
-        table.add_row(info.room, info.name, info.status, str(info.contract_version), info.you)
-    console.print(table)
+    listed = _client(service, keystore).rooms()
+    if as_json:
+        emit_json(
+            [
+                {
+                    "room": r.room,
+                    "name": r.name,
+                    "status": r.status,
+                    "contract_version": r.contract_version,
+                    "you": r.you,
+                }
+                for r in listed
+            ]
+        )
+        return
+    shown = table("room", "name", "status", "contract", "you")
+    for info in listed:
+        shown.add_row(
+            short(info.room), info.name, info.status, str(info.contract_version), info.you
+        )
+    console.print(shown)
 
 
 @room_app.command("show")
-def room_show(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
+def room_show(
+    room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE, as_json: bool = JSON
+) -> None:
     """Show a room: members, datasets, analyses, contract version.
 
-    Example: cleanroom room show --room 3f2a... --service http://127.0.0.1:8321 --as keys/bank
+    Example: cleanroom room show --room offers --service http://127.0.0.1:8321 --as keys/bank
     """
     handle = _room(service, keystore, room)
     state = handle.state()
     head = handle.tree_head()
+    if as_json:
+        emit_json(state | {"tree_head": {"size": head.size, "root": head.root.hex()}})
+        return
     console.print(
-        f"[bold]{state['name']}[/] ({room}): {state['status']}, contract version "
+        f"[bold]{state['name']}[/] ({handle.id}): {state['status']}, contract version "
         f"{state['contract_version']}, {state['entries']} ledger entries "
         f"(tree head verified, size {head.size})"
     )
-    members = Table(
-        "member", "fingerprint", "roles", "status", title="members", title_justify="left"
-    )
+    members = table("member", "fingerprint", "roles", "status", title="members")
     for m in state["members"]:
-        members.add_row(
-            m["name"], format_fingerprint(m["fingerprint"])[:19], ", ".join(m["roles"]), m["status"]
-        )
+        members.add_row(m["name"], short(m["fingerprint"]), ", ".join(m["roles"]), m["status"])
     console.print(members)
     if state["datasets"]:
-        datasets = Table(
-            "dataset", "versions", "rows", "consent", title="datasets", title_justify="left"
-        )
+        datasets = table("dataset", "versions", "rows", "consent", title="datasets")
         for d in state["datasets"]:
             datasets.add_row(
                 d["name"],
@@ -169,7 +271,7 @@ def room_show(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTOR
             )
         console.print(datasets)
     if state["analyses"]:
-        analyses = Table("analysis", "inputs", "status", title="analyses", title_justify="left")
+        analyses = table("analysis", "inputs", "status", title="analyses")
         for a in state["analyses"]:
             analyses.add_row(a["name"], ", ".join(a["inputs"]), a["status"])
         console.print(analyses)
@@ -184,111 +286,116 @@ def proposal_list(
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
     all_: bool = typer.Option(False, "--all", help="Also closed proposals."),
+    as_json: bool = JSON,
 ) -> None:
     """List open proposals (or all with --all).
 
-    Example: cleanroom proposal list --room 3f2a... --service http://127.0.0.1:8321 --as keys/bank
+    Example: cleanroom proposal list --room offers --service http://127.0.0.1:8321 --as keys/bank
     """
-    table = Table("id", "action", "by", "status", "approvals", title_justify="left")
-    for p in _room(service, keystore, room).proposals():
-        if all_ or p["status"] == "open":
-            table.add_row(
-                p["id"][:16],
-                p["type"],
-                p["proposer"],
-                p["status"],
-                f"{len(p['approvals'])}/{len(p['approvers'])}",
-            )
-    console.print(table)
-
-
-def _find(handle: Room, prefix: str) -> dict[str, Any]:
-    matches = [p for p in handle.proposals() if p["id"].startswith(prefix)]
-    if len(matches) != 1:
-        raise GovernanceError(
-            f"{'no' if not matches else 'more than one'} proposal starts with {prefix!r}"
+    shown = [p for p in _room(service, keystore, room).proposals() if all_ or p["status"] == "open"]
+    if as_json:
+        emit_json(shown)
+        return
+    listing = table("id", "action", "by", "status", "approvals")
+    for p in shown:
+        listing.add_row(
+            short(p["id"]),
+            p["type"],
+            p["proposer"],
+            p["status"],
+            f"{len(p['approvals'])}/{len(p['approvers'])}",
         )
-    return matches[0]
+    console.print(listing)
 
 
 @proposal_app.command("show")
 def proposal_show(
-    proposal: str = PROPOSAL,
+    proposal_ref: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    as_json: bool = JSON,
 ) -> None:
     """Show one proposal: its action in full, approvers and ballots.
 
-    Example: cleanroom proposal show 9c1e --room 3f2a... --service ... --as keys/bank
+    Example: cleanroom proposal show 9c1e --room offers --service ... --as keys/bank
     """
-    found = _find(_room(service, keystore, room), proposal)
-    console.print_json(json.dumps(found))
+    found = proposal(_room(service, keystore, room), proposal_ref)
+    if as_json:
+        emit_json(found)
+    else:
+        import json  # noqa: PLC0415
+
+        console.print_json(json.dumps(found))
 
 
-def _vote(proposal: str, room: str, service: str, keystore: Path, verb: str) -> None:
+def _vote(proposal_ref: str, room: str, service: str, keystore: Path, verb: str) -> None:
     handle = _room(service, keystore, room)
-    found = _find(handle, proposal)
+    found = proposal(handle, proposal_ref)
     getattr(handle, verb)(found["id"])
-    after = _find(handle, found["id"])
-    console.print(f"{verb}: proposal {found['id'][:16]} ({found['type']}) is {after['status']}")
+    after = proposal(handle, found["id"])
+    console.print(f"{verb}: proposal {short(found['id'])} ({found['type']}) is {after['status']}")
 
 
 @proposal_app.command("approve")
 def proposal_approve(
-    proposal: str = PROPOSAL,
+    proposal_ref: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
 ) -> None:
     """Sign an approving ballot.
 
-    Example: cleanroom proposal approve 9c1e --room 3f2a... --service ... --as keys/bank
+    Example: cleanroom proposal approve 9c1e --room offers --service ... --as keys/bank
     """
-    _vote(proposal, room, service, keystore, "approve")
+    _vote(proposal_ref, room, service, keystore, "approve")
 
 
 @proposal_app.command("reject")
 def proposal_reject(
-    proposal: str = PROPOSAL,
+    proposal_ref: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
 ) -> None:
     """Sign a rejecting ballot (a veto where the constitution gives you one).
 
-    Example: cleanroom proposal reject 9c1e --room 3f2a... --service ... --as keys/bank
+    Example: cleanroom proposal reject 9c1e --room offers --service ... --as keys/bank
     """
-    _vote(proposal, room, service, keystore, "reject")
+    _vote(proposal_ref, room, service, keystore, "reject")
 
 
 @proposal_app.command("withdraw")
 def proposal_withdraw(
-    proposal: str = PROPOSAL,
+    proposal_ref: str = PROPOSAL,
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
 ) -> None:
     """Withdraw a proposal you made, while it is open.
 
-    Example: cleanroom proposal withdraw 9c1e --room 3f2a... --service ... --as keys/bank
+    Example: cleanroom proposal withdraw 9c1e --room offers --service ... --as keys/bank
     """
-    _vote(proposal, room, service, keystore, "withdraw")
+    _vote(proposal_ref, room, service, keystore, "withdraw")
 
 
 @consent_app.command("revoke")
 def consent_revoke(
-    dataset: str = typer.Argument(..., help="Your dataset's name in the room."),
+    dataset_ref: str = typer.Argument(
+        ..., metavar="DATASET", help="Your dataset's name in the room."
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
 ) -> None:
     """Revoke consent for your dataset: effective at once, no vote.
 
-    Example: cleanroom consent revoke customers --room 3f2a... --service ... --as keys/merchant
+    Example: cleanroom consent revoke customers --room offers --service ... --as keys/merchant
     """
-    _room(service, keystore, room).revoke_consent(dataset)
-    console.print(f"Consent for {dataset} revoked in room {room}.")
+    handle = _room(service, keystore, room)
+    name = dataset(handle, dataset_ref)["name"]
+    handle.revoke_consent(name)
+    console.print(f"Consent for {name} revoked in room {room}.")
 
 
 def dataset_publish(
@@ -325,31 +432,38 @@ def dataset_publish(
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
 ) -> None:
     """Seal a dataset on this machine, propose its registration, upload the ciphertext,
     and say how its key is released to attested enclaves (by your own key agent, or
     by the key broker).
 
-    Example: cleanroom dataset publish cards.csv --schema cards.schema.json --room 3f2a...
+    Example: cleanroom dataset publish cards.csv --schema cards.schema.json --room offers
     --service http://127.0.0.1:8321 --as keys/bank
     """
+    from cleanroom.wire import read_json_file  # noqa: PLC0415
+
     if release not in ("owner", "broker"):
         raise typer.BadParameter("choose 'owner' or 'broker'", param_hint="--release")
+    rule_json = read_json_file(rule, what="rule file") if rule is not None else None
     handle = _room(service, keystore, room)
     platforms = [p.strip() for p in release_to.split(",") if p.strip()]
     if allow_insecure_virtual and "insecure-virtual" not in platforms:
         platforms.append("insecure-virtual")
     with RichProgress() as progress:
-        proposal = handle.publish_dataset(
+        pid = handle.publish_dataset(
             source,
             schema=schema,
             name=name or source.stem,
             progress=progress,
             release_to=platforms,
-            rule=read_json_file(rule, what="rule file") if rule is not None else None,
+            rule=rule_json,
             release="owner" if release == "owner" else "broker",
         )
-    console.print(f"Published {name or source.stem}: proposal {proposal[:16]} awaits approval")
+    if quiet:
+        emit_id(pid)
+        return
+    console.print(f"Published {name or source.stem}: proposal {short(pid)} awaits approval")
     if release == "owner":
         console.print(
             f"Its key stays here: run `cleanroom keys serve --room {room} --as {keystore}` "
@@ -372,40 +486,55 @@ def keys_serve(
     rules, then signs the release (key sealed to that enclave only) or a denial.
     Stop it with Ctrl-C; while it is stopped, jobs wait, then fail.
 
-    Example: cleanroom keys serve --room 3f2a... --service http://127.0.0.1:8321 --as keys/merchant
+    Example: cleanroom keys serve --room offers --service http://127.0.0.1:8321 --as keys/merchant
     """
+    from cleanroom.agent import KeyAgent  # noqa: PLC0415
+    from cleanroom.client import STATE_DIR  # noqa: PLC0415
+    from cleanroom.client.vault import VAULT_DIR, KeyVault  # noqa: PLC0415
+
     handle = _room(service, keystore, room)
     agent = KeyAgent(handle, KeyVault(handle.client.party, keystore / STATE_DIR / VAULT_DIR))
     if once:
         for answer in agent.step():
-            console.print(f"{answer.action} job {answer.job[:12]}: {answer.detail}")
+            console.print(f"{answer.action} job {short(answer.job)}: {answer.detail}")
         return
-    console.print(f"Key agent of {handle.client.party.name} for room {room[:12]}; Ctrl-C stops it")
+    console.print(
+        f"Key agent of {handle.client.party.name} for room {short(handle.id)}; Ctrl-C stops it"
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         agent.serve(poll_s=poll)
 
 
-def dataset_list(room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE) -> None:
+def dataset_list(
+    room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE, as_json: bool = JSON
+) -> None:
     """List a room's datasets.
 
-    Example: cleanroom dataset list --room 3f2a... --service http://127.0.0.1:8321 --as keys/bank
+    Example: cleanroom dataset list --room offers --service http://127.0.0.1:8321 --as keys/bank
     """
-    table = Table("dataset", "version", "rows", "sha256", "consent", title_justify="left")
-    for d in _room(service, keystore, room).state()["datasets"]:
+    found = _room(service, keystore, room).state()["datasets"]
+    if as_json:
+        emit_json(found)
+        return
+    shown = table("dataset", "version", "rows", "sha256", "rule", "consent")
+    for d in found:
         latest = d["versions"][-1]
-        table.add_row(
+        shown.add_row(
             d["name"],
             str(latest["version"]),
             str(latest["rows"]),
-            latest["sha256"][:16],
+            short(latest["sha256"]),
+            d.get("rule") or "",
             "yes" if d["consent"] else "revoked",
         )
-    console.print(table)
+    console.print(shown)
 
 
 def dataset_download(
-    dataset: str = typer.Argument(..., help="The dataset's name in the room."),
+    dataset_ref: str = typer.Argument(
+        ..., metavar="DATASET", help="The dataset's name in the room."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the ciphertext."),
     version: int | None = typer.Option(None, "--version", help="A version (default: latest)."),
     room: str = ROOM,
@@ -416,21 +545,24 @@ def dataset_download(
 
     Only the owner (or, later, an attested enclave) holds the key to read it.
 
-    Example: cleanroom dataset download cards -o cards.parquet --room 3f2a... --service ...
+    Example: cleanroom dataset download cards -o cards.parquet --room offers --service ...
     --as keys/bank
     """
+    from cleanroom.errors import NotFoundError  # noqa: PLC0415
+
     handle = _room(service, keystore, room)
-    found = next((d for d in handle.state()["datasets"] if d["name"] == dataset), None)
-    if found is None:
-        raise GovernanceError(f"no dataset {dataset!r} in room {room}")
+    found = dataset(handle, dataset_ref)
     versions = {v["version"]: v for v in found["versions"]}
     chosen = versions.get(version if version is not None else max(versions))
     if chosen is None:
-        raise GovernanceError(f"{dataset!r} has no version {version}")
+        raise NotFoundError(
+            f"dataset {found['name']!r} has no version {version} (versions: "
+            f"{', '.join(str(v) for v in sorted(versions))})"
+        )
     with RichProgress() as progress:
         handle.download(chosen["sha256"], output, progress=progress)
     console.print(
-        f"Downloaded {dataset} version {chosen['version']} "
+        f"Downloaded {found['name']} version {chosen['version']} "
         f"({chosen['rows']:,} rows, encrypted) to {output}"
     )
 
@@ -442,6 +574,9 @@ def audit_export_from_service(room: str, service: str, keystore: Path, output: P
     covers exactly that, the file is a plain export (`cleanroom audit verify`
     checks it); otherwise it keeps the consistency proof to a later head, which
     the SDK's ``verify_prefix_export`` checks."""
+    from cleanroom.fs import write_file  # noqa: PLC0415
+    from cleanroom.wire import pretty_json  # noqa: PLC0415
+
     audit = _room(service, keystore, room).audit
     document = audit.export()
     verified = audit.verify(document)
@@ -461,7 +596,7 @@ def dataset_redeposit(
 
     The keys come from your key vault; the broker's evidence is checked first.
 
-    Example: cleanroom dataset redeposit --room 3f2a... --service http://127.0.0.1:8321
+    Example: cleanroom dataset redeposit --room offers --service http://127.0.0.1:8321
     --as keys/bank
     """
     handle = _room(service, keystore, room)

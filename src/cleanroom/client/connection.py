@@ -7,14 +7,17 @@ pinned one signed a rotation to it (:mod:`cleanroom.client.trust`).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cleanroom.client import names
+from cleanroom.client.actions import IdentityLike, identity_document
 from cleanroom.client.answers import RoomCreated, RoomListed, parse_answer, parse_list, parse_view
 from cleanroom.client.room import Room, RoomInfo
 from cleanroom.client.state import ClientState
@@ -28,7 +31,9 @@ from cleanroom.wire import read_json_file
 
 STATE_DIR = "state"  # inside a keystore directory
 
-ServiceKey = PublicIdentity | ServiceRotation | dict[str, Any] | Path
+ServiceKey = PublicIdentity | ServiceRotation | dict[str, Any] | str | os.PathLike[str]
+_ROOM_ID = re.compile(r"^[0-9a-f]{32}$")  # a full room id: used without a look-up
+_ROOM_ID_PREFIX = re.compile(r"^[0-9a-f]{4,32}$")  # read as an id prefix, never a name
 
 
 class Client:
@@ -38,9 +43,13 @@ class Client:
     state is then kept in ``KEYSTORE/state``) or a loaded :class:`Party`
     (give ``state_dir`` to keep state across runs; without it the client
     remembers pins and tree heads only while it lives). ``service_key`` is the
-    service's identity given out of band (a ``service.identity.json`` document,
-    or a rotation statement from the pinned key); without it the key the
-    service presents is pinned on first use.
+    service's identity given out of band (a ``service.identity.json`` document
+    or its path, or a rotation statement from the pinned key); without it the
+    key the service presents is pinned on first use. Paths are ``str`` or
+    :class:`~pathlib.Path` alike.
+
+        client = Client("http://127.0.0.1:8321", "keys/bank")
+        room = client.room("offers")          # a room's name, or a prefix of its id
     """
 
     def __init__(
@@ -48,20 +57,22 @@ class Client:
         url: str,
         party: Party | str | os.PathLike[str],
         *,
-        state_dir: Path | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
         service_key: ServiceKey | None = None,
         passphrase: str | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not isinstance(party, Party):
+        if isinstance(party, str | os.PathLike):
             keystore = Path(party)
             party = Party.load(keystore, passphrase=passphrase)
             state_dir = state_dir if state_dir is not None else keystore / STATE_DIR
+        elif not isinstance(party, Party):
+            raise TypeError(f"party is a keystore directory or a Party, not {type(party).__name__}")
         self.url = url.rstrip("/")
         self.party = party
-        self.state_dir = state_dir
-        self.known = ClientState(party, state_dir)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.known = ClientState(party, self.state_dir)
         given, rotations = _service_key(service_key)
         self._transport = Transport(self.url, party, timeout=timeout, transport=transport)
         try:
@@ -106,6 +117,7 @@ class Client:
     # -- rooms ------------------------------------------------------------------------
 
     def rooms(self) -> list[RoomInfo]:
+        """The rooms this party is in or invited to (``you``: its status there)."""
         what = answer_name("GET", "/v1/rooms")
         listed = parse_list(self._call("GET", "/v1/rooms"), what=what)
         return [
@@ -113,21 +125,45 @@ class Client:
             for i, r in enumerate(listed)
         ]
 
-    def room(self, room_id: str) -> Room:
-        """A handle on a room; refused at once if the room was last seen under a
-        service key this service's pin does not cover."""
-        self.known.check_room(room_id, self.pin, self.url)
-        return Room(self, room_id)
+    def room(self, room: str) -> Room:
+        """A handle on a room, by its name, its id or a unique prefix of its id (the
+        names are those of :meth:`rooms`); refused at once if the room was last
+        seen under a service key this service's pin does not cover.
+
+            room = client.room("offers")
+        """
+        if _ROOM_ID.fullmatch(room):
+            self.known.check_room(room, self.pin, self.url)
+            return Room(self, room)
+        found = names.room_id([dataclasses.asdict(r) for r in self.rooms()], room)
+        self.known.check_room(found, self.pin, self.url)
+        handle = Room(self, found)
+        if not _ROOM_ID_PREFIX.fullmatch(room):  # a name: the service's list said so
+            named = handle.audit.verify().state.name
+            if named != room.strip():  # the room's own room.create says otherwise
+                raise IntegrityError(
+                    f"the service lists room {found[:12]}... as {room.strip()!r}, but its "
+                    f"verified ledger names it {named!r}: use its id"
+                )
+        return handle
 
     def create_room(
         self,
         name: str,
-        members: Sequence[tuple[dict[str, Any] | Path, Sequence[str]]],
+        members: Sequence[tuple[IdentityLike, Sequence[str]]],
         constitution: dict[str, Any] | None = None,
     ) -> Room:
-        """Create a room; ``members`` are (identity document or file, roles), yourself included."""
+        """Create a room; ``members`` are (identity, roles), yourself included, each
+        identity an identity document, an identity file or a :class:`Party`.
+
+            room = client.create_room("offers", members=[
+                (bank, ["data_provider", "result_recipient"]),
+                ("merchant.identity.json", ["data_provider"]),
+                ("analyst.identity.json", ["analyst"]),
+            ])
+        """
         room_id = st.new_room_id()
-        documents = [(_identity_document(m), list(roles)) for m, roles in members]
+        documents = [(identity_document(m), list(roles)) for m, roles in members]
         token = st.room_create(
             self.party, room_id, name=name, members=documents, constitution=constitution
         )
@@ -145,8 +181,8 @@ def _service_key(key: ServiceKey | None) -> tuple[PublicIdentity | None, list[Se
     if key is None:
         return None, []
     parsed: PublicIdentity | ServiceRotation
-    if isinstance(key, Path):
-        parsed = parse_service_key(read_json_file(key, what="service key file"))
+    if isinstance(key, str | os.PathLike):
+        parsed = parse_service_key(read_json_file(Path(key), what="service key file"))
     elif isinstance(key, dict):
         parsed = parse_service_key(key)
     else:
@@ -154,12 +190,3 @@ def _service_key(key: ServiceKey | None) -> tuple[PublicIdentity | None, list[Se
     if isinstance(parsed, ServiceRotation):
         return None, [parsed]
     return parsed, []
-
-
-def _identity_document(member: dict[str, Any] | Path) -> dict[str, Any]:
-    """A member's self-signed identity document (its signature goes on the ledger)."""
-    if isinstance(member, Path):
-        document: dict[str, Any] = json.loads(member.read_text())
-        PublicIdentity.from_document(document)
-        return document
-    return member

@@ -44,6 +44,8 @@ from cleanroom.progress import Progress
 from cleanroom.protocol.sealing import result_context, seal_deposit
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from cleanroom.client.room import Room
 
 
@@ -225,16 +227,38 @@ def redeposit(room: Room, *, key_vault: Path | None = None) -> list[str]:
     return done
 
 
+Decimals = Literal["exact", "float"]
+
+
 def job_result(
+    room: Room, job_id: str, progress: Progress | None = None, *, decimals: Decimals = "exact"
+) -> pa.Table:
+    """:meth:`Room.job_result`: the decrypted result, marked with where it came from."""
+    if decimals not in ("exact", "float"):
+        raise ValueError(f"decimals is 'exact' or 'float', not {decimals!r}")
+    table, _ = _result(room, job_id, progress)
+    return _floats(table) if decimals == "float" else table
+
+
+def download_result(
     room: Room, job_id: str, output: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """:meth:`Room.job_result`: every step checked against the verified ledger."""
-    # decrypting and writing a result runs DuckDB and pyarrow: loaded only here
-    from cleanroom.datasets.parquet import read_encrypted  # noqa: PLC0415
+    """:meth:`Room.download_result`: the result written to a .csv or .parquet file."""
     from cleanroom.datasets.sources import plain_format, write_plain  # noqa: PLC0415
 
     output = Path(output)
-    file_format = plain_format(output)
+    file_format = plain_format(output)  # refused before anything is fetched
+    table, view = _result(room, job_id, progress)
+    with atomic_path(output) as tmp:
+        write_plain(table, tmp, file_format)
+    return view
+
+
+def _result(room: Room, job_id: str, progress: Progress | None) -> tuple[pa.Table, dict[str, Any]]:
+    """A job's result and its verified view: every step checked against the verified ledger."""
+    # decrypting a result runs DuckDB and pyarrow: loaded only here
+    from cleanroom.datasets.parquet import read_encrypted  # noqa: PLC0415
+
     state = room.audit.verify().state
     job = state.jobs.get(job_id)
     if job is None or job.status != "succeeded" or job.output is None:
@@ -251,11 +275,11 @@ def job_result(
     with tempfile.TemporaryDirectory(prefix="cleanroom-result-") as work:
         ciphertext = Path(work) / "result.parquet"
         route = f"/v1/rooms/{room.id}/jobs/{job_id}/result"
-        room.download(digest, ciphertext, progress, route=route)
+        room.download(digest, ciphertext, progress or False, route=route)
         table = read_encrypted(ciphertext, key)
     if rows_bucket(table.num_rows) != job.output["rows"]:  # the ledger shows a bucket
         raise IntegrityError("the decrypted result does not match the enclave's record")
-    # a Parquet result carries where it came from, the assurance included
+    # the result carries where it came from, the assurance included
     marked = table.replace_schema_metadata(
         {
             "cleanroom.room": room.id,
@@ -265,7 +289,27 @@ def job_result(
             "cleanroom.measurement": job.measurement,
         }
     )
-    with atomic_path(output) as tmp:
-        write_plain(marked, tmp, file_format)
     names = {fp: m.identity.name for fp, m in state.members.items()}
-    return {**job_view(job, names), "rows": table.num_rows}
+    return marked, {**job_view(job, names), "rows": table.num_rows}
+
+
+def _floats(table: pa.Table) -> pa.Table:
+    """``table`` with every decimal, nested ones included, as float64."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    def convert(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_decimal(kind):
+            return pa.float64()
+        if pa.types.is_large_list(kind):
+            return pa.large_list(field(kind.value_field))
+        if pa.types.is_list(kind):
+            return pa.list_(field(kind.value_field))
+        if pa.types.is_struct(kind):
+            return pa.struct([field(kind.field(i)) for i in range(kind.num_fields)])
+        return kind
+
+    def field(f: pa.Field) -> pa.Field:
+        return pa.field(f.name, convert(f.type), f.nullable, f.metadata)
+
+    schema = pa.schema([field(f) for f in table.schema], metadata=table.schema.metadata)
+    return table if schema.equals(table.schema) else table.cast(schema)

@@ -1,9 +1,11 @@
 """Names and unique prefixes for what a room holds (pure).
 
 Rooms, members, datasets, analyses, proposals and jobs are named in the CLI
-and the SDK alike by their name (where they have one), their full id, or a
-unique prefix of their id (at least :data:`MIN_PREFIX` characters, so a short
-typo never matches by chance). A reference that matches nothing or more than
+and the SDK alike by their exact name (where they have one), their full id, or
+a unique prefix of their id (at least :data:`MIN_PREFIX` hex characters, so a
+short typo never matches by chance). A hex-shaped reference is an id, never a
+name. The SDK resolves against the room's verified ledger, not the service's
+word, wherever what it signs depends on the answer. A reference that matches nothing or more than
 one thing is refused with the candidates named, never guessed; where nothing
 matches but a proposal still open would create it, the refusal says so.
 
@@ -13,12 +15,15 @@ the CLI and the SDK resolve the same way from the same answers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cleanroom.errors import NotFoundError
 
 MIN_PREFIX = 4
+_HEX = re.compile(r"[0-9a-f]+")
+_PLURAL = {"analysis": "analyses"}
 
 
 class AmbiguousNameError(NotFoundError):
@@ -37,42 +42,46 @@ def _pick(
     key: str,
     name: str | None = None,
     pending: Callable[[str], str | None] | None = None,
+    prefixes: bool = True,
 ) -> Mapping[str, Any]:
-    """The one item whose ``name`` field equals ``ref`` or whose ``key`` field
-    starts with it; raises :class:`NotFoundError` or :class:`AmbiguousNameError`."""
+    """The one item ``ref`` names; raises :class:`NotFoundError` or
+    :class:`AmbiguousNameError`.
+
+    A hex-shaped reference (``prefixes``) is read as an id or a unique id prefix
+    only, never as a name, so a member who names itself like another's
+    fingerprint cannot capture references to it. Any other reference must equal
+    a name exactly (a name is never matched by its prefix: ``spend`` is not
+    ``spend_eu``)."""
     items = list(items)
-    if not ref.strip():
+    given = ref.strip()
+    if not given:
         raise NotFoundError(f"name a {what}: an empty reference matches nothing")
-    if name is not None:
-        named = [i for i in items if str(i.get(name, "")) == ref.strip()]
-        if len(named) == 1:
-            return named[0]
     wanted = _clean(ref)
-    exact = [i for i in items if str(i.get(key, "")).lower() == wanted]
-    if len(exact) == 1:
-        return exact[0]
-    prefixed = (
-        [i for i in items if str(i.get(key, "")).lower().startswith(wanted)]
-        if len(wanted) >= MIN_PREFIX
-        else []
-    )
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if len(prefixed) > 1:
-        shown = ", ".join(sorted(str(i.get(key, ""))[:16] for i in prefixed)[:5])
+    if prefixes and _HEX.fullmatch(wanted) and len(wanted) >= MIN_PREFIX:
+        matches = [i for i in items if str(i.get(key, "")).lower() == wanted] or [
+            i for i in items if str(i.get(key, "")).lower().startswith(wanted)
+        ]
+    else:
+        field = name if name is not None else key
+        matches = [i for i in items if str(i.get(field, "")) == given]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        shown = ", ".join(sorted(str(i.get(key, ""))[:16] for i in matches)[:5])
         raise AmbiguousNameError(
-            f"{ref!r} matches {len(prefixed)} {what}s ({shown}...): give more characters"
+            f"{given!r} matches {len(matches)} {_PLURAL.get(what, what + 's')} ({shown}): "
+            "give more characters of the id"
         )
-    hint = pending(ref.strip()) if pending is not None else None
+    hint = pending(given) if pending is not None else None
     if hint:
-        raise NotFoundError(f"no {what} {ref!r} yet: {hint}")
-    if 0 < len(wanted) < MIN_PREFIX and name is None:
+        raise NotFoundError(f"no {what} {given!r} yet: {hint}")
+    if prefixes and _HEX.fullmatch(wanted) and len(wanted) < MIN_PREFIX:
         raise NotFoundError(
-            f"no {what} {ref!r}: an id prefix needs at least {MIN_PREFIX} characters"
+            f"no {what} {given!r}: an id prefix needs at least {MIN_PREFIX} characters"
         )
     known = sorted(str(i.get(name or key, "")) for i in items)
     listed = ", ".join(k if name else k[:16] for k in known[:8]) or "none"
-    raise NotFoundError(f"no {what} {ref!r} (known: {listed})")
+    raise NotFoundError(f"no {what} {given!r} (known: {listed})")
 
 
 def _pending_proposal(
@@ -120,7 +129,8 @@ def dataset_name(
 ) -> str:
     """A registered dataset's name; names a pending registration if there is one."""
     pending = _pending_proposal(list(proposals), "register_dataset", "name")
-    return str(_pick("dataset", ref, datasets, key="name", name="name", pending=pending)["name"])
+    found = _pick("dataset", ref, datasets, key="name", pending=pending, prefixes=False)
+    return str(found["name"])
 
 
 def analysis_name(
@@ -130,4 +140,5 @@ def analysis_name(
 ) -> str:
     """An approved analysis's name; names a pending proposal for it if there is one."""
     pending = _pending_proposal(list(proposals), "add_analysis", "name")
-    return str(_pick("analysis", ref, analyses, key="name", name="name", pending=pending)["name"])
+    found = _pick("analysis", ref, analyses, key="name", pending=pending, prefixes=False)
+    return str(found["name"])

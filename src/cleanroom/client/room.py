@@ -3,18 +3,27 @@
 Every write is a statement this party signs; every receipt the service gives
 back is verified against the pinned service key, and every tree head must
 extend the last one this party saw. Publishing datasets and fetching results
-is :mod:`cleanroom.client.datasets`.
+is :mod:`cleanroom.client.datasets`; the actions the typed methods propose are
+built and checked in :mod:`cleanroom.client.actions`.
+
+Everything a room holds is named as the CLI names it (:mod:`cleanroom.client.names`):
+members, datasets and analyses by name, proposals and jobs by a unique prefix
+of their id (4 characters at least). A full id is used as given, without a
+look-up. Names are resolved from the service's lists; what is signed about a
+job's analysis comes from the verified ledger, never from those lists.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cleanroom.client import datasets
+from cleanroom.client import actions, datasets, names
 from cleanroom.client.answers import (
     BrokerOffer,
     Consistency,
@@ -43,10 +52,15 @@ from cleanroom.errors import (
 from cleanroom.governance import statements as st
 from cleanroom.identities.identity import PublicIdentity
 from cleanroom.ledger.entries import Entry, TreeHead, verify_receipt
-from cleanroom.progress import Progress
+from cleanroom.progress import STATE, Progress, ProgressChoice, progress_for
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from cleanroom.client.connection import Client
+    from cleanroom.governance.state import RoomState
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")  # a full proposal or job id: used without a look-up
 
 
 @dataclass(frozen=True)
@@ -168,22 +182,255 @@ class Room:
             raise DeserializationError(f"{what} has no entries: the room has no room.create")
         return st.statement_digest(Entry.from_json(entries[0]).statement)
 
+    # -- names ---------------------------------------------------------------------------
+
+    def _verified(self) -> RoomState:
+        """The room's state from its verified ledger: what a reference is resolved
+        against wherever the statement signed depends on the answer (a member named
+        as a recipient or removed, a proposal voted on), never the service's word."""
+        return self.audit.verify().state
+
+    def resolve_proposal(self, ref: str) -> str:
+        if _DIGEST.fullmatch(ref):
+            return ref
+        proposals = self._verified().proposals.values()
+        listed = [{"id": p.id, "status": str(p.status), "type": p.action.type} for p in proposals]
+        return names.proposal_id(listed, ref)
+
+    def _job_id(self, ref: str) -> str:
+        return ref if _DIGEST.fullmatch(ref) else names.job_id(self.jobs(), ref)
+
+    def resolve_member(self, ref: str) -> str:
+        if _DIGEST.fullmatch(ref):
+            return ref
+        members = self._verified().members.items()
+        listed = [{"name": m.identity.name, "fingerprint": fp} for fp, m in members]
+        return names.member_fingerprint(listed, ref)
+
+    def _dataset(self, ref: str) -> str:
+        listed = self.state()["datasets"]
+        try:
+            return names.dataset_name(listed, ref)
+        except names.AmbiguousNameError:
+            raise
+        except NotFoundError:  # again, naming a registration still open if there is one
+            return names.dataset_name(listed, ref, self.proposals())
+
+    def _analysis(self, ref: str, known: Iterable[str]) -> str:
+        listed = [{"name": n} for n in known]
+        try:
+            return names.analysis_name(listed, ref)
+        except names.AmbiguousNameError:
+            raise
+        except NotFoundError:  # again, naming a proposal still open if there is one
+            return names.analysis_name(listed, ref, self.proposals())
+
+    # -- proposals and votes -------------------------------------------------------------
+
     def propose(self, action: dict[str, Any]) -> str:
+        """Propose a raw governance action (a dict as in docs/governance.md); returns
+        the proposal id. The typed methods below build and check each action for
+        you; this is for power users and actions from files.
+
+            pid = room.propose({"type": "retire_analysis", "name": "offers"})
+        """
         token = st.propose(self.client.party, self.id, action)
         self._submit(token)
         return st.statement_digest(token)
 
     def approve(self, proposal: str) -> None:
-        self._submit(st.vote(self.client.party, self.id, proposal, approve=True))
+        """Vote for a proposal, named by its id or a unique prefix of it.
+
+        Example: ``room.approve("9c1e")``
+        """
+        pid = self.resolve_proposal(proposal)
+        self._submit(st.vote(self.client.party, self.id, pid, approve=True))
 
     def reject(self, proposal: str) -> None:
-        self._submit(st.vote(self.client.party, self.id, proposal, approve=False))
+        """Vote against a proposal (its id or a unique prefix).
+
+        Example: ``room.reject("9c1e")``
+        """
+        pid = self.resolve_proposal(proposal)
+        self._submit(st.vote(self.client.party, self.id, pid, approve=False))
 
     def withdraw(self, proposal: str) -> None:
-        self._submit(st.withdraw(self.client.party, self.id, proposal))
+        """Withdraw a proposal of yours that is still open (its id or a unique prefix).
+
+        Example: ``room.withdraw("9c1e")``
+        """
+        pid = self.resolve_proposal(proposal)
+        self._submit(st.withdraw(self.client.party, self.id, pid))
 
     def revoke_consent(self, dataset: str) -> None:
+        """Stop your dataset being used, at once (no vote): jobs reading it fail from
+        now on. :meth:`restore_consent` proposes to allow it again.
+
+            room.revoke_consent("customers")
+        """
+        # the exact name, never resolved: the emergency switch must not depend on a list
+        # the service gives (the state machine refuses a name that is not the author's)
         self._submit(st.revoke_consent(self.client.party, self.id, dataset))
+
+    # -- typed proposals: one per governance action (actions.TYPED) ------------------------
+    # each returns the proposal id; it takes effect once its approvers approve
+
+    def add_member(
+        self, identity: actions.IdentityLike, roles: Iterable[str] = ("observer",)
+    ) -> str:
+        """Propose a new member: its identity document (a dict), its identity file
+        (``cleanroom party export``) or a loaded :class:`Party`, with its roles
+        (``data_provider``, ``analyst``, ``result_recipient``, ``observer``). Once
+        accepted, the newcomer joins with ``room.accept()``.
+
+            pid = room.add_member("auditor.identity.json", roles=["observer"])
+        """
+        return self.propose(actions.add_member(actions.identity_document(identity), roles))
+
+    def remove_member(self, member: str) -> str:
+        """Propose removing a member, named by name or fingerprint prefix.
+
+        Example: ``pid = room.remove_member("merchant")``
+        """
+        return self.propose(actions.remove_member(self.resolve_member(member)))
+
+    def propose_analysis(
+        self,
+        name: str,
+        sql: str | os.PathLike[str],
+        *,
+        inputs: Sequence[str],
+        recipients: Sequence[str],
+        dp: Mapping[str, Any] | Any | None = None,
+    ) -> str:
+        """Propose an SQL analysis: ``sql`` is the query's text (one SELECT; tables
+        are the input datasets' names) or a :class:`~pathlib.Path` to a file holding
+        it; ``inputs`` are dataset names, ``recipients`` member names (or
+        fingerprint prefixes) who alone can decrypt the result. ``dp`` makes it a
+        differentially private release (a dict: epsilon, unit, max_contributions,
+        group_by, aggregates; see docs/privacy.md). It runs once the owners of
+        every input and every recipient approve; proposing the same name again
+        proposes a new version.
+
+            pid = room.propose_analysis(
+                "offers",
+                "SELECT m.segment, COUNT(*) AS n FROM transactions t "
+                "JOIN customers m USING (customer) GROUP BY m.segment",
+                inputs=["transactions", "customers"],
+                recipients=["bank"],
+            )
+        """
+        text = Path(sql).read_text(encoding="utf-8") if isinstance(sql, os.PathLike) else sql
+        action = actions.add_analysis(
+            name,
+            text,
+            [self._dataset(i) for i in inputs],
+            [self.resolve_member(r) for r in recipients],
+            actions.as_json(dp, "dp") if dp is not None else None,
+        )
+        return self.propose(action)
+
+    def retire_analysis(self, analysis: str) -> str:
+        """Propose that an analysis may no longer run.
+
+        Example: ``pid = room.retire_analysis("offers")``
+        """
+        found = self._analysis(analysis, [a["name"] for a in self.state()["analyses"]])
+        return self.propose(actions.retire_analysis(found))
+
+    def propose_measurements(
+        self,
+        measurements: Iterable[actions.MeasurementLike] = (),
+        *,
+        this_install: bool = False,
+        allow_insecure_virtual: bool = False,
+        terms: Mapping[str, Any] | Any | None = None,
+    ) -> str:
+        """Propose the enclave measurements the room trusts (replacing the current
+        list): each ``"PLATFORM:HEX"`` (``sev-snp``, ``tdx``, ``sgx``,
+        ``insecure-virtual``), a (platform, value) pair or a dict.
+        ``this_install`` adds this machine's insecure-virtual measurement (no
+        hardware protection: development rooms only, and only with
+        ``allow_insecure_virtual=True``, said explicitly). ``terms`` are the
+        contract's other attestation terms (host_data, min_tcb, vmpl, ...; see
+        docs/attestation.md). Every voting member must approve.
+
+            pid = room.propose_measurements(this_install=True, allow_insecure_virtual=True)
+            pid = room.propose_measurements(["sev-snp:5f2c...", "tdx:a1b2..."])
+        """
+        chosen = [actions.measurement(m) for m in measurements]
+        if this_install:
+            # measuring reads the installed package: loaded only by who asks for it
+            from cleanroom.attestation.virtual import measure  # noqa: PLC0415
+
+            chosen.append({"platform": "insecure-virtual", "value": measure()})
+        if not chosen:
+            raise ValueError("name at least one measurement, or this_install=True")
+        action = actions.set_measurements(
+            chosen,
+            allow_insecure_virtual=allow_insecure_virtual,
+            terms=actions.as_json(terms, "terms") if terms is not None else None,
+        )
+        return self.propose(action)
+
+    def set_analysis_rule(self, dataset: str, rule: Mapping[str, Any] | Any) -> str:
+        """Propose a dataset's analysis rule (a dict: ``{"type": "aggregation", ...}``,
+        ``"list"`` or ``"custom"``; see docs/privacy.md), replacing the current one.
+
+            pid = room.set_analysis_rule("transactions", {
+                "type": "aggregation",
+                "aggregates": [{"function": "sum", "columns": ["amount"]}],
+                "dimensions": ["segment"], "join_columns": ["customer"],
+                "min_distinct": 10,
+                "recipients": ["bank"],  # member names, or fingerprints
+            })
+        """
+        found = self._dataset(dataset)
+        return self.propose(actions.set_analysis_rule(found, self._rule(rule)))
+
+    def _rule(self, rule: Mapping[str, Any] | Any) -> dict[str, Any]:
+        """A rule as the ledger takes it: its recipients named by fingerprint."""
+        document = actions.as_json(rule, "rule")
+        if isinstance(document.get("recipients"), list):
+            document["recipients"] = [self.resolve_member(str(r)) for r in document["recipients"]]
+        return document
+
+    def set_privacy_budget(self, dataset: str, epsilon: float, delta: float = 0.0) -> str:
+        """Propose a dataset's total differential-privacy budget; every DP release
+        reading it spends from it (see :meth:`budgets`).
+
+            pid = room.set_privacy_budget("transactions", epsilon=3.0)
+        """
+        return self.propose(actions.set_privacy_budget(self._dataset(dataset), epsilon, delta))
+
+    def set_limits(self, *, time_s: int, memory_mb: int, max_result_rows: int) -> str:
+        """Propose the room's resource limits per job (a service may be stricter).
+
+        Example: ``pid = room.set_limits(time_s=600, memory_mb=4096, max_result_rows=1_000_000)``
+        """
+        return self.propose(actions.set_limits(time_s, memory_mb, max_result_rows))
+
+    def change_constitution(
+        self,
+        rule: Literal["default", "unanimity", "majority", "threshold"],
+        *,
+        k: int | None = None,
+        proposal_ttl_hours: int = 168,
+    ) -> str:
+        """Propose how the room decides: ``"default"`` (those affected approve),
+        ``"unanimity"``, ``"majority"`` or ``"threshold"`` (``k`` approvals), and
+        how long a proposal stays open.
+
+            pid = room.change_constitution("threshold", k=2)
+        """
+        return self.propose(actions.change_constitution(rule, k, proposal_ttl_hours))
+
+    def restore_consent(self, dataset: str) -> str:
+        """Propose that a dataset whose consent its owner revoked may be used again.
+
+        Example: ``pid = room.restore_consent("customers")``
+        """
+        return self.propose(actions.restore_consent(self._dataset(dataset)))
 
     # -- datasets and keys (cleanroom.client.datasets) -------------------------------------
 
@@ -191,17 +438,25 @@ class Room:
         self,
         source: Any,
         *,
-        schema: Schema | Path,
+        schema: Schema | Mapping[str, Any] | str | os.PathLike[str],
         name: str,
-        progress: Progress | None = None,
+        progress: ProgressChoice = None,
         release_to: Sequence[str] = ("sev-snp", "tdx"),
         measurements: Sequence[str] | None = None,
-        rule: dict[str, Any] | None = None,
+        rule: Mapping[str, Any] | Any | None = None,
         release: Literal["owner", "broker"] = "owner",
-        key_vault: Path | None = None,
+        key_vault: str | os.PathLike[str] | None = None,
     ) -> str:
         """Seal ``source`` locally, propose its registration, upload the ciphertext,
         and record how its data key is released.
+
+        ``source`` is a .csv or .parquet path, or any Arrow-compatible data: a
+        pyarrow Table, RecordBatch or RecordBatchReader, a pandas or Polars
+        DataFrame, a DuckDB relation (``con.sql("SELECT ...")``), or any object
+        with ``__arrow_c_stream__``. Every row is checked against ``schema`` (a
+        :class:`Schema`, its JSON as a dict, or a schema file) before anything
+        leaves this machine. Progress shows in a terminal or notebook
+        (``progress=False`` silences it).
 
         Returns the proposal id; the dataset is registered once its approvers
         approve. ``release="owner"`` (the default): the data key stays on this
@@ -217,21 +472,33 @@ class Room:
         enclaves on the ``release_to`` platforms (add ``"insecure-virtual"``
         explicitly for development rooms) whose measurement the room approved
         (and, if given, is in ``measurements``). ``rule`` is the dataset's
-        analysis rule (see docs/privacy.md); without one, only analyses its
-        owner approves by vote may read it.
+        analysis rule (see :meth:`set_analysis_rule`); without one, only
+        analyses its owner approves by vote may read it.
+
+            pid = room.publish_dataset(
+                duckdb.sql("SELECT * FROM 'cards.parquet'"),
+                schema="cards.schema.json", name="transactions",
+            )
         """
-        return datasets.publish(
-            self,
-            source,
-            schema=schema,
-            name=name,
-            progress=progress,
-            release_to=release_to,
-            measurements=measurements,
-            rule=rule,
-            release=release,
-            key_vault=key_vault,
-        )
+        if isinstance(schema, Schema):
+            declared = schema
+        elif isinstance(schema, Mapping):
+            declared = Schema.from_json(dict(schema))
+        else:
+            declared = Schema.load(Path(schema))
+        with progress_for(progress) as shown:
+            return datasets.publish(
+                self,
+                source,
+                schema=declared,
+                name=name,
+                progress=shown,
+                release_to=release_to,
+                measurements=measurements,
+                rule=self._rule(rule) if rule is not None else None,
+                release=release,
+                key_vault=Path(key_vault) if key_vault is not None else None,
+            )
 
     def keep_key_at_home(
         self,
@@ -266,12 +533,13 @@ class Room:
         that is no longer the service's (it restarted, with a new key)."""
         return [d for d, _ in datasets.stale(self)]
 
-    def redeposit(self, *, key_vault: Path | None = None) -> list[str]:
+    def redeposit(self, *, key_vault: str | os.PathLike[str] | None = None) -> list[str]:
         """Deposit again, with the broker now running, every key of this owner's
         datasets still sealed to a broker that restarted (its old key is gone, so
         those deposits are stale and jobs on them wait). The keys come from this
         owner's vault; the release policy stays. Returns the datasets re-deposited."""
-        return datasets.redeposit(self, key_vault=key_vault)
+        vault = Path(key_vault) if key_vault is not None else None
+        return datasets.redeposit(self, key_vault=vault)
 
     def _broker_offer(self, nonce: str) -> tuple[dict[str, Any], BrokerOffer]:
         """The service's key broker's offer for ``nonce``: as sent, and parsed (the
@@ -279,25 +547,29 @@ class Room:
         answer, what = self._get("/v1/broker", {"nonce": nonce})
         return answer, parse_view(BrokerOffer, answer, what=what)
 
-    def upload(self, path: Path, progress: Progress | None = None) -> None:
+    def upload(self, path: str | os.PathLike[str], progress: ProgressChoice = None) -> None:
         """Stream a sealed dataset's ciphertext; the service checks it against the manifest."""
-        self.put_file(path, f"/v1/rooms/{self.id}/blobs/{{digest}}", progress)
+        with progress_for(progress) as shown:
+            self.put_file(Path(path), f"/v1/rooms/{self.id}/blobs/{{digest}}", shown)
 
-    def put_file(self, path: Path, route: str, progress: Progress | None = None) -> None:
+    def put_file(
+        self, path: str | os.PathLike[str], route: str, progress: Progress | None = None
+    ) -> None:
         """Stream ``path`` to ``route`` (``{digest}`` is replaced by its SHA-256)."""
-        self.client._transport.put_file(path, route, progress)
+        self.client._transport.put_file(Path(path), route, progress)
 
     def download(
         self,
         digest: str,
-        target: Path,
-        progress: Progress | None = None,
+        target: str | os.PathLike[str],
+        progress: ProgressChoice = None,
         *,
         route: str | None = None,
     ) -> None:
         """Stream a dataset's ciphertext to ``target``; it appears only if its digest matches."""
         route = route or f"/v1/rooms/{self.id}/blobs/{digest}"
-        self.client._transport.download(route, digest, target, progress)
+        with progress_for(progress) as shown:
+            self.client._transport.download(route, digest, Path(target), shown)
 
     def budgets(self) -> dict[str, dict[str, float] | None]:
         """Each dataset's privacy budget: epsilon, delta, spent, remaining (None: no budget)."""
@@ -312,26 +584,37 @@ class Room:
     # -- jobs ----------------------------------------------------------------------------
 
     def run_job(self, analysis: str) -> str:
-        """Ask for an accepted analysis to run; returns the job id. The service's job
-        runner starts an enclave, which must attest before it gets any key."""
+        """Ask for an accepted analysis to run (by name); returns the job id. The
+        service's job runner starts an enclave, which must attest before it gets
+        any key.
+
+            job = room.run_job("offers")
+            room.wait_job(job)
+        """
         # the digest signed is the one the verified ledger approved, never the service's word
-        found = self.audit.verify().state.analyses.get(analysis)
-        if found is None:
-            raise NotFoundError(f"no analysis {analysis!r} in this room")
-        token = st.request_job(self.client.party, self.id, analysis, found.digest)
+        analyses = self.audit.verify().state.analyses
+        name = self._analysis(analysis, analyses)
+        token = st.request_job(self.client.party, self.id, name, analyses[name].digest)
         self._submit(token)
         return st.statement_digest(token)
 
     def jobs(self) -> list[dict[str, Any]]:
+        """The room's jobs, oldest first (each as :meth:`job` shows it)."""
         answer, what = self._get(f"/v1/rooms/{self.id}/jobs")
         jobs: list[dict[str, Any]] = parse_list(answer, what=what)
         for i, job in enumerate(jobs):
             parse_view(JobView, job, what=f"{what}, job {i}")
         return jobs
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        job, _ = self._job(job_id)
-        return job
+    def job(self, job: str) -> dict[str, Any]:
+        """One job (its id or a unique prefix): ``status`` (requested, running,
+        succeeded, failed), ``waiting_for`` (the key agents not answered yet),
+        ``queue_position``, ``assurance``, ``output`` (bucketed sizes), ``reason``.
+
+            room.job("5d1c")["status"]
+        """
+        view, _ = self._job(self._job_id(job))
+        return view
 
     def _job(self, job_id: str) -> tuple[dict[str, Any], JobView]:
         answer, what = self._get(f"/v1/rooms/{self.id}/jobs/{job_id}")
@@ -343,37 +626,104 @@ class Room:
 
     def wait_job(
         self,
-        job_id: str,
+        job: str,
         *,
         timeout: float = 600.0,
         poll: float = 0.2,
         on_update: Callable[[dict[str, Any]], object] | None = None,
+        progress: ProgressChoice = None,
     ) -> dict[str, Any]:
-        """The job's view once it succeeded or failed; raises if ``timeout`` passes.
-        ``on_update`` sees each view while it waits (``waiting_for`` names the data
-        owners whose key agents have not released yet)."""
+        """Wait for a job (its id or a unique prefix) to succeed or fail; returns its
+        view (see :meth:`job`), and raises :class:`OperationalError` if ``timeout``
+        seconds pass first. A failed job is returned, not raised: check
+        ``view["status"]`` and ``view["reason"]``.
+
+        In a terminal or notebook it shows each change of state as it happens
+        (``requested -> running -> succeeded``, the queue position, the data
+        owners whose key agents have not released yet); ``progress=False``
+        silences it. ``on_update`` sees each view while it waits.
+
+            view = room.wait_job(room.run_job("offers"))
+            assert view["status"] == "succeeded", view["reason"]
+        """
+        job_id = self._job_id(job)
         deadline = time.monotonic() + timeout
-        while True:
-            job, view = self._job(job_id)
-            if view.status in ("succeeded", "failed"):
-                return job
-            if on_update is not None:
-                on_update(job)
-            if time.monotonic() > deadline:
-                waiting = view.waiting_for or []
-                detail = f", waiting for {', '.join(waiting)}" if waiting else ""
-                raise OperationalError(f"job {job_id[:12]}... is still {view.status}{detail}")
-            time.sleep(poll)
+        shown_state: tuple[Any, ...] | None = None
+        with progress_for(progress) as shown:
+            while True:
+                current, view = self._job(job_id)
+                state = (view.status, current.get("queue_position"), tuple(view.waiting_for or ()))
+                if state != shown_state:
+                    shown_state = state
+                    shown.start(_job_line(job_id, current), None, STATE)
+                if view.status in ("succeeded", "failed"):
+                    return current
+                if on_update is not None:
+                    on_update(current)
+                if time.monotonic() > deadline:
+                    waiting = view.waiting_for or []
+                    detail = f", waiting for {', '.join(waiting)}" if waiting else ""
+                    raise OperationalError(f"job {job_id[:12]}... is still {view.status}{detail}")
+                time.sleep(poll)
 
     def job_result(
-        self, job_id: str, output: Path, progress: Progress | None = None
-    ) -> dict[str, Any]:
-        """Fetch, verify and decrypt a job's result into ``output`` (.csv or .parquet).
+        self,
+        job: str,
+        *,
+        decimals: datasets.Decimals = "exact",
+        progress: ProgressChoice = None,
+    ) -> pa.Table:
+        """A job's result (its id or a unique prefix), fetched, verified and
+        decrypted in memory: a :class:`pyarrow.Table` (``.to_pandas()``,
+        ``polars.from_arrow(...)`` and ``duckdb.sql("FROM t")`` all read it).
 
         Everything is checked against the verified ledger, never the service's
         word: the job's ``job.complete`` statement signed by the attested
-        enclave names the ciphertext digest and the key sealed to this party.
-        Returns the job's verified view (``assurance`` says whether hardware
-        protected the run), with ``rows``: the exact row count decrypted (the
-        ledger's ``output.rows`` is a bucket)."""
-        return datasets.job_result(self, job_id, output, progress)
+        enclave names the ciphertext digest and the key sealed to this party
+        (result recipients only). The table's schema metadata says where it came
+        from: ``cleanroom.room``, ``cleanroom.job``, ``cleanroom.analysis``,
+        ``cleanroom.measurement`` and ``cleanroom.assurance`` (``insecure-virtual``
+        means no hardware protected the run).
+
+        ``decimals="exact"`` (the default) keeps SQL decimals (``SUM`` of integers,
+        ``DECIMAL`` columns) as Arrow decimals, exact, which pandas shows as Python
+        ``Decimal`` objects; ``decimals="float"`` turns them into float64 (exact
+        up to about 15 significant digits), as most notebook code expects.
+
+            result = room.job_result(job, decimals="float")
+            df = result.to_pandas()
+        """
+        with progress_for(progress) as shown:
+            return datasets.job_result(self, self._job_id(job), shown, decimals=decimals)
+
+    def download_result(
+        self,
+        job: str,
+        output: str | os.PathLike[str],
+        *,
+        progress: ProgressChoice = None,
+    ) -> dict[str, Any]:
+        """Like :meth:`job_result`, but written to ``output`` (.csv or .parquet; a
+        Parquet file keeps the ``cleanroom.*`` metadata). It appears only once
+        whole and verified. Returns the job's verified view, with ``rows``: the
+        exact row count decrypted (the ledger's ``output.rows`` is a bucket).
+
+            room.download_result("5d1c", "offers.parquet")
+        """
+        with progress_for(progress) as shown:
+            return datasets.download_result(self, self._job_id(job), Path(output), shown)
+
+
+def _job_line(job_id: str, view: dict[str, Any]) -> str:
+    """One line on a job's state, for progress: ``job 5d1c... (offers): running``."""
+    status = view.get("status")
+    line = f"job {job_id[:12]}... ({view.get('analysis', '?')}): {status}"
+    queued = view.get("queue_position")
+    if status in ("requested", "running") and queued is not None:
+        line += f", queued at position {queued}"
+    waiting = view.get("waiting_for") or []
+    if status == "requested" and waiting:
+        line += f", waiting for {', '.join(str(w) for w in waiting)}"
+    if status == "failed" and view.get("reason"):
+        line += f": {view['reason']}"
+    return line

@@ -27,25 +27,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from cleanroom.errors import SchemaError
 from cleanroom.wire import WireModel, parse_model, read_json_file
 
-_SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "boolean": pa.bool_(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "string": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamp_tz": pa.timestamp("us", tz="UTC"),
-}
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow loads on first use, not on import: the CLI and the SDK read schemas in
+# manifests and ledgers (to verify a room) long before any of them touches data
+
+_SIMPLE_TYPES: tuple[str, ...] = (
+    "boolean",
+    "int32",
+    "int64",
+    "float64",
+    "string",
+    "date",
+    "timestamp",
+    "timestamp_tz",
+)
 _DECIMAL = re.compile(r"decimal\((\d{1,2}),\s*(\d{1,2})\)")
 _COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _RANGE_TYPES = frozenset({"int32", "int64", "float64", "date", "timestamp", "timestamp_tz"})
@@ -59,8 +63,20 @@ Value = StrictInt | StrictStr
 
 def arrow_type(type_name: str) -> pa.DataType:
     """The Arrow type of a declared type name; raises :class:`SchemaError`."""
-    if type_name in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[type_name]
+    import pyarrow as pa  # noqa: PLC0415  (see the note at the top)
+
+    simple = {
+        "boolean": pa.bool_(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "string": pa.string(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us"),
+        "timestamp_tz": pa.timestamp("us", tz="UTC"),
+    }
+    if type_name in simple:
+        return simple[type_name]
     match = _DECIMAL.fullmatch(type_name)
     if match:
         precision, scale = int(match.group(1)), int(match.group(2))
@@ -70,7 +86,16 @@ def arrow_type(type_name: str) -> pa.DataType:
     raise SchemaError(f"unknown column type {type_name!r}; use one of {known}")
 
 
+def _greater(low: pa.Scalar, high: pa.Scalar) -> bool:
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    return bool(pc.greater(low, high).as_py())
+
+
 def _to_scalar(value: Bound, column: str, type_name: str, what: str) -> pa.Scalar:
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
+
     try:
         return pc.cast(pa.scalar(str(value)), arrow_type(type_name))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -110,7 +135,7 @@ class Column:
                 _to_scalar(value, self.name, self.type, "allowed value")
         low = self.min_scalar
         high = self.max_scalar
-        if low is not None and high is not None and pc.greater(low, high).as_py():
+        if low is not None and high is not None and _greater(low, high):
             raise SchemaError(
                 f"column {self.name!r}: min {self.minimum} is above max {self.maximum}"
             )
@@ -189,6 +214,8 @@ class Schema:
         raise SchemaError(f"schema has no column {name!r}")
 
     def arrow_schema(self) -> pa.Schema:
+        import pyarrow as pa  # noqa: PLC0415
+
         return pa.schema(
             [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns]
         )

@@ -82,9 +82,11 @@ def seal_dataset(
 ) -> SealedDataset:
     """Validate ``source`` against ``schema`` and write a sealed dataset to ``output``.
 
-    ``source`` is a CSV or Parquet path, a ``pyarrow.Table`` or a pandas
-    DataFrame. Raises :class:`ValidationError` naming the row and column of
-    the first bad value; ``output`` then does not exist.
+    ``source`` is a CSV or Parquet path, a ``pyarrow.Table``, a pandas or
+    Polars DataFrame, a DuckDB relation or any Arrow stream (see
+    :func:`cleanroom.datasets.sources.open_source`). Raises
+    :class:`ValidationError` naming the row and column of the first bad value;
+    ``output`` then does not exist.
     """
     check_name(name)
     progress = progress or NoProgress()

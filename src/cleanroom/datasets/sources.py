@@ -1,5 +1,9 @@
-"""Inputs a dataset can be sealed from: CSV and Parquet files, Arrow tables and
-pandas data frames, each opened as a stream of record batches.
+"""Inputs a dataset can be sealed from, each opened as a stream of record batches:
+CSV and Parquet files; pyarrow tables, record batches and batch readers; pandas
+data frames; and anything else that speaks the Arrow PyCapsule interface
+(``__arrow_c_stream__`` or ``__arrow_c_array__``): Polars frames, DuckDB
+relations, and the like. Anything else is refused with a :class:`SchemaError`
+naming its type, never guessed at.
 
 Files are checked to be what their extension says before any parsing: a
 Parquet file must carry the Parquet magic at both ends; a CSV file must be
@@ -12,6 +16,7 @@ declared type (and its error, naming row and column) happens in one place:
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,21 +48,72 @@ class Source:
     position: Callable[[], int]
 
 
+SUPPORTED = (
+    "a .csv or .parquet path, a pyarrow Table, RecordBatch or RecordBatchReader, "
+    "a pandas or Polars DataFrame, a DuckDB relation, or any object with "
+    "__arrow_c_stream__ (the Arrow PyCapsule interface)"
+)
+
+
 def open_source(source: Any) -> Source:
-    """Open a path, Arrow table/batch reader or pandas DataFrame as a :class:`Source`."""
-    if isinstance(source, str | Path):
+    """Open ``source`` as a :class:`Source`: see the module docstring for what it may be."""
+    if isinstance(source, str | os.PathLike):
         return _open_path(Path(source))
     if isinstance(source, pa.Table):
         return _from_table(source, "Arrow table")
+    if isinstance(source, pa.RecordBatch):
+        return _from_table(pa.Table.from_batches([source]), "Arrow record batch")
     if isinstance(source, pa.RecordBatchReader):
-        return _from_reader(source)
-    if type(source).__module__.split(".")[0] == "pandas":
+        return _from_reader(source, "record batches")
+    return _from_foreign(source)
+
+
+def _from_foreign(source: Any) -> Source:
+    """A frame or relation of another library: pandas, or anything speaking the
+    Arrow PyCapsule interface; anything else is refused, naming its type."""
+    kind = _kind(source)
+    if kind.startswith("pandas "):  # by pandas' own converter: it knows object columns and indexes
         try:
             table = pa.Table.from_pandas(source, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ValidationError(f"the data frame cannot be converted: {exc}") from exc
         return _from_table(table, "data frame")
-    raise TypeError(f"cannot read a dataset from {type(source).__name__}")
+    if hasattr(type(source), "__arrow_c_stream__"):
+        try:
+            reader = pa.RecordBatchReader.from_stream(source)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValidationError(f"the {kind} cannot be read as Arrow: {exc}") from exc
+        return _from_reader(reader, kind, _length(source))
+    if hasattr(type(source), "__arrow_c_array__"):
+        try:
+            batch = pa.record_batch(source)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValidationError(f"the {kind} cannot be read as Arrow: {exc}") from exc
+        return _from_table(pa.Table.from_batches([batch]), kind)
+    raise SchemaError(f"cannot read a dataset from {kind}: give {SUPPORTED}")
+
+
+def _kind(source: Any) -> str:
+    """What ``source`` is, for messages: ``polars DataFrame``, ``duckdb relation``..."""
+    cls = type(source)
+    package = cls.__module__.split(".")[0]
+    if package in ("builtins", "__main__"):
+        return cls.__name__
+    package = package.lstrip("_")  # duckdb's classes live in _duckdb
+    if package == "duckdb" and "Relation" in cls.__name__:
+        return "DuckDB relation"
+    return f"{package} {cls.__name__}"
+
+
+def _length(source: Any) -> int | None:
+    """The row count of a frame that knows it without running anything (Polars,
+    pandas); None for lazy sources (a DuckDB relation would run its query)."""
+    if _kind(source).startswith(("polars DataFrame", "pandas DataFrame")):
+        try:
+            return len(source)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _from_table(table: pa.Table, description: str) -> Source:
@@ -80,7 +136,9 @@ def _from_table(table: pa.Table, description: str) -> Source:
     )
 
 
-def _from_reader(reader: pa.RecordBatchReader) -> Source:
+def _from_reader(
+    reader: pa.RecordBatchReader, description: str, total: int | None = None
+) -> Source:
     done = 0
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -90,11 +148,11 @@ def _from_reader(reader: pa.RecordBatchReader) -> Source:
             done += batch.num_rows
 
     return Source(
-        "record batches",
+        description,
         reader.schema.names,
         reader.schema.types,
         batches(),
-        None,
+        total,
         "rows",
         lambda: done,
     )

@@ -17,7 +17,7 @@ import sys
 from cleanroom.attestation import VirtualPlatform
 from cleanroom.attestation.evidence import Attester
 from cleanroom.attestation.tsm import TsmProvider
-from cleanroom.enclave.failures import category_of
+from cleanroom.enclave.failures import MissingExtraError, category_of
 from cleanroom.enclave.runtime import run_job
 from cleanroom.enclave.sql import Limits
 
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             args.service, args.room, args.job, launch_token=token, attester=attester, limits=limits
         )
     except Exception as exc:  # noqa: BLE001 - any failure becomes its category, text withheld
-        sys.stderr.write(f"job failed: {category_of(exc)}\n")
+        if isinstance(exc, MissingExtraError):  # fixed text naming the extra: no data in it
+            sys.stderr.write(f"{exc}\n")
+        sys.stderr.write(f"job failed: {category_of(exc)}\n")  # the last line, read by the service
         return 1
     sys.stdout.write(json.dumps(run.timings))
     return 0

@@ -55,7 +55,7 @@ from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.datasets.parquet import connect, write_encrypted
 from cleanroom.datasets.seal import sha256_file
-from cleanroom.enclave.failures import JobFailedError, category_of
+from cleanroom.enclave.failures import JobFailedError, MissingExtraError, category_of
 from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
 from cleanroom.errors import AuthorizationError, GovernanceError, IntegrityError
 from cleanroom.governance.model import Job
@@ -67,6 +67,10 @@ from cleanroom.policy.rules import DpSpec
 from cleanroom.protocol.sealing import open_released, result_context
 
 JobKind = Callable[[str, list[Input], Limits, Path], JobResult]
+DP_EXTRA_MISSING = (
+    "DP analyses need OpenDP where the enclave runs: "
+    "pip install 'confidential-cleanroom[dp]' (the [server] extra includes it)"
+)
 KINDS: dict[str, JobKind] = {"sql": run_sql}
 
 
@@ -191,7 +195,13 @@ def _await_releases(client: Client, base: str, launch_token: str, limit_s: float
 
 def dp_kind(spec: DpSpec) -> JobKind:
     """The DP variant of the SQL kind: bounded, clamped aggregates, then noise."""
-    from cleanroom.policy import dp  # noqa: PLC0415 - OpenDP loads only for DP jobs (0.2 s)
+    try:
+        from cleanroom.policy import dp  # noqa: PLC0415 - OpenDP loads only for DP jobs (0.2 s)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "opendp":
+            raise
+        # OpenDP is an extra: an owner's or auditor's install has no use for it
+        raise MissingExtraError(DP_EXTRA_MISSING) from exc
 
     def run(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
         started = time.perf_counter()

@@ -236,7 +236,12 @@ class PostgresStore(_SQLStore):
     _mark = "%s"
 
     def __init__(self, url: str, *, schema: str = "cleanroom") -> None:
-        import psycopg  # noqa: PLC0415 - only needed when PostgreSQL is chosen
+        try:
+            import psycopg  # noqa: PLC0415 - only needed when PostgreSQL is chosen
+        except ModuleNotFoundError as exc:
+            raise StorageError(
+                "a PostgreSQL ledger needs psycopg: pip install 'confidential-cleanroom[postgres]'"
+            ) from exc
 
         super().__init__()
         if not _SCHEMA.fullmatch(schema):

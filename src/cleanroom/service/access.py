@@ -15,6 +15,10 @@ Invariants:
   request (:mod:`cleanroom.service.auth`), 403 with the texts below otherwise.
   A stranger, a party that declined and a removed member get the same 403
   whether or not the room exists, so room ids leak nothing.
+* ``/metrics`` is the operator's (:attr:`Access.OPERATOR`): a bearer token from
+  the settings, compared in constant time; without one configured it is a 404
+  for everyone. Its counts say how busy each route is, which strangers need
+  not learn; it never names a room unless the operator asks for that.
 
 The decision itself (:func:`decide`) is pure: a kind, the room's verified
 state and the caller's fingerprint in, a grant out or an error raised.
@@ -22,6 +26,7 @@ state and the caller's fingerprint in, a grant out or an error raised.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,10 +41,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Route
 
 from cleanroom.errors import (
+    AuthenticationError,
     AuthorizationError,
     CleanroomError,
     DeserializationError,
     GovernanceError,
+    NotFoundError,
 )
 from cleanroom.governance.model import Job
 from cleanroom.governance.state import RoomState
@@ -59,6 +66,7 @@ class Access(StrEnum):
     """Who may call a route."""
 
     PUBLIC = "public"  # anyone: no signature
+    OPERATOR = "operator"  # no signature: the operator's metrics bearer token
     CREATOR = "creator"  # signed by the author of the room.create statement in the body
     LAUNCHED = "launched"  # no signature: the job's launch token (in the body) proves the
     #                        enclave the job runner launched for it
@@ -78,6 +86,7 @@ class Access(StrEnum):
 
 _WHO = {
     Access.PUBLIC: "anyone",
+    Access.OPERATOR: "the operator (its metrics bearer token)",
     Access.CREATOR: "signed by the creator named in the room.create statement",
     Access.LAUNCHED: "the enclave launched for the job",
     Access.SIGNED: "signed by a known party",
@@ -98,6 +107,9 @@ ROUTE_ACCESS: Mapping[tuple[str, str], Access] = MappingProxyType(
         ("GET", "/v1/health"): Access.PUBLIC,
         ("GET", "/v1/service"): Access.PUBLIC,
         ("GET", "/openapi.json"): Access.PUBLIC,
+        ("GET", "/docs"): Access.PUBLIC,  # the reference page: what /openapi.json says
+        # request counts, latencies and ledger totals: the operator's, not a stranger's
+        ("GET", "/metrics"): Access.OPERATOR,
         ("POST", "/v1/rooms"): Access.CREATOR,
         ("GET", "/v1/rooms"): Access.SIGNED,
         ("GET", "/v1/broker"): Access.SIGNED,
@@ -133,6 +145,8 @@ STREAMED: frozenset[tuple[str, str]] = frozenset(
 )
 
 NOT_A_MEMBER = "you are not a member of this room"
+NO_METRICS = "this service serves no metrics (its operator has set no metrics_token)"
+NOT_THE_OPERATOR = "the metrics need the operator's bearer token"
 NOT_A_RECIPIENT = "only the job's result recipients may fetch its result"
 NOT_THE_CREATOR = "a room is created by the author of its room.create statement"
 NOT_THE_JOB_ENCLAVE: Mapping[tuple[str, str], str] = MappingProxyType(
@@ -181,7 +195,7 @@ def decide(
     """The grant of ``who`` for a room route of kind ``access`` in the room whose
     verified state is ``state`` (None: no such room, or not served), or raise
     :class:`AuthorizationError` (``refusal`` for a JOB_ENCLAVE route)."""
-    if access in (Access.PUBLIC, Access.CREATOR, Access.LAUNCHED, Access.SIGNED):
+    if access in (Access.PUBLIC, Access.OPERATOR, Access.CREATOR, Access.LAUNCHED, Access.SIGNED):
         raise TypeError(f"{access} routes are not decided on a room")
     # (1) an enclave signs with its attested key, and only while its job runs
     #     (threat model: (h) its own job's enclave; (i) another job's, a finished job's)
@@ -223,6 +237,9 @@ async def authorize(request: Request) -> Grant:
         raise RuntimeError(f"no access rule for {key}")
     if access is Access.PUBLIC:
         return Grant(access)
+    if access is Access.OPERATOR:
+        _operator(service.metrics_token, request.headers.get("authorization"))
+        return Grant(access)
     if access is Access.CREATOR:
         return await _creator(service, request)
     if access is Access.LAUNCHED:
@@ -242,6 +259,17 @@ async def authorize(request: Request) -> Grant:
     return await run_in_threadpool(
         _decide_on, service.ledger, access, room, who, job=job, refusal=refusal
     )
+
+
+def _operator(token: str | None, authorization: str | None) -> None:
+    """The operator's bearer token, compared in constant time; no token set: no
+    metrics at all (404, whoever asks)."""
+    if token is None:
+        raise NotFoundError(NO_METRICS)
+    scheme, _, given = (authorization or "").partition(" ")
+    expected = token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise AuthenticationError(NOT_THE_OPERATOR)
 
 
 def _decide_on(

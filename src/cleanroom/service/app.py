@@ -1,15 +1,18 @@
 """The clean room service: rooms, statements, the ledger and ciphertext, over HTTP.
 
-Every route but ``/v1/health``, ``/v1/service`` and ``/openapi.json`` needs an
-RFC 9421 signature (:mod:`cleanroom.service.auth`). Room routes further need
-the signer to be a member of that room (invited or active); a party that
-declined or a stranger gets 403 whether or not the room exists, so room ids
-leak nothing. A removed member reads the ledger up to and including the entry
-that removed it (entries, receipts, export; tree heads and consistency proofs
-to link what it saw) and may submit ``consent.revoke``; nothing else.
+Every route but ``/v1/health``, ``/v1/service``, ``/openapi.json``, ``/docs``
+and ``/metrics`` (the operator's bearer token) needs an RFC 9421 signature
+(:mod:`cleanroom.service.auth`). Room routes further need the signer to be a
+member of that room (invited or active); a party that declined or a stranger
+gets 403 whether or not the room exists, so room ids leak nothing. A removed
+member reads the ledger up to and including the entry that removed it
+(entries, receipts, export; tree heads and consistency proofs to link what it
+saw) and may submit ``consent.revoke``; nothing else.
 :mod:`cleanroom.service.access` decides who may call each route, from one
 table: an app with a route missing from it does not build. Errors are RFC 9457
-problem details (:mod:`cleanroom.service.problems`).
+problem details (:mod:`cleanroom.service.problems`). Every request is timed,
+counted and logged without its query, headers or body
+(:mod:`cleanroom.service.observe`).
 
 The service never decrypts anything: it stores ciphertext whose digest a
 member signed, and orders statements members signed. It holds no data key:
@@ -37,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cleanroom import __version__
@@ -76,8 +79,11 @@ from cleanroom.service.auth import (
     verify_request,
 )
 from cleanroom.service.blobs import BlobStore, check_digest
+from cleanroom.service.docs import CSP, render_docs
 from cleanroom.service.jobs import JobRunner
 from cleanroom.service.limits import BodyGuard, BodyLimits
+from cleanroom.service.metrics import CONTENT_TYPE, Family, RequestMetrics, gauge, render
+from cleanroom.service.observe import PARTY_KEY, AccessLog
 
 Token = Annotated[str, Field(min_length=10, max_length=1 << 22)]
 RoomId = Annotated[str, PathParam(pattern=ROOM_ID, description="A room id.")]
@@ -166,8 +172,15 @@ class Service:
         nonces: Path | None = None,
         rooms: RoomPolicy | None = None,
         member_quota_bytes: int = 256 << 30,
+        metrics_token: str | None = None,
+        metrics_per_room: bool = False,
+        access_log: bool = True,
     ) -> None:
         self.member_quota_bytes = member_quota_bytes
+        self.metrics_token = metrics_token  # None: /metrics is off
+        self.metrics_per_room = metrics_per_room
+        self.access_log = access_log
+        self.metrics = RequestMetrics()
         self.room_policy = rooms or RoomPolicy()
         self._created: dict[str, list[float]] = {}
         self._checks: dict[str, tuple[float, float]] = {}  # party -> (tokens, when)
@@ -250,7 +263,7 @@ class Service:
         def lookup(key_id: str) -> Ed25519PublicKey | None:
             return self.key(key_id) or (extra or {}).get(key_id)
 
-        return verify_request(
+        signer = verify_request(
             request.method,
             _signed_url(request),
             dict(request.headers),
@@ -259,6 +272,8 @@ class Service:
             nonces=self.nonces,
             max_skew_s=self.max_skew_s,
         )
+        request.scope[PARTY_KEY] = signer  # for the access log: who, never how
+        return signer
 
     async def signed_body(self, request: Request) -> tuple[str, bytes]:
         """Authenticate from the headers first, only then read the body (capped by
@@ -299,8 +314,11 @@ def create_app(service: Service) -> FastAPI:
     _blob_routes(app, service)
     _job_routes(app, service)
     _enclave_routes(app, service)
+    _operator_routes(app, service)
     check_routes(app.routes)  # fail closed: a route without an access rule is not served
     app.add_middleware(BodyGuard, limits=service.limits)
+    # outermost: it also times and counts the answers BodyGuard gives
+    app.add_middleware(AccessLog, metrics=service.metrics, log=service.access_log)
     return app
 
 
@@ -325,6 +343,77 @@ def _public_routes(app: FastAPI, service: Service) -> None:
     def service_identity() -> dict[str, Any]:
         """The ledger service's self-signed public identity (its tree-head key)."""
         return service.ledger.service.identity_document()
+
+
+def _operator_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The API reference, with no script and no external asset."""
+        return HTMLResponse(
+            render_docs(app.openapi(), {(m, p): who for m, p, who in ROUTES}),
+            headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"},
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+    )
+    def metrics() -> PlainTextResponse:
+        """Prometheus text format 0.0.4, for the operator (its bearer token)."""
+        families = [*service.metrics.families(), *service_families(service)]
+        return PlainTextResponse(render(families), media_type=CONTENT_TYPE)
+
+
+_STARTED = time.time()
+
+
+def service_families(service: Service) -> list[Family]:
+    """Gauges read at scrape time: rooms, ledger entries and jobs, all totals (per
+    room ledger sizes only when the operator turned on ``metrics_per_room``)."""
+    ledger = service.ledger
+    rooms: dict[tuple[tuple[str, str], ...], float] = {
+        (("status", s),): 0 for s in ("pending", "active", "declined")
+    }
+    rooms[(("status", "quarantined"),)] = len(ledger.quarantined)
+    jobs: dict[tuple[tuple[str, str], ...], float] = {
+        (("state", s),): 0 for s in ("requested", "running", "succeeded", "failed")
+    }
+    entries: dict[tuple[tuple[str, str], ...], float] = {}
+    total = 0
+    for room in ledger.healthy_rooms():
+        state = ledger.state(room)
+        key = (("status", str(state.status)),)
+        rooms[key] = rooms.get(key, 0) + 1
+        for job in state.jobs.values():
+            key = (("state", str(job.status)),)
+            jobs[key] = jobs.get(key, 0) + 1
+        size = ledger.size(room)
+        total += size
+        if service.metrics_per_room:
+            entries[(("room", room),)] = size
+    queued, running = service.runner.load() if service.runner is not None else (0, 0)
+    families = [
+        gauge("cleanroom_rooms", "Rooms on this ledger, by status.", rooms),
+        gauge("cleanroom_ledger_entries", "Entries in every room's ledger, in all.", {(): total}),
+        gauge("cleanroom_jobs", "Jobs recorded on the ledger, by state.", jobs),
+        gauge(
+            "cleanroom_job_runner_jobs",
+            "Jobs this service process is running or holds in its queues.",
+            {(("state", "queued"),): queued, (("state", "running"),): running},
+        ),
+        gauge(
+            "cleanroom_build_info",
+            "The cleanroom version serving.",
+            {(("version", __version__),): 1},
+        ),
+        gauge("process_start_time_seconds", "When the service process started.", {(): _STARTED}),
+    ]
+    if service.metrics_per_room:
+        families.append(
+            gauge("cleanroom_room_ledger_entries", "Entries in one room's ledger.", entries)
+        )
+    return families
 
 
 def _room_routes(app: FastAPI, service: Service) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.broker.desk import KeyDesk
+from cleanroom.children import child_environment
 from cleanroom.errors import CleanroomError
 from cleanroom.governance.outcomes import FAILURE_CATEGORIES, FailureCategory
 from cleanroom.governance.statements import sign_statement
@@ -90,6 +91,11 @@ class JobRunner:
         with self._ready:
             queue = self._queues.get(room, deque())
             return queue.index(job) + 1 if job in queue else None
+
+    def load(self) -> tuple[int, int]:
+        """Jobs waiting in every room's queue, and jobs this service is running."""
+        with self._ready:
+            return sum(len(q) for q in self._queues.values()), sum(self._running.values())
 
     def _next(self) -> tuple[str, str] | None:
         with self._ready:
@@ -151,6 +157,7 @@ class JobRunner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                env=child_environment(),
             )
             try:
                 out, err = process.communicate(

@@ -11,6 +11,12 @@ Every connection must deliver each request line and headers within
 ``header_timeout_s`` of opening or of the previous answer
 (:class:`HeadTimeoutProtocol`): uvicorn bounds neither, so one byte every few
 seconds would otherwise hold a connection forever.
+
+Log lines (one per request, :mod:`cleanroom.service.observe`, and uvicorn's
+own) go to standard error as text or JSON (``log_format``). The client address
+in them comes from ``X-Forwarded-For`` only when the connection comes from one
+of ``forwarded_allow_ips`` (the reverse proxy); request signatures cover the
+path and query only, so a proxy changes nothing they verify.
 """
 
 from __future__ import annotations
@@ -34,10 +40,20 @@ from cleanroom.service.app import ROUTES, RoomPolicy, Service, create_app
 from cleanroom.service.blobs import LocalBlobStore
 from cleanroom.service.jobs import JobRunner, RunnerSettings
 from cleanroom.service.limits import BodyLimits
+from cleanroom.service.observe import configure_logging
 from cleanroom.service.problems import MEDIA_TYPE
-from cleanroom.service.settings import Settings, load_settings
+from cleanroom.service.settings import ConfigurationError, Settings, load_settings
 
-__all__ = ["ROUTES", "Service", "Settings", "build_app", "build_service", "load_settings", "serve"]
+__all__ = [
+    "ROUTES",
+    "ConfigurationError",
+    "Service",
+    "Settings",
+    "build_app",
+    "build_service",
+    "load_settings",
+    "serve",
+]
 
 
 def build_service(settings: Settings) -> Service:
@@ -73,6 +89,11 @@ def build_service(settings: Settings) -> Service:
             else None,
             per_hour=settings.rooms_per_creator_per_hour,
         ),
+        metrics_token=(
+            settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        ),
+        metrics_per_room=settings.metrics_per_room,
+        access_log=settings.access_log,
     )
     if settings.key_broker:
         service.desk.broker = BrokerLink(
@@ -211,6 +232,7 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def serve(settings: Settings) -> None:
+    configure_logging(settings.log_format)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     # bind first, so that port 0 resolves before enclaves are told where to connect
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -221,6 +243,10 @@ def serve(settings: Settings) -> None:
     config = uvicorn.Config(
         build_app(settings),
         log_level="warning",
+        log_config=None,  # configure_logging: the same handler and format as ours
+        access_log=False,  # ours has the route template and never the query string
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         http=head_timeout_protocol(settings.header_timeout_s),
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=64 << 10,  # request line and headers

@@ -1,25 +1,52 @@
 """Service configuration: a TOML file, then ``CLEANROOM_*`` environment variables,
-then command-line options, each overriding the one before."""
+then command-line options, each overriding the one before.
+
+A bad setting is one :class:`ConfigurationError` whose message is one line per
+problem joined on one line: the setting, where it came from (the option, the
+variable or the file) and what is wrong. It never echoes the value (a database
+URL or the metrics token may hold a secret) and carries no pydantic link. A
+``CLEANROOM_*`` variable that is not a setting but one letter or two away from
+one is refused as the typo it most likely is; other ``CLEANROOM_*`` variables
+belong to the command line and the tests and are left alone.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
-from cleanroom.errors import DeserializationError, StorageError
+from cleanroom.errors import InvalidInputError
+
+ENV_PREFIX = "CLEANROOM_"
+# variables the command line, the SDK and the tests read: never a service typo
+_NOT_SETTINGS = frozenset(
+    {"keystore", "passphrase", "service", "service_key", "room", "log_level", "metrics"}
+)
+
+
+class ConfigurationError(InvalidInputError):
+    """A setting is unknown, of the wrong type or out of range; the message is one
+    line naming each bad setting and where it came from. ``cleanroom serve`` exits
+    with :attr:`exit_code` (a usage error)."""
+
+    exit_code = 2
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CLEANROOM_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     data_dir: Path = Field(
         default=Path("cleanroom-data"),
@@ -105,22 +132,51 @@ class Settings(BaseSettings):
     job_memory_limit: str = Field(
         default="4GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]i?B$", description="Memory per job."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines on standard error: text (key=value) or json (one object a line).",
+    )
+    access_log: bool = Field(default=True, description="Log one line per request.")
+    forwarded_allow_ips: list[str] = Field(
+        default=[],
+        description="Reverse proxies whose X-Forwarded-For/-Proto are believed (the client "
+        "address in the access log); empty (the default): none, not even loopback.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Bearer token that GET /metrics requires; unset: /metrics answers 404.",
+    )
+    metrics_per_room: bool = Field(
+        default=False,
+        description="Also export each room's ledger size, labelled with the room id.",
+    )
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from ``config`` (TOML), overridden by the environment, then ``overrides``."""
+    """Settings from ``config`` (TOML), overridden by the environment, then ``overrides``
+    (None: not given); :class:`ConfigurationError` names each bad setting."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    in_file: Mapping[str, Any] = {}
     if config is not None:
         try:
-            tomllib.loads(config.read_text(encoding="utf-8"))
+            in_file = tomllib.loads(config.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise StorageError(f"configuration file {config} does not exist") from exc
+            raise ConfigurationError(f"configuration file {config} does not exist") from exc
+        except OSError as exc:
+            raise ConfigurationError(
+                f"configuration file {config} cannot be read: {exc.strerror}"
+            ) from exc
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise DeserializationError(
+            raise ConfigurationError(
                 f"configuration file {config} is not valid TOML: {exc}"
             ) from exc
+    typos = env_typos(os.environ)
+    if typos:
+        raise ConfigurationError("invalid service configuration: " + "; ".join(typos))
 
     class _Layered(Settings):
-        model_config = SettingsConfigDict(env_prefix="CLEANROOM_", extra="forbid", toml_file=config)
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", toml_file=config)
 
         @classmethod
         def settings_customise_sources(
@@ -134,6 +190,105 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     try:
-        return _Layered(**{k: v for k, v in overrides.items() if v is not None})
+        return _Layered(**given)
+    except SettingsError as exc:  # a value the source could not even parse (a list as JSON)
+        raise ConfigurationError(
+            f"invalid service configuration: {str(exc).splitlines()[0][:200]}"
+        ) from None
     except ValidationError as exc:
-        raise DeserializationError(f"invalid service configuration: {exc}") from exc
+        problems = [_problem(e, given, os.environ, config, in_file) for e in _errors(exc)]
+        raise ConfigurationError(
+            "invalid service configuration: " + "; ".join(dict.fromkeys(problems))
+        ) from None  # the pydantic trace adds nothing but its links
+
+
+def env_typos(environ: Mapping[str, str]) -> list[str]:
+    """``CLEANROOM_*`` variables that are no setting but close to one (a typo)."""
+    found = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name in Settings.model_fields or name in _NOT_SETTINGS:
+            continue
+        close = _close(name)
+        if close is not None:
+            found.append(f"{variable} is not a setting (did you mean {ENV_PREFIX}{close.upper()}?)")
+    return found
+
+
+def _close(name: str) -> str | None:
+    matches = difflib.get_close_matches(name, list(Settings.model_fields), n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        dict(e) for e in exc.errors(include_url=False, include_input=False, include_context=True)
+    ]
+
+
+def _problem(
+    error: Mapping[str, Any],
+    given: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config: Path | None,
+    in_file: Mapping[str, Any],
+) -> str:
+    """One bad setting in words: ``name (source): what is wrong``."""
+    loc = [str(part) for part in error.get("loc", ())]
+    name = loc[0] if loc else "?"
+    where = name + "".join(f"[{part}]" for part in loc[1:])
+    if error.get("type") == "extra_forbidden":
+        close = _close(name)
+        hint = f" (did you mean {close}?)" if close is not None else ""
+        origin = f" in {config}" if name in in_file else ""
+        return f"{name}{origin} is not a setting{hint}"
+    return f"{where} ({_source(name, given, environ, config)}): {_what(error)}"
+
+
+def _source(
+    name: str, given: Mapping[str, Any], environ: Mapping[str, str], config: Path | None
+) -> str:
+    if name in given:
+        return _OPTIONS.get(name, f"--{name.replace('_', '-')}")
+    variable = f"{ENV_PREFIX}{name.upper()}"
+    if any(v.upper() == variable for v in environ):
+        return variable
+    return f"in {config}" if config is not None else "default"
+
+
+_OPTIONS = {"database_url": "--database"}  # cleanroom serve's options not named as settings
+_WHAT = {
+    "int_parsing": "not a whole number",
+    "int_from_float": "not a whole number",
+    "float_parsing": "not a number",
+    "bool_parsing": "not true or false",
+    "list_type": "not a list (in an environment variable, a JSON list)",
+    "string_type": "not a string",
+    "json_invalid": "not valid JSON (a list is written as JSON in an environment variable)",
+}
+
+
+def _what(error: Mapping[str, Any]) -> str:
+    kind = str(error.get("type", ""))
+    context = error.get("ctx") or {}
+    if kind in _WHAT:
+        return _WHAT[kind]
+    if kind in ("too_short", "string_too_short"):
+        return f"must be at least {context.get('min_length')} characters long"
+    if kind == "string_pattern_mismatch":
+        return f"must match {context.get('pattern')}"
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than_equal": "<=",
+        "less_than": "<",
+    }
+    if kind in bounds:
+        limit = next(iter(context.values()), "?")
+        return f"must be {bounds[kind]} {limit}"
+    message = str(error.get("msg") or "is not valid")
+    if message.startswith("Input should be"):
+        return "must be" + message.removeprefix("Input should be")
+    return message[0].lower() + message[1:]
