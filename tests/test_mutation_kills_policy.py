@@ -521,3 +521,39 @@ def test_a_mean_over_a_negative_noisy_count_stays_within_its_bounds() -> None:
     exact = pa.table({"__count": [0.0], "__sum_avg_spend": [0.0]})
     means = [dp.release(exact, spec).to_pylist()[0]["avg_spend"] for _ in range(200)]
     assert all(0 <= m <= 10 for m in means)
+
+
+# -- each structural refusal in its own words (a later check would refuse most of these
+#    queries too: the exact phrase says which check fired) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "phrase"),
+    [
+        (
+            "SELECT count(*) FROM transactions WHERE 1 = 1" + " " * 20_000,
+            r"^an analysis is SQL text of at most 16384 characters$",
+        ),
+        (
+            "SELECT count(*) FROM " + "(" * 3_000 + "SELECT 1" + ")" * 3_000,
+            r"^the analysis nests too deeply to check$|^the analysis is not valid SQL",
+        ),
+        ("SELECT count(*) FROM read_csv('x.csv')", r"^table functions are not allowed: "),
+        (
+            "SELECT count(*) FROM transactions WHERE nosuch = 1",
+            r"^the analysis does not resolve: Column 'nosuch' could not be resolved\. Line: 1",
+        ),
+        (
+            "SELECT count(*) FROM (WITH t AS (SELECT * FROM transactions) SELECT * FROM t) AS x",
+            r"^WITH is allowed only at the start of the query: ",
+        ),
+    ],
+)
+def test_each_structural_refusal_names_its_check(sql: str, phrase: str) -> None:
+    with pytest.raises(PolicyError, match=phrase):
+        check_query(sql, SOURCES)
+
+
+def test_text_that_is_not_a_string_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"^an analysis is SQL text of at most"):
+        check_query(b"SELECT 1", SOURCES)  # type: ignore[arg-type]

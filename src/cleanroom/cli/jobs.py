@@ -216,7 +216,10 @@ def job_run(
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
     quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="Print only the new job's id (with --no-wait)."
+        False,
+        "--quiet",
+        "-q",
+        help="Print only the new job's id (once it ends, or at once with --no-wait).",
     ),
 ) -> None:
     """Run an accepted analysis in an attested enclave.
