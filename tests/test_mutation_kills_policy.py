@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from cleanroom.errors import OperationalError, PolicyError
 from cleanroom.policy import dp, grammar
-from cleanroom.policy.check import Checked, Source, check_query
+from cleanroom.policy.check import Checked, Source, check_dp, check_query
 from cleanroom.policy.rules import (
     AggregationRule,
     CustomRule,
@@ -557,3 +557,487 @@ def test_each_structural_refusal_names_its_check(sql: str, phrase: str) -> None:
 def test_text_that_is_not_a_string_is_refused() -> None:
     with pytest.raises(PolicyError, match=r"^an analysis is SQL text of at most"):
         check_query(b"SELECT 1", SOURCES)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sql", "phrase"),
+    [
+        ("SELECT count(*)", r"^an analysis must read at least one of its inputs$"),
+        # a CTE read before it is defined (or by itself) is no input and no earlier CTE
+        (
+            "WITH a AS (SELECT count(*) AS n FROM b), b AS (SELECT category FROM transactions) "
+            "SELECT sum(n) FROM a",
+            r"^'b' is not an input or an earlier CTE$",
+        ),
+        (
+            "WITH a AS (SELECT count(*) AS n FROM a) "
+            "SELECT count(*) FROM transactions t JOIN a ON t.txn_id = a.n",
+            r"^'a' is not an input or an earlier CTE$",
+        ),
+        # a name with a line break: the refusal quotes the first line of the resolver's error
+        (
+            'SELECT count(*) FROM transactions WHERE "no\nsuch" = 1',
+            r"^the analysis does not resolve: Column 'no$",
+        ),
+        (
+            "WITH s AS (SELECT 1 AS x) SELECT count(*) FROM transactions, s",
+            r'^every SELECT must read from an input or a CTE: SELECT 1 AS "x"$',
+        ),
+        (
+            "WITH t AS (SELECT category FROM transactions) "
+            "SELECT count(*) FROM t AS a JOIN t AS b ON a.category = b.category",
+            r"^every CTE must be read exactly once; 't' is read 2 times ",
+        ),
+        (
+            "WITH t AS (SELECT category FROM transactions) SELECT count(*) FROM transactions",
+            r"^every CTE must be read exactly once; 't' is read 0 times ",
+        ),
+        (
+            "WITH t AS (SELECT category FROM transactions), t AS (SELECT category FROM "
+            "transactions) SELECT count(*) FROM t",
+            r"^the CTE name 't' is used twice$",
+        ),
+        (
+            "SELECT count(*) FROM transactions t0 "
+            + " ".join(
+                f"JOIN transactions t{i} ON t{i - 1}.customer_hash = t{i}.customer_hash"
+                for i in range(1, 17)
+            ),
+            r"^a SELECT reads at most 16 tables$",
+        ),
+        (
+            "SELECT category, count(*) FROM transactions t OUTER JOIN customers c "
+            "ON t.customer_hash = c.customer_hash GROUP BY category",
+            r"^write LEFT, RIGHT or FULL for outer joins: OUTER JOIN ",
+        ),
+        (
+            "SELECT count(*) FROM transactions t JOIN customers c ON t.customer_hash = "
+            "c.customer_hash JOIN customers d ON t.customer_hash = c.customer_hash",
+            r"^the join condition does not mention 'd': JOIN ",
+        ),
+        (
+            "SELECT DISTINCT category, count(*) FROM transactions GROUP BY category",
+            r"^SELECT DISTINCT emits rows; use GROUP BY: SELECT DISTINCT ",
+        ),
+        (
+            "SELECT category, count(sum(amount)) FROM transactions GROUP BY category",
+            r'^aggregates cannot be nested: COUNT\(SUM\("transactions"\."amount"\)\)$',
+        ),
+        (
+            "SELECT count(*) FROM transactions WHERE count(*) > 1",
+            r"^aggregates are not allowed here: COUNT\(\*\) > 1$",
+        ),
+        (
+            "WITH g AS (SELECT category, count(*) AS n FROM transactions GROUP BY category) "
+            "SELECT sum(n) FROM g WHERE count(*) > 1",
+            r"^aggregates are not allowed here: COUNT\(\*\) > 1$",
+        ),
+        (
+            "SELECT category, count(*) FROM transactions GROUP BY ALL HAVING nosuch > 1",
+            r"^'nosuch' names no column or output here$",
+        ),
+        (
+            "WITH g AS (SELECT category, count(*) AS n FROM transactions GROUP BY category) "
+            "SELECT DISTINCT n FROM g",
+            r"^use GROUP BY instead of SELECT DISTINCT: WITH ",
+        ),
+        (
+            "WITH g AS (SELECT category, count(*) AS n FROM transactions GROUP BY category) "
+            "SELECT sum(n + 1) AS s FROM g",
+            r'^aggregates over groups take one plain column: SUM\("g"\."n" \+ 1\)$',
+        ),
+        (
+            "WITH g AS (SELECT category, count(*) AS n FROM transactions GROUP BY category) "
+            "SELECT count(DISTINCT n) AS s FROM g",
+            r'^aggregates over groups take one plain column: COUNT\(DISTINCT "g"\."n"\)$',
+        ),
+        ("SELECT sum(*) FROM transactions", r"^\* is allowed in COUNT\(\*\) only: SUM\(\*\)$"),
+        (
+            "SELECT category AS x, count(*) AS x FROM transactions GROUP BY category",
+            r"^two output columns are named 'x'$",
+        ),
+        (
+            "SELECT amount, count(*) FROM transactions GROUP BY amount",
+            r"^transactions\.amount is not a dimension of its aggregation rule: it may appear "
+            r'only inside an allowed aggregate: "transactions"\."amount" AS "amount"$',
+        ),
+        (
+            "SELECT category, 3 AS x, count(*) FROM transactions GROUP BY 2",
+            r'^"transactions"\."category" must be a GROUP BY expression or inside an aggregate$',
+        ),
+        (
+            "SELECT upper(category), count(*) FROM transactions GROUP BY category",
+            r"^function upper is not allowed by the rules of the datasets queried "
+            r"\(allowed: date_trunc, month, round, year\): ",
+        ),
+        (
+            "SELECT count(DISTINCT amount) FROM transactions",
+            r"^count_distinct on transactions\.amount is not allowed by its aggregation rule: ",
+        ),
+    ],
+)
+def test_each_refusal_of_the_aggregation_check_names_its_check(sql: str, phrase: str) -> None:
+    with pytest.raises(PolicyError, match=phrase):
+        check_query(sql, SOURCES)
+
+
+@pytest.mark.parametrize(
+    ("sql", "phrase"),
+    [
+        (
+            "SELECT DISTINCT s.segment FROM (SELECT c.segment FROM customers c) AS s",
+            r"^a query under list rules is one SELECT, with no CTEs or subqueries$",
+        ),
+        (
+            "SELECT DISTINCT c.segment FROM customers c JOIN transactions t "
+            "ON c.customer_hash = t.customer_hash WHERE upper(c.segment) = 'A'",
+            r"^function upper is not allowed by the rules of the datasets queried "
+            r"\(allowed: none\): ",
+        ),
+        (
+            "SELECT DISTINCT segment FROM customers GROUP BY segment",
+            r"^list rules output rows, not aggregates: ",
+        ),
+        (
+            "SELECT DISTINCT c.email FROM customers c JOIN transactions t "
+            "ON c.customer_hash = t.customer_hash",
+            r'^customers\.email is not a list column of its list rule: "c"\."email" AS "email"$',
+        ),
+    ],
+)
+def test_each_refusal_of_the_list_check_names_its_check(sql: str, phrase: str) -> None:
+    with pytest.raises(PolicyError, match=phrase):
+        check_query(sql, LISTS)
+
+
+def test_a_failure_inside_the_check_is_a_refusal_naming_only_its_kind() -> None:
+    # a source that is not a Source (a caller's bug) makes the check itself fail
+    broken = {"transactions": object()}
+    with pytest.raises(
+        PolicyError, match=r"^the analysis could not be checked, so it is refused \(\w+Error\)$"
+    ):
+        check_query("SELECT count(*) FROM transactions", broken)  # type: ignore[arg-type]
+
+
+# -- integer constants in GROUP BY and ORDER BY: qualify() has expanded every position, so
+#    what is left is a constant, never a position (DuckDB would read it as one) -------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "SELECT 5 AS x, category, count(*) AS n FROM transactions GROUP BY ALL",
+            [(5, "grocery", 90), (5, "travel", 90)],
+        ),
+        (
+            "SELECT 2 AS x, category, count(*) AS n FROM transactions GROUP BY ALL",
+            [(2, "grocery", 90), (2, "travel", 90)],
+        ),
+        (
+            "SELECT category, 3 AS x, count(*) AS n FROM transactions GROUP BY 1, 2",
+            [("grocery", 3, 90), ("travel", 3, 90)],
+        ),
+        (
+            "SELECT 3 AS x, category, count(*) AS n FROM transactions GROUP BY category "
+            "ORDER BY 1, 2",
+            [(3, "grocery", 90), (3, "travel", 90)],
+        ),
+        ("SELECT 1 AS one, count(*) AS n FROM transactions GROUP BY 1", [(1, 181)]),
+        # in parentheses or negated, DuckDB may still read an integer as a position
+        (
+            "SELECT category, count(*) AS n FROM transactions GROUP BY category, (2) "
+            "ORDER BY (2), -1",
+            [("grocery", 90), ("travel", 90)],
+        ),
+        (
+            "SELECT 7 AS x, count(*) AS n FROM transactions GROUP BY (1) ORDER BY (1)",
+            [(7, 181)],
+        ),
+    ],
+)
+def test_integer_constants_group_and_order_by_nothing(
+    sql: str, expected: list[tuple[object, ...]]
+) -> None:
+    checked = check_query(sql, SOURCES)
+    rows = _data().execute(checked.sql).fetchall()
+    assert sorted(rows, key=repr) == expected  # the one-customer yacht group is suppressed
+
+
+def test_a_constant_alone_in_group_by_still_emits_rows_and_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"^every SELECT over protected data must aggregate"):
+        check_query("SELECT 1 AS one FROM transactions GROUP BY 1", SOURCES)
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # the outer SELECT re-aggregates released groups: a cast of its aggregate stays
+        # outside TRY (DuckDB evaluates no aggregate inside TRY)
+        (
+            "WITH g AS (SELECT category, count(*) AS n FROM transactions GROUP BY category) "
+            "SELECT CAST(sum(n) AS DOUBLE) + 1 AS x FROM g",
+            [(181.0,)],
+        ),
+        (
+            "SELECT category, CAST(count(*) AS DOUBLE) + 1 AS x FROM transactions "
+            "GROUP BY category",
+            [("grocery", 91.0), ("travel", 91.0)],
+        ),
+    ],
+)
+def test_arithmetic_over_a_cast_aggregate_runs(
+    sql: str, expected: list[tuple[object, ...]]
+) -> None:
+    rows = _data().execute(check_query(sql, SOURCES).sql).fetchall()
+    assert sorted(rows, key=repr) == expected
+
+
+THRESHOLD_CUSTOM = {
+    "customers": Source(
+        "customers",
+        CUSTOMERS,
+        CustomRule.model_validate({"type": "custom", "min_distinct": 2}),
+        owner_approved=True,
+    )
+}
+
+
+def test_a_custom_rule_with_a_threshold_groups_by_any_column_its_owner_approved() -> None:
+    # a custom rule names no dimensions: every column of an approved text may be a key
+    checked = check_query(
+        "SELECT segment, region, COUNT(*) AS n FROM customers GROUP BY segment, region",
+        THRESHOLD_CUSTOM,
+    )
+    assert (checked.mode, checked.threshold, checked.columns) == (
+        "custom",
+        2,
+        ["segment", "region", "n"],
+    )
+    rows = _data().execute(checked.sql).fetchall()
+    assert sorted(rows) == [
+        ("a", "north", 6),
+        ("a", "south", 6),
+        ("b", "north", 6),
+        ("b", "south", 6),
+        ("c", "north", 3),
+        ("c", "south", 2),
+    ]  # vip (one person) is suppressed
+
+
+def test_a_custom_rule_with_a_threshold_reads_an_input_once_per_select() -> None:
+    with pytest.raises(PolicyError, match=r"^an input is read once per SELECT: "):
+        check_query(
+            "SELECT a.segment, COUNT(*) AS n FROM customers a JOIN customers b "
+            "ON a.customer_hash = b.customer_hash GROUP BY a.segment",
+            THRESHOLD_CUSTOM,
+        )
+
+
+def test_a_join_column_that_is_not_the_identity_is_used_in_joins_only() -> None:
+    rule = BANK_RULE.model_copy(update={"join_columns": ["customer_hash", "txn_id"]})
+    sources = {"transactions": Source("transactions", SOURCES["transactions"].schema, rule)}
+    with pytest.raises(
+        PolicyError,
+        match=r"^join column transactions\.txn_id may be used only in join conditions: ",
+    ):
+        check_query("SELECT txn_id, COUNT(*) FROM transactions GROUP BY txn_id", sources)
+
+
+def test_a_list_query_has_no_threshold() -> None:
+    checked = check_query(
+        "SELECT DISTINCT c.segment FROM customers c JOIN transactions t "
+        "ON c.customer_hash = t.customer_hash",
+        LISTS,
+    )
+    assert (checked.mode, checked.threshold, checked.columns) == ("list", 0, ["segment"])
+
+
+def test_every_identity_an_outer_join_reads_is_counted_on_its_own_column() -> None:
+    # a LEFT JOIN links nobody: the transactions side's people are counted on its own
+    # identity, never on the customers' COUNT(DISTINCT) the analyst wrote
+    sql = check_query(
+        "SELECT c.segment, COUNT(DISTINCT c.customer_hash) AS p FROM customers c "
+        "LEFT JOIN transactions t ON c.customer_hash = t.customer_hash GROUP BY c.segment",
+        SOURCES,
+        bounded=False,
+    ).sql
+    assert 'COUNT(DISTINCT "t"."customer_hash") >= 3' in sql
+    assert 'COUNT(DISTINCT "c"."customer_hash") >= 3' in sql
+
+
+def test_linked_follows_equalities_only_from_where_it_has_reached() -> None:
+    from cleanroom.policy.check import _linked  # noqa: PLC0415 - the join graph walk
+
+    edges = [(("t", "id"), ("c", "id"))]
+    assert _linked(("t", "id"), ("c", "id"), edges)
+    assert _linked(("c", "id"), ("t", "id"), edges)
+    # a third table joined by an outer join is linked to neither
+    assert not _linked(("d", "id"), ("c", "id"), edges)
+    assert not _linked(("d", "id"), ("t", "id"), edges)
+    chain = [*edges, (("c", "id"), ("d", "id"))]
+    assert _linked(("t", "id"), ("d", "id"), chain)
+
+
+class _Unreachable(Source):
+    @property
+    def protected(self) -> bool:
+        raise RecursionError("a source too deep to read")
+
+
+def test_a_recursion_inside_the_check_is_a_refusal() -> None:
+    broken = {"customers": _Unreachable("customers", CUSTOMERS, LIST_CUSTOMERS)}
+    with pytest.raises(PolicyError, match=r"^the analysis nests too deeply to check$"):
+        check_query("SELECT DISTINCT segment FROM customers", broken)
+
+
+def _count_spec(unit: str = "customer_hash") -> DpSpec:
+    return DpSpec.model_validate(
+        {"epsilon": 1.0, "unit": unit, "aggregates": [{"name": "n", "function": "count"}]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "sources", "unit", "phrase"),
+    [
+        (
+            "SELECT customer_hash FROM transactions",
+            LISTS,
+            "customer_hash",
+            r"^list rules allow no aggregates, differentially private or not$",
+        ),
+        (
+            "SELECT customer_hash, count(*) AS c FROM transactions",
+            SOURCES,
+            "customer_hash",
+            r"^a DP row query has no aggregates: the enclave aggregates$",
+        ),
+        (
+            "SELECT category FROM transactions",
+            SOURCES,
+            "category",
+            r"^the privacy unit 'category' must be an input's identity column$",
+        ),
+    ],
+)
+def test_each_refusal_of_the_dp_row_query_check_names_its_check(
+    sql: str, sources: dict[str, Source], unit: str, phrase: str
+) -> None:
+    with pytest.raises(PolicyError, match=phrase):
+        check_dp(sql, sources, _count_spec(unit))
+
+
+def _spec(**change: object) -> DpSpec:
+    base: dict[str, object] = {
+        "epsilon": 1.0,
+        "unit": "customer_hash",
+        "aggregates": [{"name": "n", "function": "count"}],
+    }
+    return DpSpec.model_validate({**base, **change})
+
+
+CUSTOM_BOTH = {
+    name: Source(name, schema, CustomRule.model_validate({"type": "custom"}), owner_approved=True)
+    for name, schema in (("customers", CUSTOMERS), ("transactions", SOURCES["transactions"].schema))
+}
+JOINABLE = {
+    "transactions": Source(
+        "transactions",
+        SOURCES["transactions"].schema,
+        BANK_RULE.model_copy(update={"join_columns": ["customer_hash", "category"]}),
+    ),
+    "customers": Source(
+        "customers",
+        CUSTOMERS,
+        SOURCES["customers"].rule.model_copy(  # type: ignore[union-attr]
+            update={"join_columns": ["customer_hash", "region"]}
+        ),
+    ),
+}
+
+
+def test_the_dp_check_refuses_what_its_spec_also_refuses_in_its_own_words() -> None:
+    # the spec's own validation refuses both; the row query check must too, alone
+    unit_summed = DpSpec.model_construct(
+        **{
+            **_spec().__dict__,
+            "aggregates": [
+                DpAggregate.model_validate(
+                    {
+                        "name": "customer_hash",
+                        "function": "sum",
+                        "column": "customer_hash",
+                        "lower": 0,
+                        "upper": 1,
+                    }
+                )
+            ],
+        }
+    )
+    with pytest.raises(
+        PolicyError, match=r"^the privacy unit 'customer_hash' cannot be aggregated$"
+    ):
+        check_dp("SELECT customer_hash FROM transactions", SOURCES, unit_summed)
+    with pytest.raises(PolicyError, match=r"^'__spend' is a name the DP mechanism reserves$"):
+        check_dp("SELECT customer_hash, amount AS __spend FROM transactions", SOURCES, _spec())
+
+
+def test_dp_row_query_outputs_are_plain_columns() -> None:
+    spec = _spec(
+        aggregates=[{"name": "spend", "function": "sum", "column": "spend", "lower": 0, "upper": 1}]
+    )
+    with pytest.raises(
+        PolicyError,
+        match=r'^DP row query outputs must be plain columns: "transactions"\."amount" \+ 1 AS ',
+    ):
+        check_dp("SELECT customer_hash, amount + 1 AS spend FROM transactions", SOURCES, spec)
+
+
+def test_every_protected_input_is_joined_to_the_unit_on_its_identity() -> None:
+    sql = "SELECT t.customer_hash FROM transactions t JOIN customers c ON t.category = c.region"
+    with pytest.raises(
+        PolicyError,
+        match=r"^'customers' is not joined to the privacy unit on its identity column",
+    ):
+        check_dp(sql, JOINABLE, _spec())
+    # custom rules bound nothing of their own: their owners approved this exact text
+    assert check_dp(sql, CUSTOM_BOTH, _spec()).columns == ["customer_hash"]
+
+
+def test_a_dp_row_query_over_custom_rules_groups_by_any_column() -> None:
+    checked = check_dp(
+        "SELECT customer_hash, segment FROM customers",
+        CUSTOM_BOTH,
+        _spec(group_by={"segment": ["a", "b"]}),
+    )
+    assert (checked.mode, checked.threshold, checked.columns) == (
+        "dp",
+        0,
+        ["customer_hash", "segment"],
+    )
+
+
+def test_people_an_inner_join_makes_equal_are_counted_once_on_the_analysts_count() -> None:
+    # t.customer_hash = c.customer_hash: the analyst's COUNT(DISTINCT c.customer_hash)
+    # already counts everyone the threshold must count, so it is reused, not repeated
+    sql = check_query(
+        "SELECT c.segment, COUNT(DISTINCT c.customer_hash) AS p FROM transactions t "
+        "JOIN customers c ON t.customer_hash = c.customer_hash GROUP BY c.segment",
+        SOURCES,
+    ).sql
+    assert 'HAVING COUNT(DISTINCT "c"."customer_hash") >= 3' in sql
+    assert 'COUNT(DISTINCT "t"."customer_hash")' not in sql
+
+
+def test_a_dp_sum_over_a_column_that_is_no_number_is_refused() -> None:
+    # a rule (mis)allowing sum over a text column does not make it summable
+    allowance = BANK_RULE.aggregates[2].model_copy(update={"columns": ["category"]})
+    rule = BANK_RULE.model_copy(update={"aggregates": [*BANK_RULE.aggregates, allowance]})
+    sources = {"transactions": Source("transactions", SOURCES["transactions"].schema, rule)}
+    spec = _spec(
+        aggregates=[
+            {"name": "category", "function": "sum", "column": "category", "lower": 0, "upper": 1}
+        ]
+    )
+    with pytest.raises(PolicyError, match=r"^transactions\.category is not a number$"):
+        check_dp("SELECT customer_hash, category FROM transactions", sources, spec)

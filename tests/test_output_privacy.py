@@ -652,3 +652,212 @@ def test_join_conditions_in_parentheses_are_the_same_join(
     ):
         sql = f"SELECT COUNT(*) AS n FROM transactions t JOIN customers c ON {on}"
         assert data.execute(check_query(sql, SOURCES).sql).fetchall() == [(181,)], on
+
+
+# -- a custom rule's never-output columns: the owner approves the exact text, and a text
+#    that reads innocently may still carry a barred column out under another name --------
+
+EMAIL_BARRED = {
+    "customers": Source(
+        "customers",
+        CUSTOMERS,
+        CustomRule.model_validate({"type": "custom", "disallowed_columns": ["email"]}),
+        owner_approved=True,
+    )
+}
+
+
+@pytest.mark.parametrize(
+    ("sql", "phrase"),
+    [
+        # an alias list renames the sixth column, email, to f
+        (
+            "SELECT f FROM customers AS c(a, b, c, d, e, f)",
+            r"^TABLEALIAS with COLUMNS is not part of the SQL",
+        ),
+        # a table's name as a value is its whole row, email included
+        ("SELECT c FROM customers c", r"^TableColumn is not part of the SQL"),
+        ("SELECT COLUMNS('e.*') FROM customers", r"^function columns is not part of the SQL"),
+        (
+            "SELECT lower(*COLUMNS('em.*')) AS x FROM customers",
+            r"^function columns is not part of the SQL",
+        ),
+        (
+            "SELECT * REPLACE (upper(email) AS segment) FROM customers",
+            r"^STAR with REPLACE is not part of the SQL",
+        ),
+        (
+            "SELECT e FROM (SELECT email AS e FROM customers) s(e)",
+            r"^TABLEALIAS with COLUMNS is not part of the SQL",
+        ),
+        (
+            "SELECT x FROM (SELECT email AS x FROM customers UNION ALL "
+            "SELECT segment FROM customers) u",
+            r"^UNION is not part of the SQL",
+        ),
+        # what the grammar admits is traced through subqueries and CTEs
+        (
+            "WITH z AS (SELECT email AS e FROM customers) SELECT lower(q.e) AS u "
+            "FROM (SELECT e FROM z) q",
+            r"^customers\.email may never be output \(custom rule\): ",
+        ),
+    ],
+)
+def test_a_never_output_column_cannot_leave_under_another_name(
+    data: duckdb.DuckDBPyConnection, sql: str, phrase: str
+) -> None:
+    leaked = {str(v) for row in data.execute(sql).fetchall() for v in row}
+    assert any("@mail" in v for v in leaked)  # run as written, the text outputs emails
+    with pytest.raises(PolicyError, match=phrase):
+        check_query(sql, EMAIL_BARRED)
+
+
+def test_a_star_is_refused_where_never_output_columns_are_traced() -> None:
+    with pytest.raises(PolicyError, match=r"^\* is allowed in COUNT\(\*\) only: SUM\(\*\)$"):
+        check_query("SELECT sum(*) AS s FROM customers", EMAIL_BARRED)
+
+
+def test_an_approved_custom_query_with_a_barred_column_still_runs_as_written(
+    data: duckdb.DuckDBPyConnection,
+) -> None:
+    # the barred column may be used, not output; the text the owner approved is what runs
+    sql = "SELECT segment, count(*) AS n FROM customers WHERE email LIKE '%@mail' GROUP BY 1"
+    checked = check_query(sql, EMAIL_BARRED)
+    assert (checked.sql, checked.mode, checked.columns) == (sql, "custom", ["segment", "n"])
+    assert len(data.execute(checked.sql).fetchall()) == 4
+
+
+# -- whether a query fails may not depend on protected rows: DuckDB's implicit casts
+#    (a DECIMAL(38,0) widened to compare with 0.5, a DATE compared with a TIMESTAMP) can
+#    fail on one person's value, and the WHERE runs on every row before suppression -------
+
+BIG = "10000000000000000000000000000000000"  # 1e34: year(ts) * BIG is past DECIMAL(38,1)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        f"CAST(CASE WHEN category = '{{c}}' THEN year(ts) ELSE 0 END * {BIG} AS DECIMAL(38,0))"
+        " > 0.5",
+        f"CAST(CASE WHEN category = '{{c}}' THEN year(ts) ELSE 0 END * {BIG} AS DECIMAL(38,0))"
+        " IN (0.5, 1.5)",
+        f"CAST(CASE WHEN category = '{{c}}' THEN year(ts) ELSE 0 END * {BIG} AS DECIMAL(38,0))"
+        " BETWEEN 0.5 AND 1.5",
+        "CAST(CASE WHEN category = '{c}' THEN '5877641-06-23' ELSE '2020-01-01' END AS DATE)"
+        " > TIMESTAMP '2020-01-01'",
+    ],
+)
+def test_a_condition_failing_on_one_persons_row_fails_no_query(
+    data: duckdb.DuckDBPyConnection, condition: str
+) -> None:
+    # the yacht is c7's alone: if the query failed for 'yacht' and ran for 'boat', its
+    # failure would tell whether that one person's row exists
+    results = []
+    for category in ("yacht", "boat"):
+        where = condition.format(c=category)
+        results.extend(
+            data.execute(check_query(sql, SOURCES).sql).fetchall()
+            for sql in (
+                f"SELECT COUNT(*) AS n FROM transactions WHERE {where}",
+                f"SELECT {where} AS k, COUNT(*) AS n FROM transactions GROUP BY 1",
+            )
+        )
+        row_query = check_dp(
+            f"SELECT customer_hash, category FROM transactions WHERE {where}",
+            SOURCES,
+            DpSpec.model_validate(
+                {
+                    "epsilon": 1.0,
+                    "unit": "customer_hash",
+                    "group_by": {"category": ["grocery", "travel", "yacht", "boat"]},
+                    "aggregates": [{"name": "n", "function": "count"}],
+                }
+            ),
+        )
+        data.execute(row_query.sql).fetchall()  # the DP row query runs too
+    # every query ran; the filtered count is the same for yacht or boat (a failed
+    # condition is NULL: the row is left out, as when it is false)
+    assert results[0] == results[2]
+
+
+def test_a_value_whose_type_one_row_cannot_take_fails_no_query(
+    data: duckdb.DuckDBPyConnection,
+) -> None:
+    # IF's two branches meet in TIMESTAMP: the yacht's DATE is out of its range
+    sql = (
+        "SELECT IF(category = 'yacht', CAST('5877641-06-23' AS DATE), "
+        "TIMESTAMP '2020-01-01') AS k, COUNT(*) AS n FROM transactions GROUP BY 1"
+    )
+    with pytest.raises(duckdb.ConversionException):
+        data.execute(sql)  # as written, the query fails because of one person's row
+    rows = data.execute(check_query(sql, SOURCES).sql).fetchall()
+    assert [n for _, n in rows] == [180]  # the failed value is NULL: a one-row group
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # sqlglot resolved c2.email inside the scalar subquery against the outer c2
+        "SELECT (SELECT MAX(c2.email) FROM customers c2) AS x "
+        "FROM (SELECT segment AS email FROM customers) AS c2",
+        "SELECT (SELECT MAX(email) FROM customers) AS y "
+        "FROM (SELECT segment AS email FROM customers) AS customers",
+        "SELECT x.s FROM (SELECT (SELECT c2.email FROM customers c2 LIMIT 1) AS s "
+        "FROM (SELECT segment AS email FROM customers) c2) x",
+    ],
+)
+def test_a_never_output_column_cannot_leave_through_a_scalar_subquery(
+    data: duckdb.DuckDBPyConnection, sql: str
+) -> None:
+    assert any("@mail" in str(v) for row in data.execute(sql).fetchall() for v in row)
+    with pytest.raises(PolicyError, match=r"^subqueries in expressions are not allowed: "):
+        check_query(sql, EMAIL_BARRED)
+
+
+def test_an_input_joined_to_itself_is_refused_under_aggregation_rules() -> None:
+    # two groups of the same 30 people that differ only by the yacht row: their
+    # difference, in the query or by hand, is one person's amount
+    sql = (
+        "SELECT CASE WHEN t1.category = 'grocery' AND t2.category = 'grocery' THEN 'A' "
+        "WHEN t1.category = 'travel' AND t2.category IN ('travel', 'yacht') THEN 'B' "
+        "ELSE 'C' END AS k, SUM(t2.amount) AS s FROM transactions t1 JOIN transactions t2 "
+        "ON t1.customer_hash = t2.customer_hash GROUP BY 1"
+    )
+    with pytest.raises(PolicyError, match=r"^an input is read once per SELECT: "):
+        check_query(sql, SOURCES)
+
+
+@pytest.mark.parametrize(
+    ("sql", "phrase"),
+    [
+        # who is NOT in the other dataset
+        (
+            "SELECT DISTINCT c.segment FROM customers c LEFT JOIN transactions t "
+            "ON c.customer_hash = t.customer_hash WHERE t.category IS NULL",
+            r"^list rules output the overlap of datasets: inner joins only ",
+        ),
+        (
+            "SELECT DISTINCT t.category FROM transactions t FULL JOIN customers c "
+            "ON c.customer_hash = t.customer_hash",
+            r"^list rules output the overlap of datasets: inner joins only ",
+        ),
+        (
+            "SELECT DISTINCT category FROM transactions",
+            r"^list rules output the overlap of datasets: join at least two inputs$",
+        ),
+    ],
+)
+def test_list_rules_output_the_overlap_only(sql: str, phrase: str) -> None:
+    from tests.test_policy import LISTS  # noqa: PLC0415 - the list-rule sources
+
+    with pytest.raises(PolicyError, match=phrase):
+        check_query(sql, LISTS)
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x01", "\x1b", "\x7f", "\x0b"])
+def test_control_characters_are_refused(character: str) -> None:
+    # DuckDB stops reading at NUL while the parser reads on: each would see another query
+    with pytest.raises(PolicyError, match=r"^an analysis may not contain control characters"):
+        check_query(f"SELECT COUNT(*) AS n FROM transactions{character} WHERE 1 = 1", SOURCES)
+    checked = check_query("SELECT COUNT(*) AS n\r\n\tFROM transactions", SOURCES)
+    assert checked.columns == ["n"]

@@ -53,6 +53,14 @@ OPTIONAL: dict[str, tuple[str, tuple[str, ...]]] = {
     "opendp": ("dp", ("policy/dp.py",)),
     "psycopg": ("postgres", ()),
     "pandas": ("pandas", ()),
+    "onnx": ("server", ()),
+    "onnxruntime": ("server", ()),
+    "numpy": ("server", ("models/score.py",)),
+    "sklearn": ("ml", ()),
+    "skl2onnx": ("ml", ()),
+    "onnxmltools": ("ml", ()),
+    "lightgbm": ("ml", ()),
+    "xgboost": ("ml", ()),
 }
 
 SCHEMA = {
@@ -127,7 +135,11 @@ def test_the_core_leaves_out_the_server_opendp_and_postgres() -> None:
     assert named["postgres"] == {"psycopg"}
     # the server starts the enclaves, and a DP job's enclave needs OpenDP
     assert f"{DISTRIBUTION}[dp]" in extras["server"]
-    assert f"{DISTRIBUTION}[server,dp,postgres,pandas]" in extras["all"]
+    assert f"{DISTRIBUTION}[server,dp,postgres,pandas,ml]" in extras["all"]
+    # the enclave loads ONNX models; a vendor converts them with [ml], never `xgboost` (NCCL)
+    assert {"onnxruntime", "onnx"} <= named["server"]
+    assert "xgboost" not in named["ml"]
+    assert {"scikit-learn", "skl2onnx", "onnxmltools", "lightgbm", "xgboost-cpu"} <= named["ml"]
     assert f"{DISTRIBUTION}[all]" in extras["dev"]  # the Makefile's venv installs [dev]
 
 
@@ -221,7 +233,8 @@ print("owner ok")
 
 def test_a_dp_job_without_opendp_names_the_extra(tmp_path: Path) -> None:
     code = """
-from cleanroom.enclave.failures import MissingExtraError, category_of
+from cleanroom.enclave.failures import category_of
+from cleanroom.errors import MissingExtraError
 from cleanroom.enclave.runtime import dp_kind
 from cleanroom.policy.rules import DpSpec
 spec = DpSpec.model_validate({"epsilon": 1.0, "unit": "person",
@@ -242,8 +255,8 @@ def test_the_enclave_prints_the_missing_extra_before_its_category(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cleanroom.enclave import __main__ as enclave_main  # noqa: PLC0415
-    from cleanroom.enclave.failures import MissingExtraError  # noqa: PLC0415
     from cleanroom.enclave.runtime import DP_EXTRA_MISSING  # noqa: PLC0415
+    from cleanroom.errors import MissingExtraError  # noqa: PLC0415
 
     def run_job(*_args: object, **_kwargs: object) -> None:
         raise MissingExtraError(DP_EXTRA_MISSING)

@@ -8,7 +8,7 @@ import pytest
 
 from cleanroom.datasets.schema import Schema
 from cleanroom.errors import GovernanceError, PolicyError
-from cleanroom.policy.check import Source, check_query
+from cleanroom.policy.check import ENGINE_SETTINGS, Source, check_query
 from cleanroom.policy.rules import AggregationRule, CustomRule, ListRule, check_rule
 
 TRANSACTIONS = Schema.from_json(
@@ -503,6 +503,8 @@ REFUSED: dict[str, tuple[str, str]] = {
 
 def _data() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
+    for setting in ENGINE_SETTINGS:  # as the enclave runs checked SQL
+        con.execute(setting)
     segments = ["a"] * 12 + ["b"] * 12 + ["c"] * 5 + ["vip"]
     con.execute(
         "CREATE TABLE customers AS SELECT 'c' || i AS customer_hash, "

@@ -108,9 +108,32 @@ class RateLimitedError(InvalidInputError):
     """Too many requests of one kind from one party: try again later."""
 
 
+class ModelRefusedError(InvalidInputError):
+    """A model the enclave refuses: not ONNX, against a rule of the enclave
+    (external data, an op domain outside the allow-list, a non-tensor input or
+    output), or with a signature other than its manifest's. Its text names what
+    is wrong, never the model's bytes or weights."""
+
+
+class ConversionError(InvalidInputError):
+    """A vendor's model does not convert to an ONNX model the enclave accepts,
+    or the converted model does not predict what the native model predicts."""
+
+
 class OperationalError(CleanroomError):
     """The environment failed: storage, network or an external service."""
 
 
 class StorageError(OperationalError):
     """Reading or writing local storage failed."""
+
+
+class SandboxUnavailableError(OperationalError):
+    """This machine cannot confine a Python job (neither Landlock nor seccomp), or the
+    sandbox user cannot reach what the job needs. Nothing was run."""
+
+
+class MissingExtraError(OperationalError):
+    """This install lacks an optional extra (``[dp]``, ``[ml]``, the server's
+    onnxruntime). Its text is fixed and names the extra to install, never
+    anything of a job's data."""

@@ -191,7 +191,8 @@ class KeyAgent:
         """The owner's own limits on top of the room's (measurements it accepts)."""
         if self.measurements is None:
             return
-        if _measurement_of(request) not in self.measurements:
+        now = datetime.fromtimestamp(self.clock() / 1000, UTC)  # the clock that decided
+        if _measurement_of(request, now) not in self.measurements:
             raise GovernanceError("this measurement is not in the owner's local release policy")
 
     def serve(self, *, poll_s: float = 0.5, stop: threading.Event | None = None) -> None:
@@ -225,5 +226,5 @@ def _enclave(request: dict[str, Any]) -> PublicIdentity:
     return PublicIdentity.from_document(request["enclave"])
 
 
-def _measurement_of(request: dict[str, Any]) -> str:
-    return verify_evidence(request["evidence"], now=datetime.now(UTC)).measurement
+def _measurement_of(request: dict[str, Any], now: datetime) -> str:
+    return verify_evidence(request["evidence"], now=now).measurement

@@ -348,6 +348,7 @@ def dry_run(checked_sql: str, text: str, mocks: dict[str, pa.Table]) -> DryRun:
     import duckdb  # noqa: PLC0415
 
     from cleanroom.errors import PolicyError  # noqa: PLC0415
+    from cleanroom.policy.check import ENGINE_SETTINGS  # noqa: PLC0415
 
     # mock tables in memory only: no file, network or extension from the query
     spill = tempfile.mkdtemp(prefix="cleanroom-check-")  # not ./.tmp, which DuckDB allows
@@ -363,6 +364,8 @@ def dry_run(checked_sql: str, text: str, mocks: dict[str, pa.Table]) -> DryRun:
     try:
         for name, data in mocks.items():
             con.register(name, data)
+        for setting in ENGINE_SETTINGS:  # as the enclave runs checked SQL
+            con.execute(setting)
         con.execute("SET lock_configuration = true")
         try:
             cursor = con.execute(checked_sql)

@@ -17,9 +17,10 @@ import sys
 from cleanroom.attestation import VirtualPlatform
 from cleanroom.attestation.evidence import Attester
 from cleanroom.attestation.tsm import TsmProvider
-from cleanroom.enclave.failures import MissingExtraError, category_of
+from cleanroom.enclave.failures import category_of
 from cleanroom.enclave.runtime import run_job
 from cleanroom.enclave.sql import Limits
+from cleanroom.errors import MissingExtraError
 
 
 def main(argv: list[str] | None = None) -> int:

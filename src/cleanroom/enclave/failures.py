@@ -17,7 +17,6 @@ from cleanroom.errors import (
     GovernanceError,
     IntegrityError,
     InvalidInputError,
-    OperationalError,
     PolicyError,
 )
 from cleanroom.governance.outcomes import FailureCategory
@@ -29,15 +28,6 @@ class JobFailedError(InvalidInputError):
     def __init__(self, message: str, *, category: FailureCategory) -> None:
         super().__init__(message)
         self.category: FailureCategory = category
-
-
-class MissingExtraError(OperationalError):
-    """This install lacks an optional extra the job needs (``[dp]``: OpenDP).
-
-    Its text is fixed and names the extra, never anything of the job's data, so
-    ``python -m cleanroom.enclave`` may print it for the operator; on the ledger
-    it is an ``internal error`` like any other fault of the installation.
-    """
 
 
 # checked in order: a subclass before its parents

@@ -55,9 +55,14 @@ from cleanroom.crypto.hpke import seal
 from cleanroom.datasets.manifest import key_id_of
 from cleanroom.datasets.parquet import connect, write_encrypted
 from cleanroom.datasets.seal import sha256_file
-from cleanroom.enclave.failures import JobFailedError, MissingExtraError, category_of
+from cleanroom.enclave.failures import JobFailedError, category_of
 from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
-from cleanroom.errors import AuthorizationError, GovernanceError, IntegrityError
+from cleanroom.errors import (
+    AuthorizationError,
+    GovernanceError,
+    IntegrityError,
+    MissingExtraError,
+)
 from cleanroom.governance.model import Job
 from cleanroom.governance.outcomes import bytes_bucket, rows_bucket, time_bucket
 from cleanroom.governance.state import RoomState

@@ -27,6 +27,7 @@ import pyarrow as pa
 from cleanroom.datasets.parquet import add_key, connect, sql_string
 from cleanroom.enclave.failures import JobFailedError, engine_category
 from cleanroom.errors import OperationalError
+from cleanroom.policy.check import ENGINE_SETTINGS
 
 
 class QueryError(JobFailedError):
@@ -118,6 +119,8 @@ def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobRe
         con.execute(f"SET memory_limit = '{sql_string(limits.memory)}'")
         con.execute(f"SET max_temp_directory_size = '{sql_string(limits.max_temp)}'")
         con.execute("SET enable_external_access = false")
+        for setting in ENGINE_SETTINGS:  # what the checked SQL needs to fail on no value
+            con.execute(setting)
         con.execute("SET lock_configuration = true")
         prepared = time.perf_counter()
         table = _fetch(con, text, limits)

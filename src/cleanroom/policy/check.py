@@ -29,6 +29,7 @@ row's value is converted implicitly: nothing in an error can depend on data.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +62,11 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 Rule = AggregationRule | ListRule | CustomRule
 DIALECT = "duckdb"
+# What the SQL this check returns needs of the engine that runs it: TRY must hold what it
+# wraps, and DuckDB's common-subexpression pass would hoist an implicit cast shared by two
+# comparisons (x BETWEEN 0.5 AND 1.5) out of TRY, where it can fail on one row's value.
+ENGINE_SETTINGS = ("SET disabled_optimizers = 'common_subexpressions'",)
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, newline, carriage return
 MAX_FROM_ITEMS = 16  # tables one SELECT reads (the join graph is walked per identity)
 _sql = grammar.sql
 
@@ -157,6 +163,9 @@ class _Scope:
 def _parse(text: str) -> exp.Select:
     if not isinstance(text, str) or len(text) > grammar.MAX_SQL_CHARS:
         raise PolicyError(f"an analysis is SQL text of at most {grammar.MAX_SQL_CHARS} characters")
+    if CONTROL.search(text):
+        # DuckDB stops reading at NUL while the parser reads on: the two must see one text
+        raise PolicyError("an analysis may not contain control characters (tab and newline may)")
     try:
         statements = sqlglot.parse(text, dialect=DIALECT)
     except RecursionError as exc:
@@ -353,7 +362,6 @@ class _Checker:
             set(r.scalar_functions) for r in rules if isinstance(r, (AggregationRule, ListRule))
         ]
         self.functions: set[str] = set.intersection(*allowed) if allowed else set(SCALAR_FUNCTIONS)
-        self.thresholds = 0
 
     # -- names and families ----------------------------------------------------------
 
@@ -380,13 +388,13 @@ class _Checker:
 
     # -- joins -----------------------------------------------------------------------
 
-    def joins(self, scope: _Scope, *, inner_only: bool = False) -> None:
+    def joins(self, scope: _Scope, *, inner_only: str = "") -> None:
+        """The FROM items' joins: inner or outer equalities of join columns, each
+        joining the table it adds; ``inner_only``, the reason outer joins are refused."""
         select = scope.select
         joins = select.args.get("joins") or []
         if len(joins) >= MAX_FROM_ITEMS:
             raise PolicyError(f"a SELECT reads at most {MAX_FROM_ITEMS} tables")
-        if self.mode == "list":
-            _each_input_once(scope)
         seen = {select.args["from_"].this.alias_or_name.lower()}
         for join in select.args.get("joins") or []:
             alias = join.this.alias_or_name.lower()
@@ -401,10 +409,7 @@ class _Checker:
                     f"cross, natural, semi and anti joins are not allowed: {_sql(join)}"
                 )
             if inner_only and side:
-                raise PolicyError(
-                    f"a DP row query joins with inner joins only (outer joins merge the "
-                    f"unmatched people into one): {_sql(join)}"
-                )
+                raise PolicyError(f"{inner_only}: {_sql(join)}")
             if kind == "OUTER" and not side:
                 raise PolicyError(f"write LEFT, RIGHT or FULL for outer joins: {_sql(join)}")
             condition = join.args.get("on")
@@ -432,6 +437,8 @@ class _Checker:
                 raise PolicyError(f"the join condition does not mention {alias!r}: {_sql(join)}")
             grammar.condition(condition, self.resolver(scope))
             seen.add(alias)
+        if self.mode != "dp":  # a DP row query bounds each person's rows however joined
+            _each_input_once(scope)
 
     def join_column(self, scope: _Scope, column: exp.Column, part: exp.Expr) -> None:
         source = scope.sources.get(column.table.lower())
@@ -590,7 +597,12 @@ class _Checker:
         select = scope.select
         if select.find(*AGGREGATES) or select.args.get("group") or select.args.get("having"):
             raise PolicyError(f"list rules output rows, not aggregates: {_sql(select)}")
-        self.joins(scope)
+        _overlap_only(select)
+        self.joins(
+            scope,
+            inner_only="list rules output the overlap of datasets: inner joins only (an "
+            "outer join lists who is not in the other dataset)",
+        )
         resolve = self.resolver(scope)
         _unalias_clauses(select)
         for clause in ("expressions", "where", "order"):
@@ -607,12 +619,20 @@ class _Checker:
         self.values(scope, resolve)
 
 
+def _overlap_only(select: exp.Select) -> None:
+    """List rules output the overlap of datasets: two inputs at least (and inner
+    joins, checked with the joins)."""
+    if not select.args.get("joins"):
+        raise PolicyError("list rules output the overlap of datasets: join at least two inputs")
+
+
 def _each_input_once(scope: _Scope) -> None:
     read = [source.name for source in scope.inputs.values()]
     if len(set(read)) != len(scope.sources):
         raise PolicyError(
-            "under list rules an input is read once per query: joining an input to itself "
-            "on its identity links one person's rows"
+            "an input is read once per SELECT: joining an input to itself links one "
+            "person's rows (under list rules) or makes groups that differ by one person's "
+            "rows (under thresholds)"
         )
 
 
@@ -632,8 +652,13 @@ def _clause(select: exp.Select, clause: str) -> list[exp.Expr]:
 
 
 def _unalias_clauses(select: exp.Select) -> None:
-    """Replace references to output names (and ordinals) in GROUP BY, HAVING
-    and ORDER BY by what they name, as DuckDB resolves them."""
+    """Replace references to output names in GROUP BY, HAVING and ORDER BY by
+    what they name, as DuckDB resolves them, and expand GROUP BY ALL.
+
+    qualify() has already expanded every position (``GROUP BY 1``): a literal
+    left in GROUP BY or ORDER BY (in parentheses or negated too) is a constant,
+    which DuckDB might read as a position again once the query is rewritten.
+    Grouping or ordering by a constant changes nothing, so such keys are dropped."""
     projections = select.expressions
     named: dict[str, exp.Expr] = {}
     for projection in projections:
@@ -647,29 +672,28 @@ def _unalias_clauses(select: exp.Select) -> None:
             return target.copy()
         return node
 
-    def ordinal(node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.Literal) and node.is_int:
-            index = int(node.name)
-            if not 1 <= index <= len(projections):
-                raise PolicyError(f"position {index} is not an output column")
-            chosen: exp.Expr = projections[index - 1].unalias().copy()
-            return chosen
-        return node
+    def constant(node: exp.Expr) -> bool:
+        while isinstance(node, (exp.Paren, exp.Neg)):
+            node = node.this
+        return isinstance(node, exp.Literal)
 
     group = select.args.get("group")
     if group is not None:
         if group.args.get("all"):
             keys = [p.unalias().copy() for p in projections if not p.find(*AGGREGATES)]
-            group.set("all", None)
-            group.set("expressions", keys)
-        group.set("expressions", [ordinal(k).transform(swap) for k in group.expressions])
+        else:
+            keys = list(group.expressions)
+        kept = [k.transform(swap) for k in keys if not constant(k)]
+        select.set("group", exp.Group(expressions=kept) if kept else None)
     having = select.args.get("having")
     if having is not None:
         having.set("this", having.this.transform(swap))
     order = select.args.get("order")
     if order is not None:
-        for item in order.expressions:
-            item.set("this", ordinal(item.this).transform(swap))
+        items = [i for i in order.expressions if not constant(i.this)]
+        for item in items:
+            item.set("this", item.this.transform(swap))
+        select.set("order", exp.Order(expressions=items) if items else None)
 
 
 def _group_keys(select: exp.Select) -> list[exp.Expr]:
@@ -690,10 +714,24 @@ def _outputs(select: exp.Select, resolve: grammar.Resolve) -> dict[str, str]:
 # -- the rewrite: suppress first, then the analyst's expressions ------------------------
 
 
+def _may_fail(part: exp.Expr) -> bool:
+    """Arithmetic, comparisons and scalar functions: each can fail on some value,
+    directly or through an implicit cast DuckDB adds (a DECIMAL(38,0) compared with
+    0.5 is widened and overflows; a DATE compared with a TIMESTAMP may be out of its
+    range). Join conditions are equalities of join columns of one family and stay
+    as written, so DuckDB can still join them by hash."""
+    if not isinstance(part, (*ARITHMETIC, exp.Abs, exp.Predicate, exp.Func)):
+        return False
+    if isinstance(part, exp.If) and isinstance(part.parent, exp.Case):
+        return False  # a WHEN ... THEN of a CASE: its condition and value are wrapped
+    return part.find_ancestor(exp.Join) is None
+
+
 def _safe(node: exp.Expr) -> exp.Expr:
-    """Casts become TRY_CAST and arithmetic runs in TRY: no value can make the
-    query fail, so neither a failure nor its text depends on data. Returns the
-    node, or what replaced it."""
+    """Casts become TRY_CAST, and arithmetic, comparisons and functions run in TRY:
+    no value can make the query fail, so neither a failure nor its text depends on
+    data (a condition that fails is NULL: the row is left out). Returns the node,
+    or what replaced it."""
     aggregating: set[int] = set()  # nodes with an aggregate inside
     root = node
     # children before their parents, so a cast inside arithmetic is converted too
@@ -705,7 +743,7 @@ def _safe(node: exp.Expr) -> exp.Expr:
             new = exp.TryCast(this=part.this, to=part.to)
             part.replace(new)
         elif (
-            isinstance(part, (*ARITHMETIC, exp.Abs))
+            _may_fail(part)
             and not isinstance(part.parent, exp.Try)
             # DuckDB evaluates no aggregate inside TRY: arithmetic over the aggregating
             # SELECT's aggregates is wrapped once they are columns over the groups that
@@ -900,38 +938,36 @@ def _disallowed_outputs(query: exp.Select, inputs: dict[str, _Input]) -> None:
     banned = {(i.name, c) for i in inputs.values() for c in i.disallowed}
     if not banned:
         return
-    try:
-        root = traverse_scope(query)[-1]
-        found = [(p, _lineage(p, root)) for p in query.selects]
-    except PolicyError:
-        raise
-    except Exception as exc:
-        raise PolicyError(
-            "the outputs of this query cannot be traced to their columns, and an input has "
-            "columns that may never be output"
-        ) from exc
-    for projection, bases in found:
-        for base in bases:
+    # any failure to trace is a refusal (check_query fails closed)
+    root = traverse_scope(query)[-1]
+    known = {i.name: frozenset(i.families) for i in inputs.values()}
+    for projection in query.selects:
+        for base in _lineage(projection, root, known):
             if base in banned:
                 raise PolicyError(
                     f"{base[0]}.{base[1]} may never be output (custom rule): {_sql(projection)}"
                 )
 
 
-def _lineage(node: exp.Expr, scope: SqlglotScope) -> set[tuple[str, str]]:
-    found: set[tuple[str, str]] = set()
-    if any(not isinstance(star.parent, exp.Count) for star in node.find_all(exp.Star)):
-        raise PolicyError(f"name the output columns instead of *: {_sql(node)}")
+def _lineage(
+    node: exp.Expr, scope: SqlglotScope, known: dict[str, frozenset[str]]
+) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()  # (_stars() has refused every * but COUNT(*)'s)
     for column in node.find_all(exp.Column):
         source = scope.sources.get(column.table)
-        if isinstance(source, exp.Table):
-            found.add((source.name.lower(), column.name.lower()))
+        name = column.name.lower()
+        traced: set[tuple[str, str]] | None = None
+        if isinstance(source, exp.Table) and name in known.get(source.name.lower(), ()):
+            traced = {(source.name.lower(), name)}
         elif isinstance(source, SqlglotScope) and isinstance(source.expression, exp.Select):
-            for projection in source.expression.selects:
-                if projection.alias_or_name.lower() == column.name.lower():
-                    found |= _lineage(projection, source)
-        else:
+            named = [p for p in source.expression.selects if p.alias_or_name.lower() == name]
+            if named:
+                traced = set().union(*(_lineage(p, source, known) for p in named))
+        if traced is None:
+            # only a column of an input's schema, or an output of a SELECT below, is
+            # traced: a renamed column (FROM t AS a(x, y)) or a row (SELECT t FROM t) is not
             raise PolicyError(f"{_sql(column)} cannot be traced to an input column")
+        found |= traced
     return found
 
 
@@ -970,9 +1006,18 @@ def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Che
     mode = _mode(inputs)
     k = _threshold(inputs, query)
     if mode == "custom" and not k:
-        # the owners approved this exact text: it runs as written, outputs traced
+        # the owners approved this exact text: it runs as written. Never-output columns
+        # are traced only through SQL the grammar describes (a renamed column, a row as a
+        # value or COLUMNS('regex') would carry one out untraced)
+        barred = any(i.disallowed for i in inputs.values())
+        if barred:
+            grammar.walk(query)
         qualified = _qualify(query, inputs)
-        _disallowed_outputs(qualified, inputs)
+        if barred:
+            grammar.walk(qualified)
+            _stars(qualified)
+            _scopes(qualified, inputs)  # SELECTs only where outputs can be traced
+            _disallowed_outputs(qualified, inputs)
         return Checked(text, mode, 0, [p.alias_or_name for p in qualified.selects])
     grammar.walk(query)
     qualified = _qualify(query, inputs)
@@ -1070,7 +1115,11 @@ def _check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:  
     if select.find(*AGGREGATES):
         raise PolicyError("a DP row query has no aggregates: the enclave aggregates")
     checker = _Checker(inputs, "dp", 0)
-    checker.joins(scope, inner_only=True)
+    checker.joins(
+        scope,
+        inner_only="a DP row query joins with inner joins only (outer joins merge the "
+        "unmatched people into one)",
+    )
     outputs = _dp_outputs(select, spec)
     unit = outputs[spec.unit.lower()]
     unit_source = scope.sources.get(unit.table.lower())
