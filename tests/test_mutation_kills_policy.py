@@ -1041,3 +1041,14 @@ def test_a_dp_sum_over_a_column_that_is_no_number_is_refused() -> None:
     )
     with pytest.raises(PolicyError, match=r"^transactions\.category is not a number$"):
         check_dp("SELECT customer_hash, category FROM transactions", sources, spec)
+
+
+def test_join_conditions_stay_as_written_so_the_engine_joins_by_hash() -> None:
+    # only what can fail on a value runs in TRY: an equality of join columns cannot
+    sql = check_query(
+        "SELECT c.segment, COUNT(*) AS n FROM transactions t JOIN customers c "
+        "ON t.customer_hash = c.customer_hash WHERE t.category = 'grocery' GROUP BY c.segment",
+        SOURCES,
+    ).sql
+    assert 'ON "t"."customer_hash" = "c"."customer_hash"' in sql
+    assert 'TRY("t"."category" = \'grocery\')' in sql

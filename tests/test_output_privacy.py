@@ -723,7 +723,12 @@ def test_an_approved_custom_query_with_a_barred_column_still_runs_as_written(
     # the barred column may be used, not output; the text the owner approved is what runs
     sql = "SELECT segment, count(*) AS n FROM customers WHERE email LIKE '%@mail' GROUP BY 1"
     checked = check_query(sql, EMAIL_BARRED)
-    assert (checked.sql, checked.mode, checked.columns) == (sql, "custom", ["segment", "n"])
+    assert (checked.sql, checked.mode, checked.threshold, checked.columns) == (
+        sql,
+        "custom",
+        0,
+        ["segment", "n"],
+    )
     assert len(data.execute(checked.sql).fetchall()) == 4
 
 

@@ -724,7 +724,12 @@ def _may_fail(part: exp.Expr) -> bool:
         return False
     if isinstance(part, exp.If) and isinstance(part.parent, exp.Case):
         return False  # a WHEN ... THEN of a CASE: its condition and value are wrapped
-    return part.find_ancestor(exp.Join) is None
+    node: exp.Expr | None = part
+    while node is not None:  # inside a join's ON condition, and nowhere else in a join
+        if node.arg_key == "on" and isinstance(node.parent, exp.Join):
+            return False
+        node = node.parent
+    return True
 
 
 def _safe(node: exp.Expr) -> exp.Expr:
@@ -1005,24 +1010,20 @@ def _check_query(text: str, sources: dict[str, Source], *, bounded: bool) -> Che
     inputs = _inputs(query, sources)
     mode = _mode(inputs)
     k = _threshold(inputs, query)
-    if mode == "custom" and not k:
-        # the owners approved this exact text: it runs as written. Never-output columns
-        # are traced only through SQL the grammar describes (a renamed column, a row as a
-        # value or COLUMNS('regex') would carry one out untraced)
-        barred = any(i.disallowed for i in inputs.values())
-        if barred:
-            grammar.walk(query)
+    as_written = mode == "custom" and not k  # the owners approved this exact text
+    if as_written and not any(i.disallowed for i in inputs.values()):
         qualified = _qualify(query, inputs)
-        if barred:
-            grammar.walk(qualified)
-            _stars(qualified)
-            _scopes(qualified, inputs)  # SELECTs only where outputs can be traced
-            _disallowed_outputs(qualified, inputs)
         return Checked(text, mode, 0, [p.alias_or_name for p in qualified.selects])
+    # never-output columns are traced only through SQL the grammar describes (a renamed
+    # column, a row as a value or COLUMNS('regex') would carry one out untraced)
     grammar.walk(query)
     qualified = _qualify(query, inputs)
     grammar.walk(qualified)
     _stars(qualified)
+    if as_written:
+        _scopes(qualified, inputs)  # SELECTs only where outputs can be traced
+        _disallowed_outputs(qualified, inputs)
+        return Checked(text, mode, 0, [p.alias_or_name for p in qualified.selects])
     _disallowed_outputs(qualified, inputs)
     # column thresholds by the columns the query really uses (USING and NATURAL expanded)
     k = _threshold(inputs, qualified)
