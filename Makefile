@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# `make demo` runs the offers scenario; `make demo SCENARIO=list` lists the others.
+SCENARIO ?= offers
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/scenarios.py $(SCENARIO)
 
 test: lint typecheck unit
 

@@ -512,8 +512,11 @@ def test_an_enclave_reads_only_its_own_inputs_and_nothing_once_its_job_ends(
     blobs = tmp_path / "blobs"
     blobs.mkdir()
     state = jr.state
-    for name, dataset in state.datasets.items():  # the ciphertext JobRoom sealed
-        shutil.copy(tmp_path / name / "data.parquet", blobs / dataset.versions[-1].manifest.sha256)
+    store = LocalBlobStore(blobs)
+    for name, dataset in state.datasets.items():  # the ciphertext JobRoom sealed, uploaded
+        digest = dataset.versions[-1].manifest.sha256
+        shutil.copy(tmp_path / name / "data.parquet", blobs / digest)
+        store.claim(jr.room.room, digest, dataset.owner)  # by its owner, in this room
     job = jr.request()
     enclave, _ = jr.attempt(job)
     own = [state.version(n, m).manifest.sha256 for n, m in jr.state.jobs[job].released]
@@ -522,7 +525,7 @@ def test_an_enclave_reads_only_its_own_inputs_and_nothing_once_its_job_ends(
         for p in state.proposals.values()
         if p.action.type == "register_dataset" and p.status == "open"
     )
-    service = Service(jr.ledger, LocalBlobStore(blobs), LocalBlobStore(tmp_path / "results"))
+    service = Service(jr.ledger, store, LocalBlobStore(tmp_path / "results"))
     service.trust_enclave(jr.state.jobs[job])
     room = jr.room.room
 

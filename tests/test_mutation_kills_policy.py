@@ -1052,3 +1052,25 @@ def test_join_conditions_stay_as_written_so_the_engine_joins_by_hash() -> None:
     ).sql
     assert 'ON "t"."customer_hash" = "c"."customer_hash"' in sql
     assert 'TRY("t"."category" = \'grocery\')' in sql
+
+
+def test_no_sql_reads_a_model_whatever_its_rule() -> None:
+    """A model asset among the inputs refuses the analysis, read or not, DP or not."""
+    from cleanroom.datasets.schema import MODEL_SCHEMA  # noqa: PLC0415
+    from tests.test_scoring_rules import _toy_outputs  # noqa: PLC0415
+
+    model = Source(
+        "toy",
+        MODEL_SCHEMA,
+        None,
+        owner_approved=True,
+        model=_toy_outputs(("label", "int64", ("batch",))),
+    )
+    sources = {**SOURCES, "toy": model}
+    text = "SELECT category, COUNT(*) AS n FROM transactions GROUP BY category"
+    assert check_query(text, SOURCES).sql  # the same query, without the model: fine
+    for query in (text, "SELECT onnx FROM toy"):
+        with pytest.raises(PolicyError, match=r"^'toy' is a model: SQL cannot read a model$"):
+            check_query(query, sources)
+    with pytest.raises(PolicyError, match="is a model"):
+        check_dp("SELECT onnx FROM toy", sources, _dp_spec({"name": "n", "function": "count"}))

@@ -389,6 +389,7 @@ class Worker:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
         shutil.copytree(base / "src", self.src, ignore=ignore)
         shutil.copytree(base / "tests", root / "tests", ignore=ignore)
+        shutil.copytree(base / "examples", root / "examples", ignore=ignore)  # seeded data
         shutil.copy2(base / "pyproject.toml", root / "pyproject.toml")
         # compiled once so every run does not compile the whole package; the modules under
         # test get no bytecode, so a mutant is always read from its source

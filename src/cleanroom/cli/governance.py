@@ -217,6 +217,12 @@ def room_set_limits(
     time_s: int = typer.Option(..., "--time-s", min=1, help="Seconds a job may run."),
     memory_mb: int = typer.Option(..., "--memory-mb", min=64, help="Memory per job, in MB."),
     max_rows: int = typer.Option(..., "--max-rows", min=1, help="Most rows a result may hold."),
+    max_scoring_jobs: int | None = typer.Option(
+        None, "--max-scoring-jobs", min=0, help="Most scoring jobs over the room's life."
+    ),
+    max_scored_rows: int | None = typer.Option(
+        None, "--max-scored-rows", min=0, help="Most records scored over the room's life."
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -228,7 +234,13 @@ def room_set_limits(
     --room offers --service ... --as keys/bank
     """
     handle = _room(service, keystore, room)
-    pid = handle.set_limits(time_s=time_s, memory_mb=memory_mb, max_result_rows=max_rows)
+    pid = handle.set_limits(
+        time_s=time_s,
+        memory_mb=memory_mb,
+        max_result_rows=max_rows,
+        max_scoring_jobs=max_scoring_jobs,
+        max_scored_rows=max_scored_rows,
+    )
     proposed(pid, "new limits", quiet)
 
 

@@ -95,6 +95,63 @@ def analysis_propose(
     proposed(pid, f"analysis {name}", quiet)
 
 
+@analysis_app.command("propose-scoring")
+def analysis_propose_scoring(
+    name: str = typer.Argument(..., help="The analysis name, used by `job run`."),
+    model: str = typer.Option(..., "--model", help="The model asset that scores."),
+    records: str = typer.Option(..., "--records", help="The dataset whose rows it scores."),
+    id_column: str = typer.Option(..., "--id", help="The records' column that names each row."),
+    outputs: list[str] = typer.Option(
+        [], "--output", "-o", help="A model output to release, e.g. label (repeat; none: ids only)."
+    ),
+    keep: str | None = typer.Option(
+        None,
+        "--keep",
+        help="Keep only rows whose output equals a value: OUTPUT=VALUE, e.g. label=1.",
+    ),
+    recipients: list[str] = RECIPIENTS,
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
+) -> None:
+    """Propose a scoring analysis: a protected model scores every row of a dataset in
+    the enclave; the result holds the id column and the outputs named, nothing else.
+    It runs once the model's owner, the records' owner and every recipient approve.
+
+    Example: cleanroom analysis propose-scoring candidates --model triage --records
+    patients --id patient_id --keep label=1 --recipient hospital --room trial --as keys/hospital
+    """
+    kept: tuple[str, int | bool] | None = None
+    if keep is not None:
+        output, sep, value = keep.partition("=")
+        if not sep or not output.strip():
+            raise typer.BadParameter("write OUTPUT=VALUE, e.g. label=1", param_hint="--keep")
+        kept = (output.strip(), _keep_value(value.strip()))
+    handle = _room(service, keystore, room)
+    pid = handle.propose_scoring(
+        name,
+        model=model,
+        records=records,
+        id_column=id_column,
+        outputs=outputs,
+        keep=kept,
+        recipients=recipients,
+    )
+    proposed(pid, f"scoring analysis {name}", quiet)
+
+
+def _keep_value(text: str) -> int | bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an integer or true/false", param_hint="--keep"
+        ) from None
+
+
 @analysis_app.command("list")
 def analysis_list(
     room: str = ROOM, service: str = SERVICE, keystore: Path = KEYSTORE, as_json: bool = JSON

@@ -97,6 +97,9 @@ def _options(
 
 
 dataset_app.command("publish")(rooms.dataset_publish)
+model_app = typer.Typer(help="Publish protected models (ONNX) for scoring.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+model_app.command("publish")(rooms.model_publish)
 keys_app = typer.Typer(
     help="Release your datasets' keys to attested enclaves yourself (owner-held release).",
     no_args_is_help=True,

@@ -471,6 +471,79 @@ def dataset_publish(
         )
 
 
+def model_publish(
+    model: Path = typer.Argument(..., help="The model, an ONNX file (never a pickle)."),
+    name: str = typer.Option(..., "--name", "-n", help="The model asset's name in the room."),
+    version: str = typer.Option(..., "--version", help="The model's version, e.g. 1.0.0."),
+    features: str = typer.Option(
+        ...,
+        "--features",
+        help="The records' columns the model takes, in its input's order (comma separated).",
+    ),
+    release_to: str = typer.Option(
+        "sev-snp,tdx",
+        "--release-to",
+        help="Platforms whose attested enclaves may get the model's key (comma separated).",
+    ),
+    allow_insecure_virtual: bool = typer.Option(
+        False,
+        "--allow-insecure-virtual",
+        help="Also release the key to the insecure virtual platform (development only: "
+        "no hardware protects the model there).",
+    ),
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
+) -> None:
+    """Check an ONNX model as the enclave will, sign its manifest, seal it on this
+    machine and publish it like a dataset: its key stays with your key agent
+    (`cleanroom keys serve`), no SQL can read it, and it scores only in analyses
+    you approve (`cleanroom analysis propose-scoring`). See docs/models.md.
+
+    Example: cleanroom model publish triage.onnx --name triage --version 1.0.0
+    --features age_band,bmi,hba1c --room trial --service ... --as keys/vendor
+    """
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from cleanroom.models.manifest import ModelManifest  # noqa: PLC0415
+    from cleanroom.models.onnx import describe  # noqa: PLC0415 - the [server] extra
+
+    try:
+        model_bytes = model.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot read {model}: {exc.strerror}", param_hint="MODEL"
+        ) from exc
+    columns = tuple(f.strip() for f in features.split(",") if f.strip())
+    handle = _room(service, keystore, room)
+    party = handle.client.party
+    try:
+        manifest = ModelManifest(
+            name=name,
+            version=version,
+            vendor_name=party.name,
+            vendor_fingerprint=party.fingerprint,
+            features=columns,
+            model=describe(model_bytes),  # the enclave's checks, before anything is signed
+            created_at=f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    platforms = [p.strip() for p in release_to.split(",") if p.strip()]
+    if allow_insecure_virtual and "insecure-virtual" not in platforms:
+        platforms.append("insecure-virtual")
+    pid = handle.publish_model(model_bytes, manifest, name=name, release_to=platforms)
+    if quiet:
+        emit_id(pid)
+        return
+    console.print(f"Published model {name}: proposal {short(pid)} awaits approval")
+    console.print(
+        f"Its key stays here: run `cleanroom keys serve --room {room} --as {keystore}` "
+        "so approved scoring jobs can get it."
+    )
+
+
 def keys_serve(
     room: str = ROOM,
     service: str = SERVICE,

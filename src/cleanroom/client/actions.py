@@ -124,11 +124,13 @@ def add_analysis(
     inputs: Sequence[str],
     recipients: Sequence[str],
     dp: Mapping[str, Any] | None,
+    *,
+    language: str = "sql",
 ) -> dict[str, Any]:
     action: dict[str, Any] = {
         "type": "add_analysis",
         "name": name,
-        "language": "sql",
+        "language": language,
         "text": text,
         "inputs": list(inputs),
         "recipients": list(recipients),
@@ -168,15 +170,25 @@ def set_privacy_budget(dataset: str, epsilon: float, delta: float) -> dict[str, 
     )
 
 
-def set_limits(time_s: int, memory_mb: int, max_result_rows: int) -> dict[str, Any]:
-    return checked(
-        {
-            "type": "set_limits",
-            "time_s": time_s,
-            "memory_mb": memory_mb,
-            "max_result_rows": max_result_rows,
-        }
-    )
+def set_limits(
+    time_s: int,
+    memory_mb: int,
+    max_result_rows: int,
+    *,
+    max_scoring_jobs: int | None = None,
+    max_scored_rows: int | None = None,
+) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "type": "set_limits",
+        "time_s": time_s,
+        "memory_mb": memory_mb,
+        "max_result_rows": max_result_rows,
+    }
+    if max_scoring_jobs is not None:
+        action["max_scoring_jobs"] = max_scoring_jobs
+    if max_scored_rows is not None:
+        action["max_scored_rows"] = max_scored_rows
+    return checked(action)
 
 
 def change_constitution(rule: str, k: int | None, proposal_ttl_hours: int) -> dict[str, Any]:

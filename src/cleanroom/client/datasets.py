@@ -40,6 +40,7 @@ from cleanroom.governance import statements as st
 from cleanroom.governance.outcomes import rows_bucket
 from cleanroom.governance.views import job_view
 from cleanroom.identities.identity import PublicIdentity
+from cleanroom.models.manifest import ModelManifest
 from cleanroom.progress import Progress
 from cleanroom.protocol.sealing import result_context, seal_deposit
 
@@ -61,8 +62,9 @@ def publish(
     rule: dict[str, Any] | None,
     release: Literal["owner", "broker"],
     key_vault: Path | None,
+    model: ModelManifest | None = None,
 ) -> str:
-    """:meth:`Room.publish_dataset`."""
+    """:meth:`Room.publish_dataset` (and :meth:`Room.publish_model`, with ``model``)."""
     # sealing runs DuckDB: loaded only by those who seal
     from cleanroom.datasets.seal import seal_dataset, unseal_key  # noqa: PLC0415
 
@@ -87,6 +89,7 @@ def publish(
             output=Path(work) / "sealed",
             name=name,
             progress=progress,
+            model=model,
         )
         manifest = json.loads((sealed.directory / MANIFEST_FILE).read_text())
         key = unseal_key(sealed.directory, sealed.manifest, client.party)

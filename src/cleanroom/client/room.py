@@ -41,10 +41,11 @@ from cleanroom.client.answers import (
 )
 from cleanroom.client.audit import Audit
 from cleanroom.client.transport import answer_name
-from cleanroom.datasets.schema import Schema
+from cleanroom.datasets.schema import MODEL_SCHEMA, Schema
 from cleanroom.errors import (
     CleanroomError,
     DeserializationError,
+    GovernanceError,
     IntegrityError,
     NotFoundError,
     OperationalError,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
     from cleanroom.client.connection import Client
     from cleanroom.governance.state import RoomState
+    from cleanroom.models.manifest import ModelManifest
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")  # a full proposal or job id: used without a look-up
 
@@ -330,6 +332,103 @@ class Room:
         )
         return self.propose(action)
 
+    def propose_scoring(
+        self,
+        name: str,
+        *,
+        model: str,
+        records: str,
+        id_column: str,
+        recipients: Sequence[str],
+        outputs: Sequence[str] = (),
+        keep: tuple[str, int | bool] | None = None,
+    ) -> str:
+        """Propose a scoring analysis (ADR 0023): the protected ``model`` (its current
+        version, pinned by digest) scores every row of ``records`` inside the enclave;
+        the result holds ``id_column`` and the model ``outputs`` named, only for the
+        rows whose output ``keep[0]`` equals ``keep[1]`` when ``keep`` is given. The
+        model never leaves the enclave. It runs once the model's owner, the records'
+        owner and every recipient approve.
+
+            pid = room.propose_scoring(
+                "candidates", model="triage", records="patients",
+                id_column="patient_id", keep=("label", 1), recipients=["hospital"],
+            )
+        """
+        from cleanroom.policy.score import LANGUAGE, ScoreSpec  # noqa: PLC0415
+        from cleanroom.wire import parse_model  # noqa: PLC0415
+
+        model_name = self._dataset(model)
+        versions = self._verified().datasets[model_name].versions
+        pinned = versions[-1].manifest.model if versions else None
+        if pinned is None:
+            raise GovernanceError(f"{model_name!r} is not a model (or has no registered version)")
+        terms: dict[str, Any] = {
+            "model": model_name,
+            "model_digest": pinned.digest(),  # this exact model: a new version needs a new vote
+            "records": self._dataset(records),
+            "id": id_column,
+            "outputs": list(outputs),
+        }
+        if keep is not None:
+            terms["keep"] = {"output": keep[0], "equals": keep[1]}
+        spec = parse_model(ScoreSpec, terms, what="scoring analysis")  # a clear error, named
+        action = actions.add_analysis(
+            name,
+            spec.text(),
+            [spec.model, spec.records],
+            [self.resolve_member(r) for r in recipients],
+            None,
+            language=LANGUAGE,
+        )
+        return self.propose(action)
+
+    def propose_python(
+        self,
+        name: str,
+        bundle: str | os.PathLike[str] | Mapping[str, str],
+        *,
+        entry: str,
+        output: Sequence[tuple[str, str]],
+        inputs: Sequence[str],
+        recipients: Sequence[str],
+    ) -> str:
+        """Propose a Python analysis (ADR 0023): the code bundle (a directory of ``.py``
+        files, or a mapping of relative file names to source) is approved by digest
+        like SQL and runs in the enclave's confined child, with no network and no
+        file but its inputs. ``entry`` runs as ``__main__`` with ``argv[1]`` the
+        directory of inputs (``<name>.parquet``, decrypted) and ``argv[2]`` the output
+        directory, where it writes ``result.parquet`` with exactly the ``output``
+        columns, as ``(name, type)`` pairs. Only inputs whose owners approve this exact
+        bundle may be read (a custom rule, or none).
+
+            pid = room.propose_python(
+                "segments", "jobs/segments", entry="main.py",
+                output=[("segment", "string"), ("n", "int64")],
+                inputs=["customers"], recipients=["bank"],
+            )
+        """
+        from cleanroom.policy.python import LANGUAGE, Bundle, check_syntax  # noqa: PLC0415
+        from cleanroom.wire import parse_model  # noqa: PLC0415
+
+        files = dict(bundle) if isinstance(bundle, Mapping) else _bundle_files(Path(bundle))
+        terms = {
+            "entry": entry,
+            "files": files,
+            "output": [{"name": n, "type": t} for n, t in output],
+        }
+        parsed = parse_model(Bundle, terms, what="Python bundle")
+        check_syntax(parsed)  # here, before anything is signed
+        action = actions.add_analysis(
+            name,
+            parsed.text(),
+            [self._dataset(i) for i in inputs],
+            [self.resolve_member(r) for r in recipients],
+            None,
+            language=LANGUAGE,
+        )
+        return self.propose(action)
+
     def retire_analysis(self, analysis: str) -> str:
         """Propose that an analysis may no longer run.
 
@@ -403,12 +502,38 @@ class Room:
         """
         return self.propose(actions.set_privacy_budget(self._dataset(dataset), epsilon, delta))
 
-    def set_limits(self, *, time_s: int, memory_mb: int, max_result_rows: int) -> str:
-        """Propose the room's resource limits per job (a service may be stricter).
+    def set_limits(
+        self,
+        *,
+        time_s: int,
+        memory_mb: int,
+        max_result_rows: int,
+        max_scoring_jobs: int | None = None,
+        max_scored_rows: int | None = None,
+    ) -> str:
+        """Propose the room's resource limits per job (a service may be stricter), and
+        optionally its caps on scoring over the room's life: how many scoring jobs may
+        run, and how many rows of records they may score in all (model extraction
+        needs many queries; the caps bound them, on the ledger). Caps already set and
+        not named here are kept.
 
         Example: ``pid = room.set_limits(time_s=600, memory_mb=4096, max_result_rows=1_000_000)``
         """
-        return self.propose(actions.set_limits(time_s, memory_mb, max_result_rows))
+        current = self._verified().limits  # caps not named here are kept, never dropped
+        if current is not None:
+            if max_scoring_jobs is None:
+                max_scoring_jobs = current.max_scoring_jobs
+            if max_scored_rows is None:
+                max_scored_rows = current.max_scored_rows
+        return self.propose(
+            actions.set_limits(
+                time_s,
+                memory_mb,
+                max_result_rows,
+                max_scoring_jobs=max_scoring_jobs,
+                max_scored_rows=max_scored_rows,
+            )
+        )
 
     def change_constitution(
         self,
@@ -499,6 +624,48 @@ class Room:
                 release=release,
                 key_vault=Path(key_vault) if key_vault is not None else None,
             )
+
+    def publish_model(
+        self,
+        model_bytes: bytes,
+        manifest: ModelManifest,
+        *,
+        name: str,
+        release_to: Sequence[str] = ("sev-snp", "tdx"),
+        measurements: Sequence[str] | None = None,
+        release: Literal["owner", "broker"] = "owner",
+        key_vault: str | os.PathLike[str] | None = None,
+    ) -> str:
+        """Publish a model as a sealed asset (ADR 0023), exactly as
+        :meth:`publish_dataset` publishes data: sealed here under a fresh key, the
+        signed manifest carrying ``manifest`` (build it from the bytes with
+        :func:`cleanroom.models.onnx.describe`), registration proposed, the key
+        released by this owner's key agent (or the attested broker) to an attested
+        enclave only. No SQL may read it; a scoring analysis (:meth:`propose_scoring`)
+        that this owner approves is the only way it runs, and it never leaves the
+        enclave.
+
+            description = describe(onnx_bytes)
+            manifest = ModelManifest(name="triage", version="1.0", vendor_name=me.name,
+                vendor_fingerprint=me.fingerprint, features=("age", "hba1c"),
+                model=description, created_at="2026-11-26T00:00:00Z")
+            pid = room.publish_model(onnx_bytes, manifest, name="triage")
+        """
+        from cleanroom.datasets.seal import model_table  # noqa: PLC0415 - pyarrow
+
+        return datasets.publish(
+            self,
+            model_table(model_bytes, manifest),
+            schema=MODEL_SCHEMA,
+            name=name,
+            progress=None,
+            release_to=release_to,
+            measurements=measurements,
+            rule=None,
+            release=release,
+            key_vault=Path(key_vault) if key_vault is not None else None,
+            model=manifest,
+        )
 
     def keep_key_at_home(
         self,
@@ -727,3 +894,20 @@ def _job_line(job_id: str, view: dict[str, Any]) -> str:
     if status == "failed" and view.get("reason"):
         line += f": {view['reason']}"
     return line
+
+
+def _bundle_files(root: Path) -> dict[str, str]:
+    """The ``.py`` files under ``root`` by relative name (nothing else is sent)."""
+    if not root.is_dir():
+        raise DeserializationError(f"the bundle {root} is not a directory")
+    files = {}
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        try:
+            files[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DeserializationError(f"cannot read {path}: {exc}") from exc
+    if not files:
+        raise DeserializationError(f"the bundle {root} holds no .py file")
+    return files

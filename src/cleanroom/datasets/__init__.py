@@ -13,12 +13,20 @@ if TYPE_CHECKING:
         load_manifest,
         open_dataset,
         seal_dataset,
+        seal_model,
     )
 
 # Sealing and opening run DuckDB: loaded on first use, so that reading a schema or
 # a manifest (the SDK, the governance rules) does not load the engine.
 _LAZY = frozenset(
-    {"SealedDataset", "decrypt_dataset", "load_manifest", "open_dataset", "seal_dataset"}
+    {
+        "SealedDataset",
+        "decrypt_dataset",
+        "load_manifest",
+        "open_dataset",
+        "seal_dataset",
+        "seal_model",
+    }
 )
 
 
@@ -37,4 +45,5 @@ __all__ = [
     "load_manifest",
     "open_dataset",
     "seal_dataset",
+    "seal_model",
 ]

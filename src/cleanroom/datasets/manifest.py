@@ -12,6 +12,13 @@ A sealed dataset is a directory::
 
 The manifest never contains the key. The key id is a one-way hash of the key,
 so whoever opens a sealed key can check it is the key the manifest names.
+
+A model asset is published the same way (ADR 0023): ``data.parquet`` holds one
+row of :data:`~cleanroom.datasets.schema.MODEL_SCHEMA` (the model's name and its
+ONNX bytes) and the manifest carries the model manifest under ``model``
+(signature, opsets, digest, onnxruntime version), covered by the owner's one
+signature. A manifest has a ``model`` exactly when its schema is the model
+schema, and a ``binary`` column appears in no other dataset.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from pydantic import Field, StrictInt, StrictStr
 
 from cleanroom.crypto.encoding import b64url_decode, b64url_encode
 from cleanroom.crypto.hpke import SUITE_NAME, SealContext, seal
-from cleanroom.datasets.schema import Schema
-from cleanroom.errors import IntegrityError
+from cleanroom.datasets.schema import BINARY, MODEL_SCHEMA, Schema
+from cleanroom.errors import DeserializationError, IntegrityError
 from cleanroom.identities.identity import PublicIdentity, check_name
+from cleanroom.models.manifest import ModelManifest, model_from_payload
 from cleanroom.wire import WireModel, parse_model
 
 MANIFEST_TYP = "cleanroom-dataset-manifest+jws"
@@ -66,6 +74,28 @@ class _ManifestWire(WireModel):
     ciphertext: _Ciphertext
     key_id: StrictStr = Field(pattern=r"^[0-9a-f]{32}$")
     created_at: StrictStr
+    model: dict[str, Any] | None = None
+
+
+def check_asset(
+    schema: Schema, model: ModelManifest | None, owner_fingerprint: str, rows: int = 1
+) -> None:
+    """A dataset is a model asset exactly when it carries a model manifest: then its
+    schema is the model schema, it holds one row, and the model names the dataset's
+    owner as vendor; otherwise no column is binary. Raises :class:`DeserializationError`."""
+    if model is None:
+        binary = [c.name for c in schema.columns if c.type == BINARY]
+        if binary:
+            raise DeserializationError(
+                f"column {binary[0]!r} is binary: binary columns carry model assets only"
+            )
+        return
+    if schema != MODEL_SCHEMA:
+        raise DeserializationError("a model asset's schema must be the model schema")
+    if rows != 1:
+        raise DeserializationError("a model asset holds exactly one model")
+    if model.vendor_fingerprint != owner_fingerprint:
+        raise DeserializationError("a model asset's vendor must be the dataset's owner")
 
 
 @dataclass(frozen=True)
@@ -79,9 +109,10 @@ class Manifest:
     size: int
     key_id: str
     created_at: str
+    model: ModelManifest | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "format": "cleanroom-dataset",
             "version": FORMAT_VERSION,
             "name": self.name,
@@ -97,6 +128,9 @@ class Manifest:
             "key_id": self.key_id,
             "created_at": self.created_at,
         }
+        if self.model is not None:
+            payload["model"] = self.model.payload()
+        return payload
 
     def key_context(self) -> SealContext:
         """What the data key is sealed to: this dataset, this key, these bytes."""
@@ -116,16 +150,20 @@ class Manifest:
         wire = parse_model(_ManifestWire, payload, what="manifest")  # (3)
         if wire.owner.fingerprint != owner.fingerprint:  # (2)
             raise IntegrityError("manifest names a different owner than the one that signed it")
+        schema = Schema.from_json(wire.dataset_schema)
+        model = model_from_payload(wire.model) if wire.model is not None else None
+        check_asset(schema, model, wire.owner.fingerprint, wire.rows)
         return cls(
             name=check_name(wire.name),
             owner_name=wire.owner.name,
             owner_fingerprint=wire.owner.fingerprint,
-            schema=Schema.from_json(wire.dataset_schema),
+            schema=schema,
             rows=wire.rows,
             sha256=wire.ciphertext.sha256,
             size=wire.ciphertext.bytes,
             key_id=wire.key_id,
             created_at=wire.created_at,
+            model=model,
         )
 
 

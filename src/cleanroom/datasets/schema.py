@@ -19,7 +19,9 @@ Schema file (JSON)::
     }
 
 Types: boolean, int32, int64, float64, decimal(P,S), string, date, timestamp
-(no time zone) and timestamp_tz (normalised to UTC).
+(no time zone) and timestamp_tz (normalised to UTC). ``binary`` exists only for
+the bytes of a model asset (:data:`MODEL_SCHEMA`); a dataset manifest refuses it
+anywhere else.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ _SIMPLE_TYPES: tuple[str, ...] = (
     "timestamp",
     "timestamp_tz",
 )
+BINARY = "binary"  # model assets only (see the module's docstring)
 _DECIMAL = re.compile(r"decimal\((\d{1,2}),\s*(\d{1,2})\)")
 _COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _RANGE_TYPES = frozenset({"int32", "int64", "float64", "date", "timestamp", "timestamp_tz"})
@@ -61,10 +64,27 @@ Bound = StrictInt | StrictFloat | StrictStr
 Value = StrictInt | StrictStr
 
 
+def check_type(type_name: str) -> tuple[int, int] | None:
+    """Refuse an unknown type name (:class:`SchemaError`), without loading pyarrow;
+    returns the precision and scale of a decimal type."""
+    if type_name in _SIMPLE_TYPES or type_name == BINARY:
+        return None
+    match = _DECIMAL.fullmatch(type_name)
+    if match:
+        precision, scale = int(match.group(1)), int(match.group(2))
+        if 1 <= precision <= 38 and 0 <= scale <= precision:
+            return precision, scale
+    known = ", ".join([*_SIMPLE_TYPES, "decimal(P,S)"])
+    raise SchemaError(f"unknown column type {type_name!r}; use one of {known}")
+
+
 def arrow_type(type_name: str) -> pa.DataType:
     """The Arrow type of a declared type name; raises :class:`SchemaError`."""
     import pyarrow as pa  # noqa: PLC0415  (see the note at the top)
 
+    decimal = check_type(type_name)
+    if decimal is not None:
+        return pa.decimal128(*decimal)
     simple = {
         "boolean": pa.bool_(),
         "int32": pa.int32(),
@@ -74,16 +94,9 @@ def arrow_type(type_name: str) -> pa.DataType:
         "date": pa.date32(),
         "timestamp": pa.timestamp("us"),
         "timestamp_tz": pa.timestamp("us", tz="UTC"),
+        BINARY: pa.binary(),
     }
-    if type_name in simple:
-        return simple[type_name]
-    match = _DECIMAL.fullmatch(type_name)
-    if match:
-        precision, scale = int(match.group(1)), int(match.group(2))
-        if 1 <= precision <= 38 and 0 <= scale <= precision:
-            return pa.decimal128(precision, scale)
-    known = ", ".join([*_SIMPLE_TYPES, "decimal(P,S)"])
-    raise SchemaError(f"unknown column type {type_name!r}; use one of {known}")
+    return simple[type_name]
 
 
 def _greater(low: pa.Scalar, high: pa.Scalar) -> bool:
@@ -120,7 +133,7 @@ class Column:
                 f"column name {self.name!r} is invalid: use letters, digits and '_', "
                 "starting with a letter or '_', at most 63 characters"
             )
-        arrow_type(self.type)
+        check_type(self.type)
         ranged = self.minimum is not None or self.maximum is not None
         if ranged and self.type not in _RANGE_TYPES and not self.type.startswith("decimal"):
             raise SchemaError(f"column {self.name!r}: min/max are not allowed on {self.type}")
@@ -246,3 +259,13 @@ class Schema:
     @classmethod
     def load(cls, path: Path) -> Schema:
         return cls.from_json(read_json_file(Path(path), what="schema file"))
+
+
+MODEL_SCHEMA = Schema(
+    columns=(
+        Column("model", "string", nullable=False, description="the model's name"),
+        Column("onnx", BINARY, nullable=False, description="the ONNX bytes"),
+    ),
+    identity_column="model",
+)
+"""The schema of a model asset: one row, the model's name and its ONNX bytes."""

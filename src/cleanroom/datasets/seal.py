@@ -29,19 +29,27 @@ from cleanroom.datasets.manifest import (
     DATA_FILE,
     MANIFEST_FILE,
     Manifest,
+    check_asset,
     key_id_of,
     parse_sealed_key,
     seal_key,
     sealed_key_file,
 )
 from cleanroom.datasets.parquet import connect, read_encrypted, write_encrypted
-from cleanroom.datasets.schema import Schema
+from cleanroom.datasets.schema import MODEL_SCHEMA, Schema
 from cleanroom.datasets.sources import open_source, plain_format, write_plain
 from cleanroom.datasets.validate import BatchValidator
-from cleanroom.errors import IntegrityError, OperationalError, StorageError, ValidationError
+from cleanroom.errors import (
+    DeserializationError,
+    IntegrityError,
+    OperationalError,
+    StorageError,
+    ValidationError,
+)
 from cleanroom.fs import atomic_directory, atomic_path
 from cleanroom.identities.identity import PublicIdentity, check_name
 from cleanroom.identities.keystore import Party
+from cleanroom.models.manifest import ModelManifest
 from cleanroom.progress import NoProgress, Progress
 from cleanroom.wire import pretty_json, read_json_file
 
@@ -79,6 +87,7 @@ def seal_dataset(
     progress: Progress | None = None,
     now: Callable[[], datetime] = _utcnow,
     rng: Callable[[int], bytes] = os.urandom,
+    model: ModelManifest | None = None,
 ) -> SealedDataset:
     """Validate ``source`` against ``schema`` and write a sealed dataset to ``output``.
 
@@ -89,6 +98,10 @@ def seal_dataset(
     ``output`` then does not exist.
     """
     check_name(name)
+    try:
+        check_asset(schema, model, owner.fingerprint)  # before any row is read
+    except DeserializationError as exc:
+        raise ValidationError(str(exc)) from exc
     progress = progress or NoProgress()
     output = Path(output)
     src = open_source(source)
@@ -124,6 +137,10 @@ def seal_dataset(
             con.close()
         if validator.rows == 0:
             raise ValidationError("the input has no data rows")
+        try:
+            check_asset(schema, model, owner.fingerprint, validator.rows)
+        except DeserializationError as exc:
+            raise ValidationError(str(exc)) from exc
         digest, size = sha256_file(work / DATA_FILE)
         manifest = Manifest(
             name=name,
@@ -135,12 +152,48 @@ def seal_dataset(
             size=size,
             key_id=key_id_of(key),
             created_at=now().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            model=model,
         )
         signed = owner.sign_document(manifest.payload(), typ="cleanroom-dataset-manifest+jws")
         (work / MANIFEST_FILE).write_bytes(pretty_json(signed))
         sealed = seal_key(key, manifest, owner.identity)
         (work / sealed_key_file(owner.fingerprint)).write_bytes(pretty_json(sealed))
     return SealedDataset(output, manifest)
+
+
+def seal_model(
+    model_bytes: bytes,
+    manifest: ModelManifest,
+    *,
+    owner: Party,
+    output: Path,
+    name: str,
+    now: Callable[[], datetime] = _utcnow,
+) -> SealedDataset:
+    """Seal a model as a dataset (ADR 0023): one row of the model schema holding
+    the ONNX bytes, the signed dataset manifest carrying ``manifest``."""
+    return seal_dataset(
+        model_table(model_bytes, manifest),
+        schema=MODEL_SCHEMA,
+        owner=owner,
+        output=output,
+        name=name,
+        now=now,
+        model=manifest,
+    )
+
+
+def model_table(model_bytes: bytes, manifest: ModelManifest) -> pa.Table:
+    """The one row a model asset holds. The bytes must be the ones ``manifest``
+    describes (build it with :func:`cleanroom.models.onnx.describe`, which runs the
+    enclave's checks): nothing else is sealed under its name."""
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if (digest, len(model_bytes)) != (manifest.model.sha256, manifest.model.size):
+        raise ValidationError("the model bytes are not the ones the model manifest describes")
+    return pa.table(
+        {"model": [manifest.name], "onnx": [bytes(model_bytes)]},
+        schema=MODEL_SCHEMA.arrow_schema(),
+    )
 
 
 def load_manifest(directory: Path, owner: PublicIdentity) -> Manifest:

@@ -13,7 +13,8 @@ given. For one job it:
    ciphertext digest is taken from the owner-signed manifest on it;
 4. downloads each input, refuses any byte that does not match its digest,
    opens its key and checks the key id against the manifest;
-5. runs the job kind (SQL first) in its sandbox with the room's limits;
+5. runs the job kind (``sql`` in :mod:`~cleanroom.enclave.sql`, ``score`` in
+   :mod:`~cleanroom.enclave.score`) in its sandbox with the room's limits;
 6. seals the result as encrypted Parquet under a fresh key, that key sealed
    (HPKE) to each result recipient, uploads the ciphertext and reports a
    ``job.complete`` statement signed by its attested key; on any failure
@@ -56,6 +57,8 @@ from cleanroom.datasets.manifest import key_id_of
 from cleanroom.datasets.parquet import connect, write_encrypted
 from cleanroom.datasets.seal import sha256_file
 from cleanroom.enclave.failures import JobFailedError, category_of
+from cleanroom.enclave.python import run_python
+from cleanroom.enclave.score import run_score
 from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
 from cleanroom.errors import (
     AuthorizationError,
@@ -76,7 +79,7 @@ DP_EXTRA_MISSING = (
     "DP analyses need OpenDP where the enclave runs: "
     "pip install 'confidential-cleanroom[dp]' (the [server] extra includes it)"
 )
-KINDS: dict[str, JobKind] = {"sql": run_sql}
+KINDS: dict[str, JobKind] = {"sql": run_sql, "score": run_score, "python": run_python}
 
 
 class _Clock:
@@ -209,14 +212,27 @@ def dp_kind(spec: DpSpec) -> JobKind:
         raise MissingExtraError(DP_EXTRA_MISSING) from exc
 
     def run(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
-        started = time.perf_counter()
         exact = run_sql(dp.aggregate_sql(text, spec), inputs, limits, work)
-        table = dp.release(exact.table, spec)
-        # only the noisy release may depend on the data: the run is padded to the end
-        # of its time bucket and reports no phases, so its duration is a bucket too
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        time.sleep(max(0.0, time_bucket(math.ceil(elapsed_ms)) - elapsed_ms) / 1000)
-        return JobResult(table, {})
+        return JobResult(dp.release(exact.table, spec), {})
+
+    # only the noisy release may depend on the data: its duration is a bucket too
+    return padded(run)
+
+
+def padded(kind: JobKind) -> JobKind:
+    """``kind``, its run padded to the end of its time bucket and its phases withheld,
+    so the ledger's timings say nothing finer than a bucket about the data. For the
+    kinds whose code the data's owner cannot read: DP (only the noise may depend on
+    the data) and scoring (a vendor's model could time itself on one record)."""
+
+    def run(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
+        started = time.perf_counter()
+        try:
+            result = kind(text, inputs, limits, work)
+        finally:  # a failure waits for its bucket too: its time says nothing either
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            time.sleep(max(0.0, time_bucket(math.ceil(elapsed_ms)) - elapsed_ms) / 1000)
+        return JobResult(result.table, {}, result.confinement)
 
     return run
 
@@ -271,12 +287,19 @@ def _execute(
     # the enclave trusts no check done outside it: the rules come from the verified ledger
     try:
         text = state.check_policy(
-            analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
+            analysis.text,
+            analysis.inputs,
+            analysis.recipients,
+            analysis.dp,
+            analysis.approved_by,
+            language=analysis.language,
         )
     except GovernanceError as exc:
         raise JobFailedError(str(exc), category="query refused") from exc
     if analysis.dp is not None:
         kind = dp_kind(analysis.dp)
+    elif analysis.language in ("score", "python"):  # code the data's owners cannot read
+        kind = padded(kind)
     limits = room_limits(limits, state.limits)
     clock.lap("ledger_verify_ms")
     # every input's key, sealed to this enclave, is on the verified ledger
@@ -299,18 +322,22 @@ def _execute(
             )
             if key_id_of(key) != manifest.key_id:
                 raise IntegrityError(f"the key released for {name!r} is not its manifest's key")
-            inputs.append(Input(name, path, key))
+            inputs.append(Input(name, path, key, manifest.model, manifest.rows))
             digests.append({"dataset": name, "sha256": manifest.sha256})
         clock.lap("inputs_ms")
         result = kind(text, inputs, limits, work)
         clock.lap("run_ms")
         clock.phases.update(result.phases)
+        confinement = result.confinement
         output, sealed_keys, result_path = _seal_result(state, job, result.table, work, sealer)
         clock.lap("seal_ms")
         room.put_file(result_path, f"/v1/rooms/{room.id}/jobs/{job_id}/result/{output['sha256']}")
         clock.lap("upload_ms")
     # the timings are added (as buckets) by run_job, once the clock has stopped
-    return {"job": job_id, "output": output, "sealed_keys": sealed_keys, "inputs": digests}
+    body = {"job": job_id, "output": output, "sealed_keys": sealed_keys, "inputs": digests}
+    if confinement is not None:
+        body["confinement"] = confinement
+    return body
 
 
 def _seal_result(

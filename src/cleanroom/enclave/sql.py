@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -28,6 +29,9 @@ from cleanroom.datasets.parquet import add_key, connect, sql_string
 from cleanroom.enclave.failures import JobFailedError, engine_category
 from cleanroom.errors import OperationalError
 from cleanroom.policy.check import ENGINE_SETTINGS
+
+if TYPE_CHECKING:
+    from cleanroom.models.manifest import ModelManifest
 
 
 class QueryError(JobFailedError):
@@ -52,6 +56,8 @@ class Input:
     name: str
     path: Path
     key: bytes
+    model: ModelManifest | None = None  # a model asset's verified manifest
+    rows: int | None = None  # the row count its owner signed (None: not checked by the kind)
 
 
 _QUERY_START = re.compile(
@@ -91,10 +97,12 @@ def check_single_select(con: duckdb.DuckDBPyConnection, text: str) -> None:
 
 @dataclass(frozen=True)
 class JobResult:
-    """What a job kind produces: the rows to seal, and how long its phases took."""
+    """What a job kind produces: the rows to seal, how long its phases took, and for
+    a kind that runs code in the confined child, the confinement that held."""
 
     table: pa.Table
     phases: dict[str, int]
+    confinement: dict[str, object] | None = None
 
 
 def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:

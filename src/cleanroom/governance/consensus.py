@@ -48,7 +48,11 @@ def consensus_record(state: RoomBase) -> dict[str, Any]:
         "measurements": [list(pair) for pair in state.measurements],
         "allow_insecure_virtual": state.allow_insecure_virtual,
         "terms": state.terms.model_dump(mode="json") if state.terms is not None else None,
-        "limits": state.limits.model_dump(mode="json") if state.limits is not None else None,
+        "limits": (
+            state.limits.model_dump(mode="json", exclude_none=True)
+            if state.limits is not None
+            else None
+        ),
         "datasets": {
             name: {
                 "owner": d.owner,
@@ -104,12 +108,19 @@ def consensus_record(state: RoomBase) -> dict[str, Any]:
                 "output": j.output,
                 "reason": j.reason,
                 "finished_at": j.finished_at,
+                # a scoring job's counted versions: only where there are some, so the
+                # digest of every other job (and of rooms from before scoring) is unchanged
+                **({"counted": [list(i) for i in j.counted]} if j.counted else {}),
             }
             for job_id, j in state.jobs.items()
         },
         "proposals": {
             pid: {
-                "action": p.action.model_dump(mode="json"),
+                # unset scoring caps are left out: a set_limits from before they existed
+                # keeps its digest
+                "action": p.action.model_dump(
+                    mode="json", exclude_none=p.action.type == "set_limits"
+                ),
                 "proposer": p.proposer,
                 "status": str(p.status),
                 "approvers": sorted(p.approvers),
@@ -121,6 +132,12 @@ def consensus_record(state: RoomBase) -> dict[str, Any]:
             for pid, p in state.proposals.items()
         },
         "nonces": sorted(state.nonces),
+        # the scoring caps' counts, once a scoring job was requested (see "counted")
+        **(
+            {"scoring": [state.scoring_jobs, state.scored_rows]}
+            if state.scoring_jobs or state.scored_rows
+            else {}
+        ),
     }
 
 

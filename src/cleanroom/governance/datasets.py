@@ -202,6 +202,14 @@ class DatasetRules(RoomBase):
                 f"dataset {manifest.name!r} differs from {clash[0]!r} only by case; "
                 "SQL could not tell them apart"
             )
+        taken = [
+            d.name
+            for d in self.datasets.values()
+            if d.name != manifest.name
+            and any(v.manifest.sha256 == manifest.sha256 for v in d.versions)
+        ]
+        if taken:  # one ciphertext, one dataset: never another's bytes under a new name
+            raise GovernanceError(f"that ciphertext is already registered as {taken[0]!r}")
         if existing is not None:
             if existing.owner != proposer:
                 raise GovernanceError(f"dataset {manifest.name!r} belongs to another member")
@@ -256,7 +264,14 @@ class DatasetRules(RoomBase):
         for fingerprint in action.recipients:
             self._active(fingerprint, "result_recipient")
         # owners approve by voting; a custom rule's approval is checked again at release
-        self.check_policy(action.text, action.inputs, action.recipients, action.dp, None)
+        self.check_policy(
+            action.text,
+            action.inputs,
+            action.recipients,
+            action.dp,
+            None,
+            language=action.language,
+        )
 
     def check_policy(
         self,
@@ -265,37 +280,32 @@ class DatasetRules(RoomBase):
         recipients: Iterable[str],
         dp: DpSpec | None,
         approved_by: frozenset[str] | None,
+        *,
+        language: str = "sql",
     ) -> str:
         """Check an analysis against its inputs' current rules and budgets; returns
-        the SQL to run (thresholds injected). ``approved_by`` None: assume the
-        owners approve (the proposal is still open)."""
+        what the enclave runs: for SQL the query with thresholds injected, for
+        scoring the checked spec's text. ``approved_by`` None: assume the owners
+        approve (the proposal is still open)."""
         # imported here: the SQL parser loads only where an analysis is checked, so
         # the SDK (which folds rooms to verify them) starts without it when it can
-        from cleanroom.policy.check import Source, check_dp, check_query  # noqa: PLC0415
+        from cleanroom.policy.check import check_dp, check_query  # noqa: PLC0415
+        from cleanroom.policy.python import LANGUAGE as PYTHON  # noqa: PLC0415
+        from cleanroom.policy.python import check_python  # noqa: PLC0415
+        from cleanroom.policy.score import LANGUAGE as SCORE  # noqa: PLC0415
+        from cleanroom.policy.score import check_score  # noqa: PLC0415
 
-        sources = {}
-        for name in inputs:
-            dataset = self._dataset(name)
-            if not dataset.versions:
-                raise GovernanceError(f"dataset {name!r} has no registered version")
-            for fingerprint in recipients:
-                allowed = dataset.rule.recipients if dataset.rule is not None else None
-                if allowed is not None and fingerprint not in allowed:
-                    raise GovernanceError(
-                        f"the rule of {name!r} does not allow {fingerprint[:12]}... to receive "
-                        "results (strictest wins: the intersection of allowed recipients)"
-                    )
-            if dataset.budget is not None and dp is None:
-                raise GovernanceError(
-                    f"{name!r} has a privacy budget: only differentially private analyses "
-                    "may read it"
-                )
-            if dp is not None and dataset.budget is None:
-                raise GovernanceError(f"{name!r} has no privacy budget for a DP analysis")
-            approved = approved_by is None or dataset.owner in approved_by
-            sources[name] = Source(
-                name, dataset.versions[-1].manifest.schema, dataset.rule, approved
+        if language not in ("sql", SCORE, PYTHON):  # an allow-list: no check, no run
+            raise PolicyError(f"no check exists for {language!r} analyses")
+        if language != "sql" and dp is not None:
+            raise PolicyError(
+                f"a {language} analysis releases no differentially private aggregates"
             )
+        sources = self._sources(inputs, recipients, dp, approved_by)
+        if language == SCORE:  # cheap and pure: not memoised
+            return check_score(text, sources).spec.text()
+        if language == PYTHON:
+            return check_python(text, sources).bundle.text()
         memo = self.memo
         digest = _check_digest(text, sources, dp) if memo is not None else ""
         known = memo.get(digest) if memo is not None else None
@@ -317,6 +327,42 @@ class DatasetRules(RoomBase):
         if memo is not None:
             memo.put(digest, ok=True, value=sql)
         return sql
+
+    def _sources(
+        self,
+        inputs: Iterable[str],
+        recipients: Iterable[str],
+        dp: DpSpec | None,
+        approved_by: frozenset[str] | None,
+    ) -> dict[str, Source]:
+        """The inputs as the checks see them, after the rules every language shares:
+        each input registered, every recipient allowed by its rule, budgets only
+        spent by DP analyses."""
+        from cleanroom.policy.check import Source  # noqa: PLC0415 - see check_policy
+
+        sources = {}
+        for name in inputs:
+            dataset = self._dataset(name)
+            if not dataset.versions:
+                raise GovernanceError(f"dataset {name!r} has no registered version")
+            for fingerprint in recipients:
+                allowed = dataset.rule.recipients if dataset.rule is not None else None
+                if allowed is not None and fingerprint not in allowed:
+                    raise GovernanceError(
+                        f"the rule of {name!r} does not allow {fingerprint[:12]}... to receive "
+                        "results (strictest wins: the intersection of allowed recipients)"
+                    )
+            if dataset.budget is not None and dp is None:
+                raise GovernanceError(
+                    f"{name!r} has a privacy budget: only differentially private analyses "
+                    "may read it"
+                )
+            if dp is not None and dataset.budget is None:
+                raise GovernanceError(f"{name!r} has no privacy budget for a DP analysis")
+            approved = approved_by is None or dataset.owner in approved_by
+            manifest = dataset.versions[-1].manifest
+            sources[name] = Source(name, manifest.schema, dataset.rule, approved, manifest.model)
+        return sources
 
     def _apply_add_analysis(self, action: AddAnalysis, proposal: Proposal) -> None:
         """A new analysis, or the next version of one: it replaces the version before
@@ -374,6 +420,7 @@ def _check_digest(text: str, sources: dict[str, Source], dp: DpSpec | None) -> s
                     "schema": s.schema.to_json(),
                     "rule": s.rule.model_dump(mode="json") if s.rule is not None else None,
                     "approved": s.owner_approved,
+                    "model": s.model is not None,  # SQL never reads a model
                 }
                 for s in sources.values()
             ],

@@ -53,6 +53,7 @@ class JobRules(DatasetRules):
         if analysis.digest != body.digest:
             raise GovernanceError(f"the text of analysis {analysis.name!r} is not the one expected")
         self._consenting(analysis.inputs)
+        counted = self._count_scoring(analysis) if analysis.language == "score" else ()
         job = Job(
             statement.digest,
             analysis.name,
@@ -62,9 +63,30 @@ class JobRules(DatasetRules):
             analysis.inputs,
             analysis.recipients,
         )
+        job.counted = counted
         self.jobs[statement.digest] = job
         if all(self._dataset(name).versions for name in job.inputs):
             job.waiting_for = self._waiting(job, self.job_inputs(job.id))  # who must release
+
+    def _count_scoring(self, analysis: Analysis) -> tuple[tuple[str, str], ...]:
+        """Count a scoring job and the rows it will score against the room's caps;
+        refuses a job that would pass either (a failed or refused job still counts).
+        Returns the versions counted: the job's keys are released for those only."""
+        versions = [self._dataset(name).versions[-1] for name in analysis.inputs]
+        rows = sum(v.manifest.rows for v in versions if v.manifest.model is None)  # not the model
+        limits = self.limits
+        jobs_cap = limits.max_scoring_jobs if limits is not None else None
+        rows_cap = limits.max_scored_rows if limits is not None else None
+        if jobs_cap is not None and self.scoring_jobs + 1 > jobs_cap:
+            raise GovernanceError(f"the room allows {jobs_cap} scoring jobs, and all have run")
+        if rows_cap is not None and self.scored_rows + rows > rows_cap:
+            raise GovernanceError(
+                f"the room caps scored rows at {rows_cap}: this job would score {rows} more "
+                f"after {self.scored_rows}"
+            )
+        self.scoring_jobs += 1
+        self.scored_rows += rows
+        return tuple((name, v.digest) for name, v in zip(analysis.inputs, versions, strict=True))
 
     def _check_release(self, job: Job, claims: Claims) -> list[tuple[str, str]]:
         # R5 the job still waits for keys
@@ -84,10 +106,20 @@ class JobRules(DatasetRules):
         self._consenting(job.inputs)
         # R9 the inputs' rules still admit the analysis
         self.check_policy(
-            analysis.text, analysis.inputs, analysis.recipients, analysis.dp, analysis.approved_by
+            analysis.text,
+            analysis.inputs,
+            analysis.recipients,
+            analysis.dp,
+            analysis.approved_by,
+            language=analysis.language,
         )
         self._check_budget(job, analysis)  # R10
         inputs = self.job_inputs(job.id)
+        if job.counted and tuple(inputs) != job.counted:  # R9 a scoring job's counted rows
+            raise GovernanceError(
+                "an input has a new version since this scoring job was counted against the "
+                "room's caps: request a new job"
+            )
         self._check_deposits(inputs, claims)  # R11
         return inputs
 
@@ -333,4 +365,6 @@ class JobRules(DatasetRules):
             "duration_ms": body.duration_ms,
             "phases": dict(body.phases),
         }
+        if body.confinement is not None:
+            job.output["confinement"] = body.confinement.model_dump()
         job.sealed_keys = {k.recipient: k.sealed for k in body.sealed_keys}

@@ -161,6 +161,7 @@ class Job:
     released: tuple[tuple[str, str], ...] = ()  # (dataset, manifest digest)
     nonce: str = ""  # the key request's nonce, fixed by the job's first release
     expected: tuple[tuple[str, str], ...] = ()  # its inputs, fixed by the first release too
+    counted: tuple[tuple[str, str], ...] = ()  # a scoring job's inputs, as charged to the caps
     input_keys: dict[str, str] = field(default_factory=dict)  # manifest -> key sealed to enclave
     waiting_for: tuple[str, ...] = ()  # owners (fingerprints) whose release is still due
     output: dict[str, Any] | None = None
@@ -230,6 +231,8 @@ class RoomBase:
     brokers: dict[str, PublicIdentity] = field(default_factory=dict)  # named by deposits
     nonces: set[str] = field(default_factory=set)
     contract_version: int = 0
+    scoring_jobs: int = 0  # scoring jobs requested over the room's life (SetLimits caps)
+    scored_rows: int = 0  # rows of records those jobs score
     size: int = 0
     last_time: int = 0
     seen: set[str] = field(default_factory=set)

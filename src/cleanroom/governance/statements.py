@@ -118,7 +118,7 @@ class SetAnalysisRule(WireModel):
 class AddAnalysis(WireModel):
     type: Literal["add_analysis"]
     name: Name
-    language: Literal["sql"]
+    language: Literal["sql", "score", "python"]  # each with its own check in cleanroom.policy
     text: StrictStr = Field(min_length=1, max_length=100_000)
     inputs: list[Name] = Field(min_length=1, max_length=32)
     recipients: list[Digest] = Field(min_length=1, max_length=32)
@@ -204,12 +204,16 @@ class SetPrivacyBudget(WireModel):
 
 
 class SetLimits(WireModel):
-    """The room's resource limits per job (each service may be stricter)."""
+    """The room's resource limits per job (each service may be stricter), and its
+    caps on scoring over the room's life (against model extraction by probing:
+    every scoring job counts, and every row of the records it scores, at request)."""
 
     type: Literal["set_limits"]
     time_s: StrictInt = Field(ge=1, le=24 * 3600)
     memory_mb: StrictInt = Field(ge=64, le=1 << 20)
     max_result_rows: StrictInt = Field(ge=1, le=100_000_000)
+    max_scoring_jobs: StrictInt | None = Field(default=None, ge=0, le=1_000_000_000)
+    max_scored_rows: StrictInt | None = Field(default=None, ge=0, le=1 << 50)
 
 
 class ChangeConstitution(WireModel):
@@ -356,6 +360,17 @@ class JobOutput(WireModel):
     key_id: StrictStr = Field(min_length=1, max_length=64)
 
 
+class Confinement(WireModel):
+    """What held around a job's code in the confined child (ADR 0022): fixed fields."""
+
+    landlock_abi: StrictInt | None = Field(ge=1, le=64)
+    seccomp: StrictBool
+    uid_dropped: StrictBool
+    no_new_privs: StrictBool
+    rlimits: StrictBool
+    dac_read_bypass: StrictBool  # the sandbox user kept CAP_DAC_READ_SEARCH (Landlock fences)
+
+
 class SealedResultKey(WireModel):
     recipient: Digest
     sealed: StrictStr = Field(min_length=40, max_length=200)
@@ -375,6 +390,7 @@ class JobComplete(WireModel):
     inputs: list[InputDigest] = Field(min_length=1, max_length=32)
     duration_ms: Milliseconds
     phases: dict[PhaseName, Milliseconds] = Field(default_factory=dict, max_length=32)
+    confinement: Confinement | None = None  # a Python job's: what held around its code
 
 
 class JobFail(WireModel):

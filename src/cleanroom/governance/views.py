@@ -67,7 +67,8 @@ def room_view(state: RoomBase) -> dict[str, Any]:
         "attestation_terms": (
             state.terms.model_dump(exclude_none=True) if state.terms is not None else None
         ),
-        "limits": state.limits.model_dump() if state.limits else None,
+        "limits": state.limits.model_dump(exclude_none=True) if state.limits else None,
+        "scoring": {"jobs": state.scoring_jobs, "rows": state.scored_rows},  # against the caps
         "jobs": {
             status.value: sum(1 for j in state.jobs.values() if j.status == status)
             for status in JobStatus

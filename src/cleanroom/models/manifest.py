@@ -313,12 +313,19 @@ class ModelManifest:
         meets the invariants above.
         """
         payload = vendor.verify(document, typ=MODEL_MANIFEST_TYP)  # (1)
-        wire = parse_model(_ManifestWire, payload, what="model manifest")  # (3)
-        if wire.vendor.fingerprint != vendor.fingerprint:  # (2)
+        manifest = model_from_payload(payload)  # (3)
+        if manifest.vendor_fingerprint != vendor.fingerprint:  # (2)
             raise IntegrityError(
                 "model manifest names a different vendor than the one that signed it"
             )
-        return _from_wire(wire)
+        return manifest
+
+
+def model_from_payload(payload: Any) -> ModelManifest:
+    """Parse a model manifest's payload whose signature was checked by the caller
+    (its own JWS, or the dataset manifest that carries it); raises
+    :class:`DeserializationError`."""
+    return _from_wire(parse_model(_ManifestWire, payload, what="model manifest"))
 
 
 # -- wire models (parse once, at the edge) ---------------------------------------

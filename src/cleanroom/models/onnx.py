@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     import onnx
 
 MAX_MODEL_BYTES = 1 << 30
+LOG_FATAL_ONLY = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal
 DEFAULT_THREADS = 1
 
 # Signatures of formats people mistake for, or try to pass off as, a model file.
@@ -114,7 +116,9 @@ class _NodeArg(Protocol):
 class _InferenceSession(Protocol):
     def get_inputs(self) -> list[_NodeArg]: ...
     def get_outputs(self) -> list[_NodeArg]: ...
-    def run(self, output_names: list[str], input_feed: dict[str, Any]) -> list[Any]: ...
+    def run(
+        self, output_names: list[str], input_feed: dict[str, Any], run_options: Any = None
+    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,12 +132,18 @@ class Session:
         return f"Session({self.manifest!r})"
 
     def run(
-        self, feeds: Mapping[str, npt.NDArray[Any]], outputs: Sequence[str]
+        self,
+        feeds: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        *,
+        timeout_s: float | None = None,
     ) -> list[npt.NDArray[Any]]:
         """Run the model on ``feeds`` (one array per declared input) for ``outputs``.
 
         Raises :class:`ModelRefusedError` for an output the manifest does not
-        declare, :class:`ValidationError` when the arrays do not fit the inputs.
+        declare, :class:`ValidationError` when the arrays do not fit the inputs,
+        :class:`TimeoutError` when the run is stopped after ``timeout_s`` seconds
+        (onnxruntime checks its terminate flag between kernels).
         """
         declared = [t.name for t in self.manifest.model.inputs]
         if sorted(feeds) != sorted(declared):
@@ -141,11 +151,27 @@ class Session:
         for name in outputs:
             self.manifest.model.output(name)
         ort = _ort()
+        options = ort.RunOptions()
+        options.log_severity_level = LOG_FATAL_ONLY  # see session_options
+        stopped = threading.Event()
+
+        def stop() -> None:
+            stopped.set()
+            options.terminate = True
+
+        timer = threading.Timer(timeout_s, stop) if timeout_s is not None else None
+        if timer is not None:
+            timer.start()
         try:
-            results = self._session.run(list(outputs), dict(feeds))
+            results = self._session.run(list(outputs), dict(feeds), options)
         except _ort_errors(ort) as exc:
+            if stopped.is_set():
+                raise TimeoutError("the model ran over its time limit") from exc
             # onnxruntime's text names shapes and types; keep it on the cause only
             raise ValidationError("the input arrays do not fit the model's inputs") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
         return list(results)
 
 
@@ -298,8 +324,10 @@ def session_options(*, threads: int = DEFAULT_THREADS) -> Any:
 
     One intra-op pool of ``threads`` (no spinning: the enclave's cores are
     shared), sequential execution, no profiling, no optimized-model file, the
-    ONNX format only (never an ORT flatbuffer), deterministic compute, errors
-    only in the log (a warning can name tensors).
+    ONNX format only (never an ORT flatbuffer), deterministic compute, and only
+    fatal errors in onnxruntime's own log: it writes to the process's standard
+    error, and a kernel's error can quote a value computed from the data (a
+    shape taken from a feature), so nothing of the data reaches it.
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError("threads must be a positive integer")
@@ -312,7 +340,7 @@ def session_options(*, threads: int = DEFAULT_THREADS) -> Any:
     options.enable_profiling = False
     options.optimized_model_filepath = ""
     options.use_deterministic_compute = True
-    options.log_severity_level = 3
+    options.log_severity_level = LOG_FATAL_ONLY
     options.add_session_config_entry("session.load_model_format", "ONNX")
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -14,6 +14,7 @@ Nothing here reads or writes a file; the thread count is the session's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,8 +98,12 @@ def score(
     *,
     outputs: Sequence[str] = ("label",),
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    deadline: float | None = None,
 ) -> Any:
-    """The model's ``outputs`` for each row of ``table`` (a ``pyarrow.Table``)."""
+    """The model's ``outputs`` for each row of ``table`` (a ``pyarrow.Table``).
+
+    ``deadline`` (a :func:`time.monotonic` instant) stops the model's runs when it
+    passes: :class:`TimeoutError`."""
     model = session.manifest.model
     features = session.manifest.features
     if not features:
@@ -128,7 +133,10 @@ def score(
             ),
             dtype=np.float32,
         )
-        results = session.run({tensor.name: matrix}, names)  # (4)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError("scoring ran over its time limit")
+        results = session.run({tensor.name: matrix}, names, timeout_s=left)  # (4)
         for i, (name, result) in enumerate(zip(names, results, strict=True)):  # (5)
             chunks[i].append(_column(result, batch.num_rows, name, schema.field(name).type))
     columns = [

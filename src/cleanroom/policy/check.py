@@ -43,6 +43,7 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from cleanroom.datasets.schema import Schema
 from cleanroom.errors import PolicyError
+from cleanroom.models.manifest import ModelManifest
 from cleanroom.policy import grammar, threshold
 from cleanroom.policy.grammar import AGGREGATES, ARITHMETIC, SCALARS, family
 from cleanroom.policy.rules import (
@@ -73,13 +74,15 @@ _sql = grammar.sql
 
 @dataclass(frozen=True)
 class Source:
-    """An input as the checker sees it: schema, rule, and whether its owner
-    approved this analysis's exact text (what a custom rule requires)."""
+    """An input as the checker sees it: schema, rule, whether its owner approved
+    this analysis's exact text (what a custom rule requires), and the model
+    manifest of a model asset (which only a scoring analysis may read)."""
 
     name: str
     schema: Schema
     rule: Rule | None
     owner_approved: bool = False
+    model: ModelManifest | None = None
 
     @property
     def protected(self) -> bool:
@@ -189,6 +192,8 @@ def _inputs(query: exp.Select, sources: dict[str, Source]) -> dict[str, _Input]:
     """The declared inputs this query reads, by lower-cased name."""
     by_name: dict[str, _Input] = {}
     for source in sources.values():
+        if source.model is not None:
+            raise PolicyError(f"{source.name!r} is a model: SQL cannot read a model")
         view = _Input.of(source)
         if view.name in by_name:
             raise PolicyError(

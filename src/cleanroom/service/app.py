@@ -645,15 +645,18 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
             int(m["payload"]["ciphertext"]["bytes"])
             for m in _proposed_manifests(state, who)
             if m["payload"]["ciphertext"]["sha256"] != digest
-            and service.blobs.exists(m["payload"]["ciphertext"]["sha256"])
+            and who in service.blobs.uploaders(room, m["payload"]["ciphertext"]["sha256"])
         )
         if stored + size > service.member_quota_bytes:
             raise RateLimitedError(
                 f"this upload ({size} bytes) would take you past your quota in this room "
                 f"({service.member_quota_bytes} bytes; {stored} used)"
             )
-        if not service.blobs.exists(digest):
-            await service.blobs.put(digest, size, request.stream())
+        # the whole upload, even of bytes stored for another room: a room holds only
+        # what one of its members proved to have (a digest read on another room's
+        # ledger is not the bytes)
+        await service.blobs.put(digest, size, request.stream())
+        service.blobs.claim(room, digest, who)
         return {"digest": digest, "bytes": size}
 
     @app.get(
@@ -666,15 +669,27 @@ def _blob_routes(app: FastAPI, service: Service) -> None:
     def download(room: RoomId, digest: Digest, grant: Granted) -> StreamingResponse:
         """Dataset ciphertext only (job results come from their own route and store):
         a registered version's to members, a released input's to its job's enclave.
-        A proposal, open or not, opens nothing."""
+        A model's ciphertext goes to its owner and to enclaves only: nobody else
+        holds even the encrypted weights. A proposal, open or not, opens nothing."""
         state, job = grant.room, grant.job
         check_digest(digest)
+        # a version's bytes only as its own owner uploaded them in this room: a manifest
+        # naming another's digest (read on a ledger) opens nothing
+        uploaders = service.blobs.uploaders(room, digest)
+        versions = [(d.owner, v.manifest) for d in state.datasets.values() for v in d.versions]
+        named = [(owner, m) for owner, m in versions if m.sha256 == digest and owner in uploaders]
         if job is not None:
             released = {state.version(n, m).manifest.sha256 for n, m in job.released}
             if digest not in released:
                 raise AuthorizationError("an enclave reads its own job's inputs only")
-        elif digest not in {v.manifest.sha256 for d in state.datasets.values() for v in d.versions}:
+            if not named:
+                raise NotFoundError("its owner has not uploaded that input in this room")
+            return _stream(service.blobs, digest)
+        if not named:
             raise NotFoundError("no registered dataset in this room has that digest")
+        model_owners = {owner for owner, m in named if m.model is not None}
+        if model_owners and grant.signer not in model_owners:
+            raise AuthorizationError("a model's ciphertext goes only to its owner and to enclaves")
         return _stream(service.blobs, digest)
 
 
