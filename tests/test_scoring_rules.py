@@ -1239,3 +1239,31 @@ def test_the_state_digest_covers_the_scoring_counts(scoring: ScoringWorld) -> No
     assert limits == [
         {"type": "set_limits", "time_s": 60, "memory_mb": 512, "max_result_rows": 1000}
     ]
+
+
+def test_a_decoy_cannot_race_the_models_open_registration(scoring: ScoringWorld) -> None:
+    """The vendor's registration is open (its ciphertext digest is on the ledger): a
+    recipient's own manifest naming that digest is refused, so it can neither be
+    accepted first nor then block the vendor's registration."""
+    from cleanroom.datasets.seal import seal_model  # noqa: PLC0415
+
+    state = scoring.fresh()
+    merchant, bank = scoring.fx.parties["merchant"], scoring.fx.parties["bank"]
+    v2 = _toy_manifest(merchant)
+    out = scoring.tmp / f"toy-v2-{len(state.proposals)}"
+    seal_model(TOY_BYTES, v2, owner=merchant, output=out, name="toy")
+    model = json.loads((out / MANIFEST_FILE).read_text())
+    pid = scoring.propose(state, "merchant", {"type": "register_dataset", "manifest": model})
+    assert state.proposals[pid].status == "open"
+    payload = {**scoring.sealed("bank", "decoy")["payload"]}
+    payload["ciphertext"] = model["payload"]["ciphertext"]
+    decoy = bank.sign_document(payload, typ="cleanroom-dataset-manifest+jws")
+    action = {"action": {"type": "register_dataset", "manifest": decoy}}
+    phrase = r"^that ciphertext is another member's, proposed for registration$"
+    refused(scoring, state, "bank", "proposal.create", action, phrase)
+    # the vendor's own registration is not its own decoy
+    proposal = state.proposals[pid]
+    names = {p.fingerprint: n for n, p in scoring.fx.parties.items()}
+    for fingerprint in sorted(proposal.approvers - set(proposal.approvals)):
+        scoring.vote(state, names[fingerprint], pid)
+    assert state.proposals[pid].status == "accepted"

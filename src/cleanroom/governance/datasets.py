@@ -173,6 +173,22 @@ class DatasetRules(RoomBase):
                 found.add((str(name), manifest_owner(action.manifest)))
         return found
 
+    def _ciphertext_proposed(self, sha256: str, *, excluding: str) -> bool:
+        """Whether a member other than ``excluding`` has an open registration of a
+        manifest naming the ciphertext ``sha256``."""
+        for proposal in self.proposals.values():
+            action = proposal.action
+            if (
+                isinstance(action, RegisterDataset)
+                and proposal.status == ProposalStatus.OPEN
+                and proposal.proposer != excluding
+            ):
+                payload = action.manifest.get("payload")
+                ciphertext = payload.get("ciphertext") if isinstance(payload, dict) else None
+                if isinstance(ciphertext, dict) and ciphertext.get("sha256") == sha256:
+                    return True
+        return False
+
     def _manifest(self, action: RegisterDataset) -> Manifest:
         owner = self._active(manifest_owner(action.manifest), "data_provider")
         try:
@@ -210,6 +226,10 @@ class DatasetRules(RoomBase):
         ]
         if taken:  # one ciphertext, one dataset: never another's bytes under a new name
             raise GovernanceError(f"that ciphertext is already registered as {taken[0]!r}")
+        if self._ciphertext_proposed(manifest.sha256, excluding=proposer):
+            # read on the ledger while the owner's registration is still open: a decoy
+            # accepted first would refuse the owner's own registration
+            raise GovernanceError("that ciphertext is another member's, proposed for registration")
         if existing is not None:
             if existing.owner != proposer:
                 raise GovernanceError(f"dataset {manifest.name!r} belongs to another member")
