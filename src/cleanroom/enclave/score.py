@@ -29,15 +29,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cleanroom.enclave.sql import Input, JobResult, Limits, QueryError, run_sql
+from cleanroom.enclave.sql import Input, JobResult, Limits, QueryError, quote_identifier, run_sql
 from cleanroom.errors import IntegrityError, ModelRefusedError, ValidationError
 from cleanroom.policy.score import parse_spec
 
 UNLIMITED_ROWS = 1 << 62
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def run_score(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
@@ -56,16 +52,16 @@ def run_score(text: str, inputs: list[Input], limits: Limits, work: Path) -> Job
         raise QueryError("the released model is not the pinned one", category="integrity error")
     # (1) the inputs are read within the room's limits, but the records are not a result
     reading = replace(limits, max_result_rows=UNLIMITED_ROWS, max_result_bytes=UNLIMITED_ROWS)
-    columns = ", ".join(_identifier(c) for c in (spec.id, *manifest.features))
+    columns = ", ".join(quote_identifier(c) for c in (spec.id, *manifest.features))
     model_rows = run_sql(
-        f"SELECT onnx FROM {_identifier(spec.model)}",  # noqa: S608 - checked names
+        f"SELECT onnx FROM {quote_identifier(spec.model)}",  # noqa: S608 - checked names
         inputs,
         reading,
         work,
     )
     left = max(0.0, limits.time_s - (time.perf_counter() - started))  # one budget for all
     records = run_sql(
-        f"SELECT {columns} FROM {_identifier(spec.records)}",  # noqa: S608 - checked names
+        f"SELECT {columns} FROM {quote_identifier(spec.records)}",  # noqa: S608 - checked names
         inputs,
         replace(reading, time_s=left),
         work,

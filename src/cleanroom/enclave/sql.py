@@ -75,7 +75,7 @@ def memory_mb(text: str) -> int:
     return max(1, int(size // 1_000_000))
 
 
-def _identifier(name: str) -> str:
+def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -117,7 +117,7 @@ def run_sql(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobRe
             name = add_key(con, item.key)
             _execute(
                 con,
-                f"CREATE VIEW {_identifier(item.name)} AS SELECT * FROM read_parquet("  # noqa: S608
+                f"CREATE VIEW {quote_identifier(item.name)} AS SELECT * FROM read_parquet("  # noqa: S608
                 f"'{sql_string(str(item.path))}', encryption_config={{footer_key: '{name}'}})",
                 f"input {item.name!r} cannot be opened with its key",
             )

@@ -39,16 +39,15 @@ in the enclave a file that does not parse fails the job like any other crash.
 from __future__ import annotations
 
 import ast
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, StrictStr
 
-from cleanroom.crypto.canonical import canonical_json
-from cleanroom.errors import CleanroomError, PolicyError
+from cleanroom.errors import PolicyError
+from cleanroom.policy.canonical import CanonicalText, fail_closed, parse_canonical
 from cleanroom.policy.rules import AggregationRule, Column, CustomRule, ListRule
-from cleanroom.wire import WireModel, parse_model
+from cleanroom.wire import WireModel
 
 if TYPE_CHECKING:
     from cleanroom.policy.check import Source
@@ -68,14 +67,10 @@ class OutputColumn(WireModel):
     type: OutputType
 
 
-class Bundle(WireModel):
+class Bundle(CanonicalText):
     entry: FileName
     files: dict[FileName, StrictStr] = Field(min_length=1, max_length=MAX_FILES)
     output: list[OutputColumn] = Field(min_length=1, max_length=1024)
-
-    def text(self) -> str:
-        """The canonical text of this bundle: what an analysis proposes."""
-        return canonical_json(self.model_dump(mode="json")).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -91,16 +86,7 @@ class PythonPlan:
 
 def parse_bundle(text: str) -> Bundle:
     """The bundle of a Python analysis; refuses any text but its canonical form."""
-    try:
-        bundle = parse_model(Bundle, json.loads(text), what="Python bundle")
-    except (ValueError, CleanroomError) as exc:
-        raise PolicyError(f"a Python analysis is one JSON object: {exc}") from exc
-    if bundle.text() != text:
-        raise PolicyError(
-            "a Python analysis must be written in RFC 8785 canonical JSON (sorted keys, "
-            "no spaces), so its digest has one reading"
-        )
-    return bundle
+    return parse_canonical(Bundle, text, what="Python analysis")
 
 
 def check_syntax(bundle: Bundle) -> None:
@@ -116,14 +102,8 @@ def check_syntax(bundle: Bundle) -> None:
 
 def check_python(text: str, sources: dict[str, Source]) -> PythonPlan:
     """Check a Python analysis against its inputs; any failure is a refusal."""
-    try:
+    with fail_closed():
         return _check(text, sources)
-    except PolicyError:
-        raise
-    except Exception as exc:  # fail closed, naming only the failure's kind
-        raise PolicyError(
-            f"the analysis could not be checked, so it is refused ({type(exc).__name__})"
-        ) from exc
 
 
 def _check(text: str, sources: dict[str, Source]) -> PythonPlan:

@@ -40,17 +40,16 @@ Refused, each with its reason:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
-from cleanroom.crypto.canonical import canonical_json
-from cleanroom.errors import CleanroomError, PolicyError
+from cleanroom.errors import PolicyError
 from cleanroom.models.manifest import ModelManifest, TensorSpec
+from cleanroom.policy.canonical import CanonicalText, fail_closed, parse_canonical
 from cleanroom.policy.rules import AggregationRule, Column, CustomRule, ListRule
-from cleanroom.wire import WireModel, parse_model
+from cleanroom.wire import WireModel
 
 if TYPE_CHECKING:
     from cleanroom.policy.check import Source
@@ -73,17 +72,13 @@ class Keep(WireModel):
     equals: StrictInt | StrictBool
 
 
-class ScoreSpec(WireModel):
+class ScoreSpec(CanonicalText):
     model: InputName
     model_digest: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
     records: InputName
     id: Column
     outputs: list[OutputName] = Field(default_factory=list, max_length=MAX_OUTPUTS)
     keep: Keep | None = None
-
-    def text(self) -> str:
-        """The canonical text of this spec: what an analysis proposes."""
-        return canonical_json(self.model_dump(mode="json", exclude_none=True)).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -101,28 +96,13 @@ class ScorePlan:
 
 def parse_spec(text: str) -> ScoreSpec:
     """The spec of a scoring analysis; refuses any text but its canonical form."""
-    try:
-        spec = parse_model(ScoreSpec, json.loads(text), what="scoring analysis")
-    except (ValueError, CleanroomError) as exc:
-        raise PolicyError(f"a scoring analysis is one JSON object: {exc}") from exc
-    if spec.text() != text:
-        raise PolicyError(
-            "a scoring analysis must be written in RFC 8785 canonical JSON (sorted keys, "
-            f"no spaces), so its digest has one reading: {spec.text()}"
-        )
-    return spec
+    return parse_canonical(ScoreSpec, text, what="scoring analysis")
 
 
 def check_score(text: str, sources: dict[str, Source]) -> ScorePlan:
     """Check a scoring analysis against its two inputs; any failure is a refusal."""
-    try:
+    with fail_closed():
         return _check(text, sources)
-    except PolicyError:
-        raise
-    except Exception as exc:  # fail closed, naming only the failure's kind
-        raise PolicyError(
-            f"the analysis could not be checked, so it is refused ({type(exc).__name__})"
-        ) from exc
 
 
 def _check(text: str, sources: dict[str, Source]) -> ScorePlan:
