@@ -69,6 +69,27 @@ def patients(rows: int, seed: int = 7) -> pa.Table:
     return pa.table({"patient_id": ids, "postcode": postcodes, **columns})
 
 
+# a trial sponsor's outcomes: who responded to the drug (the training scenario's data)
+OUTCOMES_SCHEMA: dict[str, Any] = {
+    "identity_column": "patient_id",
+    "columns": [
+        *PATIENTS_SCHEMA["columns"],
+        {"name": "responded", "type": "int32", "nullable": False, "min": 0, "max": 1},
+    ],
+}
+
+
+def outcomes(rows: int, seed: int = 13) -> pa.Table:
+    """Trial outcomes in OUTCOMES_SCHEMA: patients who responded are likelier among the
+    eligible, with a lower HbA1c and better kidney function (5 % of labels flipped)."""
+    rng = np.random.default_rng(seed)
+    table = patients(rows, seed)
+    columns = {f: table.column(f).to_numpy() for f in FEATURES}
+    odds = 1.5 * eligible(columns) - 0.4 * (columns["hba1c"] - 7) + 0.02 * (columns["egfr"] - 60)
+    responded = (odds + rng.normal(0, 1, rows) > 0.5) ^ (rng.random(rows) < 0.05)
+    return table.append_column("responded", pa.array(responded.astype(np.int32)))
+
+
 def vendor_training_set(rows: int, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
     """The vendor's own synthetic data: a feature matrix (FEATURES order) and labels."""
     rng = np.random.default_rng(seed)

@@ -17,11 +17,17 @@ from examples.clinical_data import PATIENTS_RULE, PATIENTS_SCHEMA, patients
 from cleanroom import Party
 from cleanroom.datasets.schema import MODEL_SCHEMA, Schema
 from cleanroom.enclave.sandbox import probe_confinement
-from cleanroom.errors import PolicyError
+from cleanroom.errors import CleanroomError, PolicyError
 from cleanroom.policy.check import Source
 from cleanroom.policy.python import Bundle, check_python, parse_bundle
 from cleanroom.policy.rules import AggregationRule, CustomRule, ListRule
 from cleanroom.service.local import local_service
+from tests.test_jobs import (  # the jobs suite's clients and key agents
+    _approve_if_needed,
+    _client,
+    _close_clients,  # noqa: F401 - an autouse fixture
+    start_agent,
+)
 
 PATIENTS = Schema.from_json(PATIENTS_SCHEMA)
 COUNT_BY_AGE = """\
@@ -122,12 +128,12 @@ def test_an_unknown_output_type_is_refused_by_name() -> None:
         (
             AggregationRule(type="aggregation", dimensions=["age_band"], min_distinct=5),
             True,
-            "aggregation rule of 'patients' admits SQL it can check, not code",
+            "aggregation rule of 'patients' admits SQL it can check, not a Python analysis",
         ),
         (ListRule(type="list", list_columns=["age_band"]), True, "list rule of 'patients'"),
-        (CustomRule(type="custom"), False, "owner of 'patients' has not approved this bundle"),
+        (CustomRule(type="custom"), False, "owner of 'patients' has not approved this analysis"),
         (CustomRule(type="custom", min_distinct=2), True, "threshold of 2"),
-        ({"type": "later"}, True, "not one Python analyses understand"),
+        ({"type": "later"}, True, "not one a Python analysis understands"),
     ],
 )
 def test_inputs_that_do_not_admit_code_are_refused(rule: Any, approved: bool, phrase: str) -> None:
@@ -329,11 +335,6 @@ def test_a_python_job_runs_end_to_end_and_records_its_confinement(
     service: str, tmp_path: Path
 ) -> None:
     from cleanroom.attestation import measure  # noqa: PLC0415
-    from tests.test_jobs import (  # noqa: PLC0415
-        _approve_if_needed,
-        _client,
-        start_agent,
-    )
 
     hospital = Party.create("hospital")
     client = _client(service, hospital, tmp_path)
@@ -359,6 +360,15 @@ def test_a_python_job_runs_end_to_end_and_records_its_confinement(
     _approve_if_needed(room, published)
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "main.py").write_text(COUNT_BY_AGE)
+    # before proposing: the same bundle, in the same confined child, on mock rows
+    tried = room.try_analysis("python", _bundle().text(), ["patients"], rows=250)
+    assert tried.column_names == ["age_band", "patients"]
+    assert sum(tried.column("patients").to_pylist()) == 250
+    escape = _bundle(
+        COUNT_BY_AGE.replace("inputs, output =", "open('/etc/passwd'); inputs, output =")
+    )
+    with pytest.raises(CleanroomError, match="the job failed"):
+        room.try_analysis("python", escape.text(), ["patients"])
     pid = room.propose_python(
         "by-age",
         tmp_path / "bundle",

@@ -562,8 +562,8 @@ def test_the_room_checks_a_scoring_analysis_with_the_scoring_check(
     with pytest.raises(PolicyError, match="'toy' is a model: SQL cannot read a model"):
         state.check_policy("SELECT count(*) FROM records", inputs, bank, None, None)
     # a language no check exists for runs nowhere
-    with pytest.raises(PolicyError, match=r"^no check exists for 'train' analyses$"):
-        state.check_policy(scoring.text, inputs, bank, None, None, language="train")
+    with pytest.raises(PolicyError, match=r"^no check exists for 'fit' analyses$"):
+        state.check_policy(scoring.text, inputs, bank, None, None, language="fit")
     # scoring releases rows, never a DP aggregate
     from cleanroom.policy.rules import DpSpec  # noqa: PLC0415
     from tests.test_privacy_rules import DP_SPEC  # noqa: PLC0415

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from cleanroom.client import Room
-    from cleanroom.datasets.mock import MockSpec
     from cleanroom.governance.model import Dataset
     from cleanroom.governance.state import RoomState
     from cleanroom.policy.rules import AggregationRule, CustomRule, ListRule
@@ -47,7 +46,6 @@ ROWS = typer.Option(
     None, "--rows", min=1, max=1_000_000, help="Mock rows per dataset (default: 1,000 or more)."
 )
 SHOWN_ROWS = 20  # result rows printed by `analysis check` (--json has them all)
-PERSONS = 200  # made-up people behind the mocks, at least 10x the strictest threshold
 
 
 def register(dataset_app: typer.Typer, analysis_app: typer.Typer) -> None:
@@ -93,36 +91,10 @@ def _member_name(state: RoomState, fingerprint: str) -> str:
     return member.identity.name if member is not None else fingerprint[:12]
 
 
-def _mock_spec(state: RoomState, dataset: Dataset, rows: int | None, seed: int) -> MockSpec:
-    """Mock sizes from the room's strictest threshold (so groups can pass it),
-    join columns and dimensions from the dataset's own rule."""
-    from cleanroom.datasets.mock import MAX_ROWS, MockSpec  # noqa: PLC0415
-
-    strictest = max((_threshold(d.rule) for d in state.datasets.values()), default=0)
-    persons = max(PERSONS, 10 * strictest)
-    rule = dataset.rule
-    return MockSpec.of(
-        rows=rows if rows is not None else min(MAX_ROWS, max(1000, 5 * persons)),
-        persons=persons,
-        seed=seed,
-        linked=getattr(rule, "join_columns", ()),
-        grouped=getattr(rule, "dimensions", ()),
-    )
-
-
-def _threshold(rule: Rule | None) -> int:
-    if rule is None:
-        return 0
-    base: int = getattr(rule, "min_distinct", None) or 0
-    overrides: dict[str, int] = getattr(rule, "column_thresholds", {}) or {}
-    return max([base, *overrides.values()])
-
-
 def _mock(state: RoomState, dataset: Dataset, rows: int | None, seed: int) -> pa.Table:
-    from cleanroom.datasets.mock import mock_table  # noqa: PLC0415
+    from cleanroom.client.mocks import mock_of  # noqa: PLC0415
 
-    schema = dataset.versions[-1].manifest.schema
-    return mock_table(schema, dataset.name, _mock_spec(state, dataset, rows, seed))
+    return mock_of(state, dataset, rows, seed)
 
 
 # -- the rule in words ----------------------------------------------------------------
@@ -469,9 +441,11 @@ def analysis_check(
         from cleanroom.wire import parse_model  # noqa: PLC0415
 
         spec = parse_model(DpSpec, read_json_file(dp, what="DP specification"), what="DP spec")
+    from cleanroom.client.mocks import threshold  # noqa: PLC0415
+
     # (1) the room's own check, on its verified rules: owners assumed to approve
     checked = state.check_policy(text, chosen, to, spec, None)
-    strictest = max(_threshold(state.datasets[n].rule) for n in chosen)
+    strictest = max(threshold(state.datasets[n].rule) for n in chosen)
     if spec is not None:
         # the DP mechanism adds noise to the rows inside the enclave; there is nothing
         # meaningful to preview on mocks without it

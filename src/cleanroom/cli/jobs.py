@@ -141,6 +141,107 @@ def analysis_propose_scoring(
     proposed(pid, f"scoring analysis {name}", quiet)
 
 
+@analysis_app.command("propose-training")
+def analysis_propose_training(
+    name: str = typer.Argument(..., help="The analysis name, used by `job run`."),
+    sql: Path = typer.Option(
+        ..., "--sql", help="A file with the SELECT that defines the training set."
+    ),
+    label: str = typer.Option(..., "--label", help="The training set's column of classes."),
+    features: list[str] = typer.Option(
+        ..., "--feature", "-f", help="A training-set column the model takes, in order (repeat)."
+    ),
+    inputs: list[str] = INPUTS,
+    recipients: list[str] = RECIPIENTS,
+    algorithm: str = typer.Option(
+        "gradient_boosting",
+        "--algorithm",
+        help="gradient_boosting (LightGBM) or logistic_regression (scikit-learn).",
+    ),
+    params: list[str] = typer.Option(
+        [],
+        "--param",
+        help="An algorithm parameter, NAME=VALUE, e.g. n_estimators=200 (repeat; "
+        "docs/models.md lists them with their ranges).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds the held-out rows and the algorithm."),
+    holdout: float = typer.Option(0.2, "--holdout", help="The share of rows held out (0-0.5]."),
+    metrics_only: bool = typer.Option(
+        False, "--metrics-only", help="Release the evaluation only, not the model."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Propose nothing: run it here, as the enclave would, on mock rows of the "
+        "inputs (made from their schemas, never their data) and print the metrics.",
+    ),
+    mock_rows: int | None = typer.Option(
+        None, "--mock-rows", min=10, max=1_000_000, help="Mock rows per input for --dry-run."
+    ),
+    room: str = ROOM,
+    service: str = SERVICE,
+    keystore: Path = KEYSTORE,
+    quiet: bool = QUIET,
+) -> None:
+    """Propose a training analysis: the enclave runs the SQL over the inputs, fits the
+    model on the rows, converts it to ONNX and evaluates it on held-out rows; the
+    recipients receive the ONNX model and its metrics (`job result --model-out`).
+    Only inputs whose owners approve this exact analysis can be read.
+
+    Example: cleanroom analysis propose-training response --sql outcomes.sql
+    --label responded -f age_band -f hba1c -i trial --recipient sponsor --room trial
+    """
+    from cleanroom.policy.train import LANGUAGE, training_spec  # noqa: PLC0415
+
+    spec = training_spec(
+        training_sql=read_sql(sql),
+        label=label,
+        features=features,
+        model=name,
+        algorithm=algorithm,
+        params=dict(_param(p) for p in params),
+        seed=seed,
+        holdout=holdout,
+        deliver="metrics" if metrics_only else "model",
+    )
+    handle = _room(service, keystore, room)
+    if dry_run:
+        result = handle.try_analysis(
+            LANGUAGE, spec.text(), inputs, recipients=recipients, rows=mock_rows
+        )
+        metrics = {k: v for k, v in result.to_pylist()[0].items() if k != "onnx"}
+        console.print(f"[green]trained on mock rows[/] (nothing proposed): {metrics}")
+        return
+    pid = handle.propose_training(
+        name,
+        training_sql=spec.training,
+        label=spec.label,
+        features=spec.features,
+        inputs=inputs,
+        recipients=recipients,
+        algorithm=spec.algorithm,
+        params=spec.params,
+        seed=spec.seed,
+        holdout=spec.holdout,
+        deliver=spec.deliver,
+    )
+    proposed(pid, f"training analysis {name}", quiet)
+
+
+def _param(text: str) -> tuple[str, int | float]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise typer.BadParameter("write NAME=VALUE, e.g. n_estimators=200", param_hint="--param")
+    try:
+        return name.strip(), int(value)
+    except ValueError:
+        pass
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number", param_hint="--param") from None
+
+
 def _keep_value(text: str) -> int | bool:
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
@@ -361,6 +462,12 @@ def job_list(
 def job_result(
     job: str = typer.Argument(..., help="A job id (a unique prefix is enough)."),
     output: Path = typer.Option(..., "--output", "-o", help="A .csv or .parquet file to write."),
+    model_out: Path | None = typer.Option(
+        None,
+        "--model-out",
+        help="A training job's model: also write its ONNX bytes to this file "
+        "(publish it with `cleanroom model publish`).",
+    ),
     room: str = ROOM,
     service: str = SERVICE,
     keystore: Path = KEYSTORE,
@@ -373,8 +480,11 @@ def job_result(
 
     Example: cleanroom job result 5d1c -o offers.csv --room 3f2a... --service ... --as keys/bank
     """
-    from cleanroom.errors import OperationalError  # noqa: PLC0415
+    from cleanroom.errors import InvalidInputError, OperationalError  # noqa: PLC0415
 
+    if model_out is not None and output.suffix.lower() != ".parquet":
+        # a model is bytes, which CSV cannot hold: the result must be Parquet
+        raise InvalidInputError("--model-out needs the result as .parquet (-o result.parquet)")
     handle = _room(service, keystore, room)
     found = _find_job(handle, job)
     if found["status"] != "succeeded":
@@ -382,8 +492,26 @@ def job_result(
     with RichProgress() as progress:
         view = handle.download_result(found["id"], output, progress=progress)
     console.print(f"Decrypted {view['rows']:,} rows to {output}")
+    if model_out is not None:
+        _write_model(output, model_out)
     if view["assurance"] == "insecure-virtual":
         err_console.print(INSECURE_WARNING)
+
+
+def _write_model(result: Path, model_out: Path) -> None:
+    """The ONNX bytes of a training job's result, written whole or not at all."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from cleanroom.errors import InvalidInputError  # noqa: PLC0415
+    from cleanroom.fs import atomic_path  # noqa: PLC0415
+
+    table = pq.read_table(result)
+    if "onnx" not in table.column_names or table.num_rows != 1:
+        raise InvalidInputError("this job's result holds no model (not a training job's)")
+    model = table.column("onnx")[0].as_py()
+    with atomic_path(model_out) as tmp:
+        tmp.write_bytes(model)
+    console.print(f"Wrote the model ({len(model):,} bytes of ONNX) to {model_out}")
 
 
 @budget_app.command("show")

@@ -429,6 +429,109 @@ class Room:
         )
         return self.propose(action)
 
+    def propose_training(
+        self,
+        name: str,
+        *,
+        training_sql: str,
+        label: str,
+        features: Sequence[str],
+        inputs: Sequence[str],
+        recipients: Sequence[str],
+        algorithm: Literal["logistic_regression", "gradient_boosting"] = "gradient_boosting",
+        model: str | None = None,
+        params: Mapping[str, int | float] | None = None,
+        seed: int = 0,
+        holdout: float = 0.2,
+        deliver: Literal["model", "metrics"] = "model",
+    ) -> str:
+        """Propose a training analysis (ADR 0023): ``training_sql`` over ``inputs``
+        defines the training set; the enclave fits ``algorithm`` on it (``params``
+        from the allow-list in :mod:`cleanroom.policy.train`), converts the model
+        to ONNX there, evaluates it on a seeded ``holdout`` share of the rows and
+        seals one row to the recipients: the model's ONNX bytes (unless ``deliver``
+        is ``"metrics"``) and its metrics. Only inputs whose owners approve this
+        exact analysis may be read (a custom rule, or none). Add ORDER BY to the
+        SQL for a model that is the same on every run.
+
+            pid = room.propose_training(
+                "response-model", training_sql="SELECT age, hba1c, responded FROM trial "
+                "ORDER BY patient_id", label="responded", features=["age", "hba1c"],
+                inputs=["trial"], recipients=["sponsor"],
+            )
+        """
+        from cleanroom.policy.train import LANGUAGE, training_spec  # noqa: PLC0415
+
+        spec = training_spec(
+            training_sql=training_sql,
+            label=label,
+            features=features,
+            model=model if model is not None else name,
+            algorithm=algorithm,
+            params=params,
+            seed=seed,
+            holdout=holdout,
+            deliver=deliver,
+        )
+        action = actions.add_analysis(
+            name,
+            spec.text(),
+            [self._dataset(i) for i in inputs],
+            [self.resolve_member(r) for r in recipients],
+            None,
+            language=LANGUAGE,
+        )
+        return self.propose(action)
+
+    def try_analysis(
+        self,
+        language: str,
+        text: str,
+        inputs: Sequence[str],
+        *,
+        recipients: Sequence[str] = (),
+        models: Mapping[str, bytes] | None = None,
+        rows: int | None = None,
+        seed: int = 0,
+    ) -> pa.Table:
+        """Run an analysis here, before proposing it, with the enclave's own job kind
+        over mock rows of each dataset input (from its verified schema and rule alone,
+        never its data) and, for scoring, the model bytes you hold (``models``: input
+        name to ONNX bytes, which must be the version the room has registered). The
+        room's check runs first, as if every owner approved. A Python bundle runs in
+        the same confined child as in the enclave. Nothing is proposed or recorded;
+        the result is returned. (An SQL analysis is tried with `analysis check`.)
+
+            spec = TrainSpec(algorithm="gradient_boosting", training=sql, label="responded",
+                             features=["age_band", "hba1c"], model="response")
+            metrics = room.try_analysis("train", spec.text(), ["trial"])
+        """
+        from cleanroom.client.mocks import mock_of  # noqa: PLC0415 - pyarrow
+        from cleanroom.enclave.local import run_locally  # noqa: PLC0415
+
+        state = self._verified()
+        names = [self._dataset(i) for i in inputs]
+        checked = state.check_policy(
+            text,
+            names,
+            [self.resolve_member(r) for r in recipients],
+            None,
+            None,
+            language=language,
+        )
+        held = {self._dataset(name): data for name, data in (models or {}).items()}
+        tables, pinned = {}, {}
+        for name in names:
+            dataset = state.datasets[name]
+            manifest = dataset.versions[-1].manifest.model
+            if manifest is None:
+                tables[name] = mock_of(state, dataset, rows, seed)
+            elif name in held:
+                pinned[name] = (held[name], manifest)
+            else:
+                raise GovernanceError(f"{name!r} is a model: pass its bytes in models to try it")
+        return run_locally(language, checked, tables, models=pinned).table
+
     def retire_analysis(self, analysis: str) -> str:
         """Propose that an analysis may no longer run.
 

@@ -13,8 +13,8 @@ given. For one job it:
    ciphertext digest is taken from the owner-signed manifest on it;
 4. downloads each input, refuses any byte that does not match its digest,
    opens its key and checks the key id against the manifest;
-5. runs the job kind (``sql`` in :mod:`~cleanroom.enclave.sql`, ``score`` in
-   :mod:`~cleanroom.enclave.score`) in its sandbox with the room's limits;
+5. runs the job kind (``sql``, ``score``, ``python`` and ``train``, one module
+   each in :mod:`cleanroom.enclave`) in its sandbox with the room's limits;
 6. seals the result as encrypted Parquet under a fresh key, that key sealed
    (HPKE) to each result recipient, uploads the ciphertext and reports a
    ``job.complete`` statement signed by its attested key; on any failure
@@ -60,6 +60,7 @@ from cleanroom.enclave.failures import JobFailedError, category_of
 from cleanroom.enclave.python import run_python
 from cleanroom.enclave.score import run_score
 from cleanroom.enclave.sql import Input, JobResult, Limits, memory_mb, run_sql
+from cleanroom.enclave.train import run_train
 from cleanroom.errors import (
     AuthorizationError,
     GovernanceError,
@@ -79,7 +80,12 @@ DP_EXTRA_MISSING = (
     "DP analyses need OpenDP where the enclave runs: "
     "pip install 'confidential-cleanroom[dp]' (the [server] extra includes it)"
 )
-KINDS: dict[str, JobKind] = {"sql": run_sql, "score": run_score, "python": run_python}
+KINDS: dict[str, JobKind] = {
+    "sql": run_sql,
+    "score": run_score,
+    "python": run_python,
+    "train": run_train,
+}
 
 
 class _Clock:
@@ -222,8 +228,10 @@ def dp_kind(spec: DpSpec) -> JobKind:
 def padded(kind: JobKind) -> JobKind:
     """``kind``, its run padded to the end of its time bucket and its phases withheld,
     so the ledger's timings say nothing finer than a bucket about the data. For the
-    kinds whose code the data's owner cannot read: DP (only the noise may depend on
-    the data) and scoring (a vendor's model could time itself on one record)."""
+    kinds whose running time the data steers in ways no reader of the text can
+    bound: DP (only the noise may depend on the data), scoring (a vendor's model
+    could time itself on one record), Python (opaque code) and training (how trees
+    grow and when a fit converges depend on every row)."""
 
     def run(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
         started = time.perf_counter()
@@ -298,7 +306,7 @@ def _execute(
         raise JobFailedError(str(exc), category="query refused") from exc
     if analysis.dp is not None:
         kind = dp_kind(analysis.dp)
-    elif analysis.language in ("score", "python"):  # code the data's owners cannot read
+    elif analysis.language in ("score", "python", "train"):  # see padded()
         kind = padded(kind)
     limits = room_limits(limits, state.limits)
     clock.lap("ledger_verify_ms")

@@ -314,8 +314,10 @@ class DatasetRules(RoomBase):
         from cleanroom.policy.python import check_python  # noqa: PLC0415
         from cleanroom.policy.score import LANGUAGE as SCORE  # noqa: PLC0415
         from cleanroom.policy.score import check_score  # noqa: PLC0415
+        from cleanroom.policy.train import LANGUAGE as TRAIN  # noqa: PLC0415
+        from cleanroom.policy.train import check_train, to_run  # noqa: PLC0415
 
-        if language not in ("sql", SCORE, PYTHON):  # an allow-list: no check, no run
+        if language not in ("sql", SCORE, PYTHON, TRAIN):  # an allow-list: no check, no run
             raise PolicyError(f"no check exists for {language!r} analyses")
         if language != "sql" and dp is not None:
             raise PolicyError(
@@ -326,6 +328,8 @@ class DatasetRules(RoomBase):
             return check_score(text, sources).spec.text()
         if language == PYTHON:
             return check_python(text, sources).bundle.text()
+        if language == TRAIN:
+            return to_run(check_train(text, sources))
         memo = self.memo
         digest = _check_digest(text, sources, dp) if memo is not None else ""
         known = memo.get(digest) if memo is not None else None

@@ -118,7 +118,8 @@ class SetAnalysisRule(WireModel):
 class AddAnalysis(WireModel):
     type: Literal["add_analysis"]
     name: Name
-    language: Literal["sql", "score", "python"]  # each with its own check in cleanroom.policy
+    # each with its own check in cleanroom.policy
+    language: Literal["sql", "score", "python", "train"]
     text: StrictStr = Field(min_length=1, max_length=100_000)
     inputs: list[Name] = Field(min_length=1, max_length=32)
     recipients: list[Digest] = Field(min_length=1, max_length=32)

@@ -51,7 +51,8 @@ GBM_OPSET = 15
 _OUTPUT_NAMES = {"output_label": "label", "output_probability": "probabilities"}
 
 
-def _import(module: str) -> Any:
+def import_ml(module: str) -> Any:
+    """``module``, or :class:`MissingExtraError` naming the ``[ml]`` extra."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -91,8 +92,8 @@ def _xgboost_unnamed(model: Any) -> Iterator[None]:
 def _convert(model: Any, width: int) -> Any:
     library = _library(model)
     if library in {"lightgbm", "xgboost"}:
-        onnxmltools = _import("onnxmltools")
-        types = _import("onnxmltools.convert.common.data_types")
+        onnxmltools = import_ml("onnxmltools")
+        types = import_ml("onnxmltools.convert.common.data_types")
         initial = [(INPUT_NAME, types.FloatTensorType([None, width]))]
         if library == "lightgbm":
             return onnxmltools.convert_lightgbm(
@@ -101,8 +102,8 @@ def _convert(model: Any, width: int) -> Any:
         with _xgboost_unnamed(model):
             return onnxmltools.convert_xgboost(model, initial_types=initial, target_opset=GBM_OPSET)
     if library == "sklearn":
-        skl2onnx = _import("skl2onnx")
-        types = _import("skl2onnx.common.data_types")
+        skl2onnx = import_ml("skl2onnx")
+        types = import_ml("skl2onnx.common.data_types")
         return skl2onnx.convert_sklearn(
             model,
             initial_types=[(INPUT_NAME, types.FloatTensorType([None, width]))],
@@ -183,9 +184,9 @@ def check_conversion(
     On ``sample`` (rows of feature values), labels must be equal and
     probabilities (or regression values) close. Returns the model's description.
     """
-    np = _import("numpy")
+    np = import_ml("numpy")
     description = describe(model_bytes)
-    ort = _import("onnxruntime")
+    ort = import_ml("onnxruntime")
     session = ort.InferenceSession(
         bytes(model_bytes), session_options(threads=1), providers=["CPUExecutionProvider"]
     )

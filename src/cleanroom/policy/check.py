@@ -1082,6 +1082,15 @@ def _names(select: exp.Select) -> list[str]:
 # -- differential privacy ---------------------------------------------------------------
 
 
+def qualified(text: str, sources: dict[str, Source]) -> exp.Select:
+    """The query parsed, its inputs resolved and every column qualified (``*``
+    expanded): for checks that look at every column a query touches, in any clause.
+    Any failure is a refusal."""
+    with _fail_closed():
+        query = _parse(text)
+        return _qualify(query, _inputs(query, sources))
+
+
 def check_dp(text: str, sources: dict[str, Source], spec: DpSpec) -> Checked:
     """Check the row query of a differentially private analysis.
 

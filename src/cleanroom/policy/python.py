@@ -114,7 +114,7 @@ def _check(text: str, sources: dict[str, Source]) -> PythonPlan:
         raise PolicyError("a Python analysis reads at least one input")
     never: set[str] = set()
     for source in sources.values():
-        never |= _check_input(source)
+        never |= check_approved_input(source)
     seen: set[str] = set()
     for column in bundle.output:
         if column.name.lower() in seen:
@@ -125,25 +125,26 @@ def _check(text: str, sources: dict[str, Source]) -> PythonPlan:
     return PythonPlan(bundle)
 
 
-def _check_input(source: Source) -> set[str]:
-    """The input admits approved code; returns its never-output columns, lower-cased."""
+def check_approved_input(source: Source, what: str = "a Python analysis") -> set[str]:
+    """The input admits code its owner approved (``what`` reads every row: a Python
+    or training analysis); returns its never-output columns, lower-cased."""
     if source.model is not None:
         raise PolicyError(f"{source.name!r} is a model: only a scoring analysis reads a model")
     rule = source.rule
     if isinstance(rule, (AggregationRule, ListRule)):
         raise PolicyError(
-            f"the {rule.type} rule of {source.name!r} admits SQL it can check, not code: "
-            "only a custom rule approving this exact bundle allows a Python analysis"
+            f"the {rule.type} rule of {source.name!r} admits SQL it can check, not {what}: "
+            "only a custom rule approving this exact analysis allows it"
         )
     if rule is not None and not isinstance(rule, CustomRule):  # a rule type added later
-        raise PolicyError(f"the rule of {source.name!r} is not one Python analyses understand")
+        raise PolicyError(f"the rule of {source.name!r} is not one {what} understands")
     if not source.owner_approved:
-        raise PolicyError(f"the owner of {source.name!r} has not approved this bundle")
+        raise PolicyError(f"the owner of {source.name!r} has not approved this analysis")
     if rule is None:
         return set()
     if rule.min_distinct is not None and rule.min_distinct > 1:
         raise PolicyError(
             f"the custom rule of {source.name!r} has a threshold of {rule.min_distinct}: the "
-            "enclave cannot count the people behind the rows of opaque code"
+            f"enclave cannot count the people behind the rows {what} reads"
         )
     return {c.lower() for c in rule.disallowed_columns}
