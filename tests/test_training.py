@@ -422,3 +422,18 @@ def test_a_training_set_over_its_share_of_memory_is_a_memory_limit(tmp_path: Pat
     with pytest.raises(Exception) as failed:  # noqa: PT011
         _run(tmp_path, _spec(training=sql, features=["bmi"]), memory="4MB")
     assert category_of(failed.value) == "memory limit"
+
+
+def test_the_training_child_loads_only_the_installed_libraries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``lightgbm.py`` on PYTHONPATH or in the working directory is not imported:
+    the child runs isolated (``-I``), in the job's own directory."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "imported"
+    (evil / "lightgbm.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setenv("PYTHONPATH", str(evil))
+    monkeypatch.chdir(evil)
+    assert _run(tmp_path / "job", _spec()).table.num_rows == 1
+    assert not marker.exists()

@@ -155,6 +155,7 @@ NEVER = "'postcode' is a column an input never lets out"
         ("SELECT bmi, responded FROM trial NATURAL JOIN trial AS u", NEVER),
         # the engine names an unnamed expression otherwise than the check
         ("SELECT bmi, bmi + 0, responded FROM trial", "name every computed column"),
+        ("SELECT a.bmi, b.BMI, a.responded FROM trial AS a, trial AS b", "each column once"),
     ],
 )
 def test_training_sql_the_room_refuses_is_refused(sql: str, phrase: str) -> None:
@@ -190,10 +191,25 @@ def test_label_and_features_are_columns_of_the_training_set(
     assert check_train(_spec(label="RESPONDED").text(), _sources())
 
 
-def test_a_check_that_breaks_is_a_refusal() -> None:
+def test_a_check_that_breaks_is_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     broken = {"trial": Source("trial", None, RULE, owner_approved=True)}  # type: ignore[arg-type]
     with pytest.raises(PolicyError, match="could not be checked, so it is refused"):
         check_train(_spec().text(), broken)
+    # a failure in the training check's own steps, past the SQL check's wrapper
+    import cleanroom.policy.check as sql_check  # noqa: PLC0415
+
+    def breaks(*_: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(sql_check, "qualified", breaks)
+    with pytest.raises(PolicyError, match=r"refused \(KeyError\)"):
+        check_train(_spec().text(), _sources())
+
+
+def test_the_spec_bounds_sql_as_the_sql_check_does() -> None:
+    from cleanroom.policy import grammar, train  # noqa: PLC0415
+
+    assert train.MAX_SQL_CHARS == grammar.MAX_SQL_CHARS
 
 
 def test_the_room_refuses_a_training_analysis_in_a_language_it_does_not_know() -> None:

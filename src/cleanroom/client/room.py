@@ -500,7 +500,9 @@ class Room:
         name to ONNX bytes, which must be the version the room has registered). The
         room's check runs first, as if every owner approved. A Python bundle runs in
         the same confined child as in the enclave. Nothing is proposed or recorded;
-        the result is returned. (An SQL analysis is tried with `analysis check`.)
+        the result is returned. Name the ``recipients`` you will propose: without
+        them, the inputs' rules on who may receive results are not tried. (An SQL
+        analysis is tried with `analysis check`.)
 
             spec = TrainSpec(algorithm="gradient_boosting", training=sql, label="responded",
                              features=["age_band", "hba1c"], model="response")

@@ -306,7 +306,7 @@ def _execute(
         raise JobFailedError(str(exc), category="query refused") from exc
     if analysis.dp is not None:
         kind = dp_kind(analysis.dp)
-    elif analysis.language in ("score", "python", "train"):  # see padded()
+    elif analysis.language != "sql":  # every kind but plain SQL, a later one too: padded()
         kind = padded(kind)
     limits = room_limits(limits, state.limits)
     clock.lap("ledger_verify_ms")

@@ -7,12 +7,13 @@ released key; ``text`` is the checked spec. This kind:
 1. runs the spec's training SQL, as the room's check returned it
    (:func:`cleanroom.policy.train.to_run`), through the SQL kind's sandboxed engine
    (the same key checks, time and memory limits, no files or network); the
-   training set may take a quarter of the room's memory, the fit the rest;
+   training set may take a quarter of the room's memory;
 2. reads the examples (:func:`cleanroom.models.train.examples`) and writes them
    as two ``.npy`` arrays into the job's private directory;
 3. fits, converts to ONNX and evaluates (:func:`cleanroom.models.train.train_arrays`)
-   in a fresh interpreter, ``python -m cleanroom.enclave.train``, with the room's
-   threads (BLAS and OpenMP included) and no standard streams,
+   in a fresh, isolated interpreter, ``python -I -m cleanroom.enclave.train``, with
+   the room's threads (BLAS and OpenMP included), the room's memory as its address
+   space, no core dump and no standard streams,
    killed when what is left of the room's time limit runs out: no library call
    (a logistic regression's solver, an ONNX conversion of many trees) can run
    past it;
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from cleanroom.enclave.sandbox import child_environment
 from cleanroom.enclave.sql import Input, JobResult, Limits, QueryError, memory_mb, run_sql
 from cleanroom.errors import ConversionError, ModelRefusedError, ValidationError
 from cleanroom.governance.outcomes import FailureCategory
@@ -43,6 +46,10 @@ from cleanroom.policy.train import parse_spec
 
 UNLIMITED = 1 << 62
 TRAINING_SET_SHARE = 4  # the training set may take 1/4 of the room's memory
+# the child's address space: the room's memory, but never less than an interpreter
+# with scikit-learn, LightGBM and onnxruntime loaded needs to start (their thread pools
+# reserve address space they never touch)
+CHILD_MEMORY_FLOOR = 2 << 30
 FAILURE_FILE = "failure"
 # what the child may report: a category, never a message
 _CHILD_CATEGORIES: tuple[FailureCategory, ...] = ("conversion error", "time limit", "memory limit")
@@ -78,7 +85,10 @@ def run_train(text: str, inputs: list[Input], limits: Limits, work: Path) -> Job
     read = time.perf_counter()
     left = max(0.0, limits.time_s - (read - started))
     threads = limits.threads or os.cpu_count() or 1
-    _run_child(child, text, threads, left)  # (3)
+    room_memory = memory_mb(limits.memory) * 1_000_000
+    _run_child(child, text, threads, left, max(CHILD_MEMORY_FLOOR, room_memory))  # (3)
+    if (child / "model.onnx").stat().st_size > limits.max_result_bytes:  # before it is read
+        raise QueryError("the trained model is over the room's limits", category="result too large")
     answer = json.loads((child / "metrics.json").read_text(encoding="utf-8"))
     model_bytes = (child / "model.onnx").read_bytes()
     from cleanroom.models.train import Trained  # noqa: PLC0415
@@ -90,31 +100,37 @@ def run_train(text: str, inputs: list[Input], limits: Limits, work: Path) -> Job
     return JobResult(result, {"read_ms": round((read - started) * 1000), **trained.phases})
 
 
-def _run_child(directory: Path, text: str, threads: int, seconds: float) -> None:
-    """Train in a fresh interpreter (``python -m cleanroom.enclave.train DIR``); kill
-    it when ``seconds`` run out. Its standard streams go nowhere: a library's warning
-    can quote a value."""
+def _run_child(directory: Path, text: str, threads: int, seconds: float, memory: int) -> None:
+    """Train in a fresh, isolated interpreter (``python -I -m cleanroom.enclave.train
+    DIR``: no user site, no ``PYTHONPATH``, working directory and home in the job's
+    own directory, no standard streams, no core dump, ``memory`` bytes of address
+    space); kill it when ``seconds`` run out, or when anything here fails."""
     (directory / "spec.json").write_text(text, encoding="utf-8")
-    count = str(threads)
-    environment = {
-        **os.environ,
-        "OMP_NUM_THREADS": count,  # LightGBM's OpenMP, and every BLAS scikit-learn uses
-        "OPENBLAS_NUM_THREADS": count,
-        "MKL_NUM_THREADS": count,
-    }
+    environment = child_environment(directory)
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        environment[variable] = str(threads)  # LightGBM's OpenMP, every BLAS of scikit-learn
+
+    def limit() -> None:  # in the child, before Python starts
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core would hold the examples
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
     process = subprocess.Popen(  # noqa: S603 - this interpreter, this module, our directory
-        [sys.executable, "-m", "cleanroom.enclave.train", str(directory), count],
+        [sys.executable, "-I", "-m", "cleanroom.enclave.train", str(directory), str(threads)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=directory,
         env=environment,
+        preexec_fn=limit,  # noqa: PLW1509 - setrlimit only, no lock taken
     )
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
         raise QueryError("training ran over its time limit", category="time limit") from None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     failure = directory / FAILURE_FILE
     if failure.exists():
         category = failure.read_text(encoding="utf-8")
@@ -129,10 +145,10 @@ def _child(root: Path, threads: int) -> None:  # pragma: no cover - runs in the 
     """The child: fit, convert, evaluate; writes the model and metrics, or a category."""
     import numpy as np  # noqa: PLC0415
 
-    from cleanroom.models.train import train_arrays  # noqa: PLC0415
-
     category: FailureCategory | None = None
     try:
+        from cleanroom.models.train import train_arrays  # noqa: PLC0415 - inside: a category
+
         x = np.load(root / "x.npy", allow_pickle=False)
         y = np.load(root / "y.npy", allow_pickle=False)
         spec = parse_spec((root / "spec.json").read_text(encoding="utf-8"))

@@ -139,7 +139,8 @@ def examples(
             raise ValidationError(f"the feature {name!r} is {kind}, not a number")
         # unsafe: an integer beyond 2**53 rounds, as it will to float32 anyway
         values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-        columns.append(values.astype(np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, quietly: a
+            columns.append(values.astype(np.float32))  # warning would name the overflow
     x = np.column_stack(columns) if columns else np.empty((table.num_rows, 0), np.float32)
     if not np.isfinite(x[~np.isnan(x)]).all():
         raise ValidationError("a feature value is infinite or too large for a 32-bit float")

@@ -178,8 +178,11 @@ def _check(text: str, sources: dict[str, Source]) -> TrainPlan:
         for name, s in sources.items()
     }
     checked = check_query(spec.training, unthresholded)
-    _never_read(spec.training, sources, never)
-    columns = {c.lower() for c in checked.columns}
+    _never_read(checked.sql, sources, never)  # the SQL the enclave will run
+    names = [c.lower() for c in checked.columns]
+    if len(set(names)) != len(names):
+        raise PolicyError("the training set names each column once (AS gives a new name)")
+    columns = set(names)
     for column in (spec.label, *spec.features):
         if column.lower() not in columns:
             raise PolicyError(f"{column!r} is not a column of the training set")
