@@ -39,12 +39,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from cleanroom.enclave.sandbox import child_environment
+from cleanroom.enclave.score import UNLIMITED_ROWS
 from cleanroom.enclave.sql import Input, JobResult, Limits, QueryError, memory_mb, run_sql
 from cleanroom.errors import ConversionError, ModelRefusedError, ValidationError
 from cleanroom.governance.outcomes import FailureCategory
 from cleanroom.policy.train import parse_spec
 
-UNLIMITED = 1 << 62
 TRAINING_SET_SHARE = 4  # the training set may take 1/4 of the room's memory
 # the child's address space: the room's memory, but never less than an interpreter
 # with scikit-learn, LightGBM and onnxruntime loaded needs to start (their thread pools
@@ -52,17 +52,19 @@ TRAINING_SET_SHARE = 4  # the training set may take 1/4 of the room's memory
 CHILD_MEMORY_FLOOR = 2 << 30
 FAILURE_FILE = "failure"
 # what the child may report: a category, never a message
-_CHILD_CATEGORIES: tuple[FailureCategory, ...] = ("conversion error", "time limit", "memory limit")
+_CHILD_CATEGORIES: tuple[FailureCategory, ...] = ("conversion error", "memory limit")
 
 
 def run_train(text: str, inputs: list[Input], limits: Limits, work: Path) -> JobResult:
     """Train the spec's model on its training set; returns the one-row result."""
-    from cleanroom.models.train import Metrics, examples, result_table  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415 - with the ML stack, only in a training job
+
+    from cleanroom.models.train import Metrics, Trained, examples, result_table  # noqa: PLC0415
 
     started = time.perf_counter()
     spec = parse_spec(text)
     budget = memory_mb(limits.memory) * 1_000_000 // TRAINING_SET_SHARE
-    reading = replace(limits, max_result_rows=UNLIMITED, max_result_bytes=budget)  # (1)
+    reading = replace(limits, max_result_rows=UNLIMITED_ROWS, max_result_bytes=budget)  # (1)
     try:
         table = run_sql(spec.training, inputs, reading, work).table
     except QueryError as exc:
@@ -76,8 +78,6 @@ def run_train(text: str, inputs: list[Input], limits: Limits, work: Path) -> Job
             f"the examples cannot be read: {exc}", category="conversion error"
         ) from exc
     del table
-    import numpy as np  # noqa: PLC0415
-
     child = Path(tempfile.mkdtemp(prefix="training-", dir=work))  # 0o700, the job's own
     np.save(child / "x.npy", x, allow_pickle=False)
     np.save(child / "y.npy", y, allow_pickle=False)
@@ -91,8 +91,6 @@ def run_train(text: str, inputs: list[Input], limits: Limits, work: Path) -> Job
         raise QueryError("the trained model is over the room's limits", category="result too large")
     answer = json.loads((child / "metrics.json").read_text(encoding="utf-8"))
     model_bytes = (child / "model.onnx").read_bytes()
-    from cleanroom.models.train import Trained  # noqa: PLC0415
-
     trained = Trained(model_bytes, Metrics(**answer["metrics"]), answer["phases"])
     result = result_table(spec, trained)
     if result.nbytes > limits.max_result_bytes:  # (4)
